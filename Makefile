@@ -1,0 +1,67 @@
+# caio-bench: every target installs what it needs (a .venv from the pinned requirements.txt).
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__UNIT_TEST_MODE := False
+export CAIO_HOME := $(CURDIR)/.caio
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONDONTWRITEBYTECODE := 1
+
+# make demo CONF='{"users": 4, "duration_s": 40}'  overrides any param of caio_load_test.
+CONF ?= {}
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo test test-faults lint bench bench-loadgen lock clean
+
+help:
+	@echo "make demo   run caio_load_test end to end on this machine (local target)"
+	@echo "make test   lint + the test suite"
+	@echo "make lint | bench | lock | clean"
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+$(AIRFLOW_HOME)/airflow.db: $(STAMP)
+	@mkdir -p $(AIRFLOW_HOME) $(CAIO_HOME)
+	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
+
+setup: $(STAMP) $(AIRFLOW_HOME)/airflow.db
+
+demo: setup
+	@mkdir -p $(CAIO_HOME)/logs
+	@echo "Running caio_load_test (log: .caio/logs/demo.log) ..."
+	@set -o pipefail; $(BIN)/airflow dags test caio_load_test --conf '$(CONF)' 2>&1 \
+	  | tee $(CAIO_HOME)/logs/demo.log | $(BIN)/python -m caio_operators.cli progress
+	$(BIN)/python -m caio_operators.cli summary --warehouse "duckdb://$(CAIO_HOME)/warehouse.duckdb"
+
+test: setup lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-faults: setup
+	$(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python bench/run.py all
+
+bench-loadgen: setup
+	$(BIN)/python bench/run.py loadgen
+
+lock: $(STAMP)
+	$(BIN)/uv pip compile --quiet --python-version 3.11 --no-header requirements.in -o requirements.txt
+
+clean:
+	rm -rf $(VENV) .airflow .caio .pytest_cache .ruff_cache

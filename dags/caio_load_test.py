@@ -1,0 +1,87 @@
+"""
+### caio_load_test: benchmark one model version served online
+
+`validate` checks every param (nothing is created before it passes), `export` wraps the
+base classifier into a SavedModel with `serving_default` and `serving_preprocess`, `deploy`
+(setup) serves it, `prepare_metrics` creates the metric sinks, `load` drives it with
+distributed Locust, `undeploy` (teardown, always runs) stops what deploy started,
+`harvest` consolidates client and server metrics into the `runs` / `timeseries` /
+`requests` tables (Parquet in the bucket + warehouse rows) even after a failed load, and
+`analyse` reads the run back from the warehouse and writes the HTML report.
+
+Every knob is a Param: use the Trigger form, or `--conf '{"users": 4}'`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, Param
+
+from caio_operators.operators import (
+    AnalyseRunOperator,
+    CreateLocustMetricsOperator,
+    DeployModelOperator,
+    ExportServingModelOperator,
+    HarvestMetricsOperator,
+    RunLoadTestOperator,
+    UndeployModelOperator,
+    ValidateRunSpecOperator,
+)
+from caio_operators.spec import param_schema
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = param_schema(
+    local_root=os.environ.get("CAIO_HOME", str(REPO / ".caio")),
+    images_dir=os.environ.get("CAIO_IMAGES", str(REPO / "test_images")),
+)
+_FORM_ONLY = ("default", "examples")
+
+with DAG(
+    dag_id="caio_load_test",
+    description="Export, deploy, load-test, harvest and analyse one model version.",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=4,
+    tags=["caio", "benchmark", "ml-serving"],
+    default_args={"owner": "caio", "retries": 0, "retry_delay": timedelta(seconds=30)},
+    params={
+        name: Param(prop["default"], **{k: v for k, v in prop.items() if k not in _FORM_ONLY})
+        for name, prop in SCHEMA.items()
+    },
+) as dag:
+    validate = ValidateRunSpecOperator(
+        task_id="validate", schema=SCHEMA, execution_timeout=timedelta(minutes=1),
+    )
+    spec = validate.output
+    export = ExportServingModelOperator(
+        task_id="export", spec=spec, execution_timeout=timedelta(minutes=30),
+    )
+    deploy = DeployModelOperator(
+        task_id="deploy", spec=spec, execution_timeout=timedelta(minutes=30),
+    )
+    prepare = CreateLocustMetricsOperator(
+        task_id="prepare_metrics", spec=spec, execution_timeout=timedelta(minutes=10),
+    )
+    load = RunLoadTestOperator(
+        task_id="load", spec=spec, deployment=deploy.output,
+        execution_timeout=timedelta(hours=25),
+    )
+    undeploy = UndeployModelOperator(
+        task_id="undeploy", deployment=deploy.output, execution_timeout=timedelta(minutes=30),
+    )
+    harvest = HarvestMetricsOperator(
+        task_id="harvest", spec=spec, export_info=export.output, trigger_rule="all_done",
+        execution_timeout=timedelta(hours=1),
+    )
+    analyse = AnalyseRunOperator(
+        task_id="analyse", spec=spec, execution_timeout=timedelta(minutes=30),
+    )
+
+    validate >> export >> deploy >> prepare >> load >> undeploy.as_teardown(setups=deploy)
+    # Harvest after the teardown: stopping the server flushes its last records.
+    undeploy >> harvest >> analyse

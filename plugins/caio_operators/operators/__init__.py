@@ -1,0 +1,20 @@
+"""Thin operators: templated fields in, one pipeline call, a small dict out."""
+
+from caio_operators.operators.analyse import AnalyseRunOperator
+from caio_operators.operators.deploy import DeployModelOperator, UndeployModelOperator
+from caio_operators.operators.export import ExportServingModelOperator
+from caio_operators.operators.harvest import HarvestMetricsOperator
+from caio_operators.operators.load import RunLoadTestOperator
+from caio_operators.operators.metrics import CreateLocustMetricsOperator
+from caio_operators.operators.validate import ValidateRunSpecOperator
+
+__all__ = [
+    "AnalyseRunOperator",
+    "CreateLocustMetricsOperator",
+    "DeployModelOperator",
+    "ExportServingModelOperator",
+    "HarvestMetricsOperator",
+    "RunLoadTestOperator",
+    "UndeployModelOperator",
+    "ValidateRunSpecOperator",
+]

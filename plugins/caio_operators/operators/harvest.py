@@ -1,0 +1,30 @@
+"""HarvestMetricsOperator: raw records + server metrics -> the tidy tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from caio_operators.operators.base import SpecOperator
+
+
+class HarvestMetricsOperator(SpecOperator):
+    """Consolidate the run into ``runs``/``timeseries``/``requests``: Parquet + warehouse.
+
+    Runs even when the load failed (trigger rule ``all_done`` in the DAG): whatever was
+    collected is kept and the run is marked failed. Re-running replaces the run's rows.
+    """
+
+    template_fields = ("spec", "export_info")
+
+    def __init__(self, *, export_info: dict[str, Any] | Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.export_info = export_info
+
+    def execute(self, context) -> dict[str, Any]:
+        from caio_operators import pipeline
+
+        if not self.spec:
+            # Fail rather than skip: a skipped leaf would let the DAG run count as a success.
+            raise pipeline.RunFailed("nothing to harvest: the validate task failed (see its log)")
+
+        return pipeline.harvest(self.run_spec, export_info=self.export_info, log=self.log)

@@ -1,0 +1,505 @@
+"""RunSpec: the one validated configuration object of a benchmark run.
+
+``param_schema()`` is the single source of the knobs: the DAG turns it into Airflow ``Param``
+objects (so the Trigger form shows every field with its type, range and help text) and
+``validate_params`` checks a run's params against the same JSON schema plus the rules a schema
+cannot express (cross-field constraints, URI forms, identifiers). Nothing is created before
+validation passes, and every problem is reported at once with the field name and what is
+accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from caio_operators.layout import RunLayout, model_uri
+
+TARGETS = ("local", "endpoint")
+PROTOCOLS = ("caip", "vertex", "tfserving")
+SIGNATURES = ("serving_preprocess", "serving_default")
+LOAD_SHAPES = ("constant", "staircase")
+LOAD_RUNNERS = ("local",)  # "gke" joins with the GKE launcher
+BUCKET_SCHEMES = ("file", "gs")
+WAREHOUSE_SCHEMES = ("duckdb",)
+
+# AI Platform / Vertex identifiers: a letter, then letters, digits and underscores.
+_IDENT = r"^[A-Za-z][A-Za-z0-9_]{0,62}$"
+_GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
+
+
+class SpecError(ValueError):
+    """Invalid run parameters; ``problems`` lists one message per field."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "invalid run parameters:\n  - " + "\n  - ".join(problems)
+            + "\nFix the values above (Trigger form or --conf JSON) and trigger again."
+        )
+
+
+def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """Every knob of a run as ``name -> JSON schema`` (with ``default`` and ``section``).
+
+    ``local_root`` is where the default ``file://`` bucket and DuckDB warehouse live;
+    ``images_dir`` holds the sample images used for payloads and the export check.
+    """
+    root = Path(local_root)
+    model = "Model"
+    deploy = "Deployment"
+    load = "Load"
+    store = "Storage"
+    cloud = "Google Cloud"
+    return {
+        "model_name": {
+            "default": "resnet101", "type": "string", "pattern": _IDENT, "section": model,
+            "title": "Model name",
+            "description": "Model resource name: a letter, then letters, digits or underscores.",
+        },
+        "model_version": {
+            "default": "v1", "type": "string", "pattern": _IDENT, "section": model,
+            "title": "Model version",
+            "description": "Version name: a letter, then letters, digits or underscores.",
+        },
+        "model_source": {
+            "default": "builtin:resnet_v2_101", "type": "string", "section": model,
+            "title": "Base model",
+            "description": "builtin:resnet_v2_101 (Keras ResNet101V2 architecture, untrained "
+                           "offline), builtin:mobilenet_v3_small (quick), builtin:tiny (tests), "
+                           "hub:<TF Hub handle>, or savedmodel:<uri>.",
+            "examples": ["builtin:resnet_v2_101", "builtin:mobilenet_v3_small", "builtin:tiny",
+                         "hub:https://tfhub.dev/google/imagenet/resnet_v2_101/classification/5"],
+        },
+        "labels_uri": {
+            "default": "", "type": "string", "section": model, "title": "Labels file",
+            "description": "URI of a labels file (one label per line); empty: generated names.",
+        },
+        "signature": {
+            "default": "serving_preprocess", "type": "string", "enum": list(SIGNATURES),
+            "section": model, "title": "Signature under load",
+            "description": "serving_preprocess: encoded image bytes in, top-5 labels out. "
+                           "serving_default: float32 [224,224,3] pixels in, logits out.",
+        },
+        "target": {
+            "default": "local", "type": "string", "enum": list(TARGETS), "section": deploy,
+            "title": "Target",
+            "description": "local: a model server on this machine. endpoint: an existing "
+                           "endpoint URL (nothing is deployed).",
+        },
+        "endpoint_url": {
+            "default": "", "type": "string", "section": deploy, "title": "Endpoint URL",
+            "description": "Full predict URL of an existing endpoint (target=endpoint).",
+        },
+        "protocol": {
+            "default": "caip", "type": "string", "enum": list(PROTOCOLS), "section": deploy,
+            "title": "Endpoint protocol",
+            "description": "Request/response convention of endpoint_url: caip (AI Platform "
+                           "Prediction v1), vertex (Vertex AI), tfserving (TF Serving REST).",
+        },
+        "replicas": {
+            "default": 2, "type": "integer", "minimum": 1, "maximum": 16, "section": deploy,
+            "title": "Replicas", "description": "Local model server processes.",
+        },
+        "server_threads": {
+            "default": 0, "type": "integer", "minimum": 0, "maximum": 64, "section": deploy,
+            "title": "Threads per replica",
+            "description": "TensorFlow intra-op threads per replica; 0 = cores / replicas.",
+        },
+        "load_shape": {
+            "default": "staircase", "type": "string", "enum": list(LOAD_SHAPES), "section": load,
+            "title": "Load shape",
+            "description": "constant: `users` users for duration_s. staircase: step_users more "
+                           "users every step_duration_s up to `users`.",
+        },
+        "users": {
+            "default": 8, "type": "integer", "minimum": 1, "maximum": 10000, "section": load,
+            "title": "Users", "description": "Concurrent users (the staircase's top step).",
+        },
+        "spawn_rate": {
+            "default": 4.0, "type": "number", "exclusiveMinimum": 0, "maximum": 1000,
+            "section": load, "title": "Spawn rate", "description": "Users started per second.",
+        },
+        "duration_s": {
+            "default": 80, "type": "integer", "minimum": 5, "maximum": 86400, "section": load,
+            "title": "Duration (s)", "description": "Length of the load test.",
+        },
+        "step_users": {
+            "default": 2, "type": "integer", "minimum": 1, "maximum": 10000, "section": load,
+            "title": "Users per step", "description": "Staircase: users added at each step.",
+        },
+        "step_duration_s": {
+            "default": 20, "type": "integer", "minimum": 1, "maximum": 86400, "section": load,
+            "title": "Step duration (s)", "description": "Staircase: seconds per step.",
+        },
+        "think_time_s": {
+            "default": 0.0, "type": "number", "minimum": 0, "maximum": 60, "section": load,
+            "title": "Think time (s)",
+            "description": "Pause between a user's requests; 0 keeps the server busy.",
+        },
+        "workers": {
+            "default": 1, "type": "integer", "minimum": 1, "maximum": 64, "section": load,
+            "title": "Locust workers",
+            "description": "Worker processes (or pods) under one master.",
+        },
+        "instances_per_request": {
+            "default": 1, "type": "integer", "minimum": 1, "maximum": 64, "section": load,
+            "title": "Instances per request",
+            "description": "Images batched into one predict request.",
+        },
+        "images_uri": {
+            "default": str(Path(images_dir).resolve()), "type": "string", "section": load,
+            "title": "Images", "description": "Folder of sample images for payloads and checks.",
+        },
+        "bucket": {
+            "default": "file://" + str(root / "bucket"), "type": "string", "section": store,
+            "title": "Bucket",
+            "description": "Where models, raw records, tables and reports go: file:///abs/path "
+                           "or gs://bucket/prefix.",
+        },
+        "warehouse": {
+            "default": "duckdb://" + str(root / "warehouse.duckdb"), "type": "string",
+            "section": store, "title": "Warehouse",
+            "description": "Results database: duckdb:///abs/path.duckdb or "
+                           "bigquery://project/dataset.",
+        },
+        "load_runner": {
+            "default": "local", "type": "string", "enum": list(LOAD_RUNNERS), "section": load,
+            "title": "Load runner",
+            "description": "local: Locust master and workers as processes here. gke: as pods on "
+                           "the GKE cluster below.",
+        },
+        "project": {
+            "default": "", "type": "string", "section": cloud, "title": "Project",
+            "description": "Google Cloud project id (cloud targets, gs://, bigquery://, gke).",
+        },
+        "region": {
+            "default": "us-central1", "type": "string", "section": cloud, "title": "Region",
+            "description": "Region of the Vertex AI endpoint or AI Platform model.",
+        },
+        "gcp_conn_id": {
+            "default": "google_cloud_default", "type": "string", "section": cloud,
+            "title": "Connection", "description": "Airflow connection for Google Cloud.",
+        },
+        "impersonation_chain": {
+            "default": "", "type": "string", "section": cloud, "title": "Impersonate",
+            "description": "Service account(s) to impersonate, comma-separated; empty: none.",
+        },
+        "machine_type": {
+            "default": "n1-standard-4", "type": "string", "section": cloud,
+            "title": "Machine type", "description": "Serving machine type (cloud targets).",
+        },
+        "accelerator_type": {
+            "default": "", "type": "string", "section": cloud, "title": "Accelerator",
+            "description": "e.g. NVIDIA_TESLA_T4; empty: CPU only.",
+        },
+        "accelerator_count": {
+            "default": 0, "type": "integer", "minimum": 0, "maximum": 8, "section": cloud,
+            "title": "Accelerators", "description": "Accelerators per node.",
+        },
+        "min_replicas": {
+            "default": 1, "type": "integer", "minimum": 1, "maximum": 1000, "section": cloud,
+            "title": "Min replicas", "description": "Autoscaling lower bound (cloud targets).",
+        },
+        "max_replicas": {
+            "default": 2, "type": "integer", "minimum": 1, "maximum": 1000, "section": cloud,
+            "title": "Max replicas", "description": "Autoscaling upper bound (cloud targets).",
+        },
+        "autoscaling_target": {
+            "default": 60, "type": "integer", "minimum": 1, "maximum": 100, "section": cloud,
+            "title": "Autoscaling target (%)",
+            "description": "CPU (or accelerator duty cycle) utilisation that triggers scaling.",
+        },
+        "runtime_version": {
+            "default": "2.11", "type": "string", "section": cloud, "title": "Runtime version",
+            "description": "AI Platform Prediction runtime version (target=caip).",
+        },
+        "serving_container_image": {
+            "default": "", "type": "string", "section": cloud, "title": "Serving image",
+            "description": "Vertex AI serving container; empty: the prebuilt TF 2 image "
+                           "(CPU or GPU to match the accelerator).",
+        },
+        "gke_location": {
+            "default": "", "type": "string", "section": cloud, "title": "GKE location",
+            "description": "Region or zone of the GKE cluster (load_runner=gke).",
+        },
+        "gke_cluster": {
+            "default": "", "type": "string", "section": cloud, "title": "GKE cluster",
+            "description": "GKE cluster running Locust (load_runner=gke).",
+        },
+        "gke_namespace": {
+            "default": "default", "type": "string", "section": cloud, "title": "GKE namespace",
+            "description": "Kubernetes namespace for the Locust pods.",
+        },
+        "locust_image": {
+            "default": "", "type": "string", "section": cloud, "title": "Locust image",
+            "description": "Image built from locust/Dockerfile (load_runner=gke).",
+        },
+    }
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A checked run configuration. Travels between tasks as ``to_dict()``."""
+
+    run_id: str
+    dag_id: str
+    airflow_run_id: str
+    model_name: str
+    model_version: str
+    model_source: str
+    labels_uri: str
+    signature: str
+    target: str
+    endpoint_url: str
+    protocol: str
+    replicas: int
+    server_threads: int
+    load_shape: str
+    users: int
+    spawn_rate: float
+    duration_s: int
+    step_users: int
+    step_duration_s: int
+    think_time_s: float
+    workers: int
+    instances_per_request: int
+    images_uri: str
+    bucket: str
+    warehouse: str
+    load_runner: str = "local"
+    project: str = ""
+    region: str = "us-central1"
+    gcp_conn_id: str = "google_cloud_default"
+    impersonation_chain: str = ""
+    machine_type: str = "n1-standard-4"
+    accelerator_type: str = ""
+    accelerator_count: int = 0
+    min_replicas: int = 1
+    max_replicas: int = 2
+    autoscaling_target: int = 60
+    runtime_version: str = "2.11"
+    serving_container_image: str = ""
+    gke_location: str = ""
+    gke_cluster: str = ""
+    gke_namespace: str = "default"
+    locust_image: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.bucket, self.run_id)
+
+    @property
+    def impersonation(self) -> list[str] | None:
+        """``impersonation_chain`` as the provider hooks take it."""
+        chain = [a.strip() for a in self.impersonation_chain.split(",") if a.strip()]
+        return chain or None
+
+    @property
+    def model_uri(self) -> str:
+        return model_uri(self.bucket, self.model_name, self.model_version)
+
+    def params(self) -> dict[str, Any]:
+        """The user-facing knobs (what is stored with the run)."""
+        skip = {"run_id", "dag_id", "airflow_run_id", "extra"}
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunSpec:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def make_run_id(model_name: str, model_version: str, airflow_run_id: str) -> str:
+    """A run key safe for paths, labels and table rows: ``[a-z0-9-]``, at most 63 chars.
+
+    Derived from the Airflow run id, so a retry of the same DAG run reuses it (its rows
+    are replaced, not duplicated) while another DAG run gets its own.
+    """
+    raw = f"{model_name}-{model_version}-{airflow_run_id}".lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", raw).strip("-")
+    if len(slug) <= 63:
+        return slug
+    digest = hashlib.sha1(raw.encode()).hexdigest()[:8]  # noqa: S324 (a name, not security)
+    return f"{slug[:54].rstrip('-')}-{digest}"
+
+
+def _schema_problems(params: Mapping[str, Any], schema: dict[str, dict[str, Any]]) -> list[str]:
+    import jsonschema
+
+    problems = []
+    for name, prop in schema.items():
+        if name not in params:
+            continue
+        rules = {k: v for k, v in prop.items() if k not in ("default", "section", "examples")}
+        validator = jsonschema.Draft7Validator(rules)
+        for err in validator.iter_errors(params[name]):
+            accepted = _accepted(prop)
+            problems.append(f"{name}={params[name]!r}: {err.message}" + (
+                f" (accepted: {accepted})" if accepted else ""))
+            break
+    return problems
+
+
+def _accepted(prop: dict[str, Any]) -> str:
+    if "enum" in prop:
+        return ", ".join(map(str, prop["enum"]))
+    if "minimum" in prop or "maximum" in prop or "exclusiveMinimum" in prop:
+        low = prop.get("minimum", prop.get("exclusiveMinimum"))
+        op = ">" if "exclusiveMinimum" in prop else ">="
+        high = prop.get("maximum")
+        return f"{prop['type']} {op} {low}" + (f" and <= {high}" if high is not None else "")
+    if "pattern" in prop:
+        return "a letter, then up to 62 letters, digits or underscores"
+    return ""
+
+
+def _uri_problems(name: str, value: str, schemes: tuple[str, ...]) -> list[str]:
+    parsed = urlparse(value)
+    form = {"file": "file:///absolute/path", "gs": "gs://bucket/prefix",
+            "duckdb": "duckdb:///absolute/path.duckdb"}
+    accepted = " or ".join(form[s] for s in schemes)
+    if parsed.scheme not in schemes:
+        return [f"{name}={value!r}: unsupported scheme {parsed.scheme or '(none)'!r} "
+                f"(accepted: {accepted})"]
+    if any(c in value for c in "\n\r\0;`$|&<>\"'\\"):
+        return [f"{name}={value!r}: contains characters not allowed in a URI "
+                f"(accepted: {accepted})"]
+    if parsed.scheme in ("file", "duckdb"):
+        if parsed.netloc or not parsed.path.startswith("/"):
+            return [f"{name}={value!r}: needs an absolute path after '{parsed.scheme}://' "
+                    f"(accepted: {accepted})"]
+        if ".." in Path(parsed.path).parts:
+            return [f"{name}={value!r}: '..' is not allowed (accepted: {accepted})"]
+    if parsed.scheme == "gs" and not _GCS_BUCKET.match(parsed.netloc or ""):
+        return [f"{name}={value!r}: {parsed.netloc!r} is not a valid bucket name "
+                f"(accepted: {accepted})"]
+    return []
+
+
+def _rule_problems(p: Mapping[str, Any]) -> list[str]:
+    from caio_operators.model.sources import ModelSourceError, parse_source
+
+    problems: list[str] = []
+    try:
+        parse_source(p["model_source"])
+    except ModelSourceError as exc:
+        problems.append(f"model_source={p['model_source']!r}: {exc}")
+    problems += _uri_problems("bucket", p["bucket"], BUCKET_SCHEMES)
+    problems += _uri_problems("warehouse", p["warehouse"], WAREHOUSE_SCHEMES)
+    if p["labels_uri"]:
+        problems += _uri_problems("labels_uri", p["labels_uri"], BUCKET_SCHEMES)
+    images = p["images_uri"]
+    if "://" in images:
+        problems += _uri_problems("images_uri", images, BUCKET_SCHEMES)
+    elif not Path(images).is_absolute():
+        problems.append(f"images_uri={images!r}: needs an absolute path or a file:// / gs:// URI")
+    if p["target"] == "local" and not p["bucket"].startswith("file://"):
+        problems.append(f"bucket={p['bucket']!r}: target=local serves from and records to this "
+                        "machine (accepted: file:///absolute/path)")
+    if p["target"] == "endpoint":
+        url = urlparse(p["endpoint_url"])
+        if url.scheme not in ("http", "https") or not url.netloc:
+            problems.append(
+                f"endpoint_url={p['endpoint_url']!r}: target=endpoint needs the full predict URL "
+                "of the existing endpoint (accepted: http(s)://host[:port]/path)")
+    elif p["endpoint_url"]:
+        problems.append(f"endpoint_url={p['endpoint_url']!r}: only used with target=endpoint "
+                        f"(target is {p['target']!r}); leave it empty")
+    if p["load_shape"] == "staircase":
+        if p["step_users"] > p["users"]:
+            problems.append(f"step_users={p['step_users']}: larger than users={p['users']} "
+                            "(accepted: 1 <= step_users <= users)")
+        if p["step_duration_s"] > p["duration_s"]:
+            problems.append(f"step_duration_s={p['step_duration_s']}: longer than "
+                            f"duration_s={p['duration_s']} (accepted: <= duration_s)")
+    problems += _cloud_problems(p)
+    if p["workers"] > p["users"]:
+        problems.append(f"workers={p['workers']}: more workers than users={p['users']} leaves "
+                        "workers idle (accepted: workers <= users)")
+    return problems
+
+
+_CLOUD_PATTERNS = {
+    "project": (r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$", "a project id like my-project-123"),
+    "region": (r"^[a-z]+-[a-z]+[0-9]+$", "a region like us-central1"),
+    "gke_location": (r"^[a-z]+-[a-z]+[0-9]+(-[a-z])?$", "a region or zone like us-central1-a"),
+    "gke_cluster": (r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$", "a GKE cluster name"),
+    "gke_namespace": (r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$", "a Kubernetes namespace"),
+    "machine_type": (r"^[a-z0-9][a-z0-9-]{1,62}$", "a machine type like n1-standard-4"),
+    "accelerator_type": (r"^[A-Z0-9_]{0,63}$", "an accelerator like NVIDIA_TESLA_T4"),
+    "runtime_version": (r"^[0-9]+\.[0-9]+$", "a runtime version like 2.11"),
+    "gcp_conn_id": (r"^[A-Za-z0-9_.-]{1,250}$", "an Airflow connection id"),
+    "locust_image": (r"^[a-z0-9][a-z0-9._/:@-]{0,254}$", "an image like "
+                     "us-docker.pkg.dev/PROJECT/REPO/caio-locust:TAG"),
+    "serving_container_image": (r"^[a-z0-9][a-z0-9._/:@-]{0,254}$", "a container image URI"),
+    "impersonation_chain": (r"^[A-Za-z0-9@._,-]{0,1000}$",
+                            "service account emails separated by commas"),
+}
+
+
+def _cloud_problems(p: Mapping[str, Any]) -> list[str]:
+    problems = []
+    for name, (pattern, what) in _CLOUD_PATTERNS.items():
+        if p[name] and not re.match(pattern, p[name]):
+            problems.append(f"{name}={p[name]!r}: not {what}")
+    needs_project = p["target"] in ("vertex", "caip") or p["load_runner"] == "gke" or (
+        p["warehouse"].startswith("bigquery://"))
+    if needs_project and not p["project"]:
+        problems.append("project: required for cloud targets, gke and bigquery:// "
+                        "(accepted: a project id like my-project-123)")
+    if p["load_runner"] == "gke":
+        for name in ("gke_location", "gke_cluster", "locust_image"):
+            if not p[name]:
+                problems.append(f"{name}: required with load_runner=gke")
+        if not p["bucket"].startswith("gs://"):
+            problems.append(f"bucket={p['bucket']!r}: load_runner=gke writes results from pods "
+                            "(accepted: gs://bucket/prefix)")
+    if bool(p["accelerator_type"]) != (p["accelerator_count"] > 0):
+        problems.append(f"accelerator_count={p['accelerator_count']}: set accelerator_type and "
+                        "accelerator_count together (both empty/0 for CPU only)")
+    if p["max_replicas"] < p["min_replicas"]:
+        problems.append(f"max_replicas={p['max_replicas']}: below min_replicas="
+                        f"{p['min_replicas']} (accepted: max_replicas >= min_replicas)")
+    return problems
+
+
+def validate_params(
+    params: Mapping[str, Any],
+    schema: dict[str, dict[str, Any]],
+    *,
+    dag_id: str,
+    airflow_run_id: str,
+) -> RunSpec:
+    """Check ``params`` against ``schema`` and the cross-field rules; return the RunSpec.
+
+    Raises SpecError listing every problem. Unknown keys are rejected too: a typo in a
+    --conf key would otherwise silently run with the default.
+    """
+    known = set(schema)
+    merged = {name: prop["default"] for name, prop in schema.items()}
+    unknown = sorted(set(params) - known)
+    merged.update({k: v for k, v in params.items() if k in known})
+    problems = [f"{k}: unknown parameter (accepted: {', '.join(sorted(known))})"
+                for k in unknown]
+    problems += _schema_problems(merged, schema)
+    if not problems:
+        problems += _rule_problems(merged)
+    if problems:
+        raise SpecError(problems)
+    run_id = make_run_id(merged["model_name"], merged["model_version"], airflow_run_id)
+    return RunSpec(run_id=run_id, dag_id=dag_id, airflow_run_id=airflow_run_id, **merged)
+
+
+def spec_json(spec: RunSpec) -> str:
+    return json.dumps(spec.to_dict(), sort_keys=True)
