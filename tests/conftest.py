@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -14,25 +15,32 @@ if str(REPO / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO / "plugins"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Every process the tests start inherits this mark, so the leak check below finds exactly
+# ours, including orphans re-parented to init, and nothing else running on the machine.
+SESSION_MARK = "CAIO_TEST_SESSION"
+os.environ[SESSION_MARK] = uuid.uuid4().hex
 
 # Command-line fragments of every process this project starts.
 OUR_PROCESSES = ("caio_operators.targets.local_server", "locustfile.py", "caio-serve")
 
 
 def our_processes() -> list:
-    """Live processes started by this project (servers, Locust master/workers)."""
+    """Live servers and Locust processes started by this test session."""
     import psutil
 
+    mark = os.environ[SESSION_MARK]
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
             cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if not any(marker in cmd for marker in OUR_PROCESSES):
+                continue
+            if proc.environ().get(SESSION_MARK) == mark:
+                found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
-            continue
-        if any(marker in cmd for marker in OUR_PROCESSES) and "pytest" not in cmd:
-            found.append(proc)
     return found
 
 
@@ -57,13 +65,12 @@ def bucket(tmp_path) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _no_leftover_processes():
     """The whole suite must leave no server or Locust process behind."""
-    before = {p.pid for p in our_processes()}
     yield
     import time
 
     deadline = time.monotonic() + 10
-    left = [p for p in our_processes() if p.pid not in before]
+    left = our_processes()
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = [p for p in our_processes() if p.pid not in before]
+        left = our_processes()
     assert not left, f"processes left running after the tests: {[p.cmdline() for p in left]}"
