@@ -1,0 +1,216 @@
+"""The run's plots as PNG bytes, drawn from ``timeseries`` rows.
+
+matplotlib is imported lazily and used through ``Figure`` objects with the Agg canvas:
+no pyplot global state, no display, safe in a worker thread. Time runs along the x axis
+in seconds since the first interval of the run. A plot whose metrics are absent says so
+instead of failing.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+
+from caio_operators.results import schema as sc
+
+FIGSIZE = (8.0, 3.4)
+DPI = 100
+
+
+def _figure(nrows: int = 1, height: float | None = None):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(FIGSIZE[0], height or FIGSIZE[1] * nrows), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, 1, squeeze=False)[:, 0]
+    return fig, list(axes)
+
+
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _t0(timeseries: pd.DataFrame) -> pd.Timestamp | None:
+    return timeseries["ts"].min() if not timeseries.empty else None
+
+
+def _series(timeseries: pd.DataFrame, metric: str, t0, dimension: str | None = None
+            ) -> dict[str, pd.DataFrame]:
+    """{dimension: frame(x seconds, value)} for ``metric``."""
+    rows = timeseries[timeseries["metric"] == metric]
+    if dimension is not None:
+        rows = rows[rows["dimension"] == dimension]
+    out = {}
+    for dim, part in rows.groupby("dimension", sort=True):
+        part = part.sort_values("ts")
+        out[str(dim)] = pd.DataFrame({
+            "x": (part["ts"] - t0).dt.total_seconds().to_numpy(),
+            "value": part["value"].to_numpy(float)})
+    return out
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _time_axes(ax, ylabel: str, title: str) -> None:
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+
+
+def _per_dimension(ax, timeseries, metric, t0, ylabel, title, empty) -> bool:
+    series = _series(timeseries, metric, t0)
+    if not series:
+        _no_data(ax, empty)
+        ax.set_title(title, fontsize=10)
+        return False
+    for dim, frame in series.items():
+        ax.plot(frame["x"], frame["value"], label=dim, linewidth=1.2)
+    _time_axes(ax, ylabel, title)
+    ax.legend(fontsize=8, loc="best")
+    return True
+
+
+def cpu_plot(timeseries: pd.DataFrame) -> bytes:
+    """CPU utilisation per replica over time, and GPU utilisation when there is any.
+
+    Without GPU series the figure says "no GPU metrics" rather than drawing an empty panel.
+    """
+    t0 = _t0(timeseries)
+    has_gpu = bool((timeseries["metric"] == sc.GPU_UTILIZATION_PCT).any())
+    fig, axes = _figure(2 if has_gpu else 1)
+    _per_dimension(axes[0], timeseries, sc.CPU_UTILIZATION_PCT, t0, "% of one core",
+                   "CPU utilisation per replica", "no CPU samples")
+    if has_gpu:
+        _per_dimension(axes[1], timeseries, sc.GPU_UTILIZATION_PCT, t0, "% duty cycle",
+                       "GPU utilisation per replica", "no GPU metrics")
+    else:
+        axes[0].set_title("CPU utilisation per replica (no GPU metrics)", fontsize=10)
+    return _png(fig)
+
+
+def memory_plot(timeseries: pd.DataFrame) -> bytes:
+    """Resident memory per replica over time."""
+    fig, (ax,) = _figure()
+    _per_dimension(ax, timeseries, sc.MEMORY_MB, _t0(timeseries), "MB",
+                   "Memory per replica (RSS)", "no memory samples")
+    return _png(fig)
+
+
+def latency_plot(timeseries: pd.DataFrame) -> bytes:
+    """Client vs server latency (p50, p95, p99) over time."""
+    t0 = _t0(timeseries)
+    fig, (ax,) = _figure(height=4.0)
+    colors = {"p50": "tab:blue", "p95": "tab:orange", "p99": "tab:red"}
+    metrics = (
+        ("client", "-", (sc.CLIENT_LATENCY_P50_MS, sc.CLIENT_LATENCY_P95_MS,
+                         sc.CLIENT_LATENCY_P99_MS)),
+        ("server", "--", (sc.SERVER_LATENCY_P50_MS, sc.SERVER_LATENCY_P95_MS,
+                          sc.SERVER_LATENCY_P99_MS)),
+    )
+    drawn = False
+    for source, style, names in metrics:
+        for name, pct in zip(names, colors, strict=True):
+            frame = _series(timeseries, name, t0, sc.DIMENSION_ALL).get(sc.DIMENSION_ALL)
+            if frame is None:
+                continue
+            ax.plot(frame["x"], frame["value"], style, color=colors[pct], linewidth=1.2,
+                    label=f"{source} {pct}")
+            drawn = True
+    if not drawn:
+        _no_data(ax, "no latency data")
+        ax.set_title("Latency, client vs server", fontsize=10)
+    else:
+        _time_axes(ax, "ms", "Latency, client (solid) vs server (dashed)")
+        ax.legend(fontsize=8, ncol=2, loc="best")
+    return _png(fig)
+
+
+def rates_plot(timeseries: pd.DataFrame) -> bytes:
+    """Response rate and failure rate over time."""
+    t0 = _t0(timeseries)
+    fig, (ax,) = _figure()
+    drawn = False
+    for metric, label, color in ((sc.REQUEST_RATE_RPS, "requests/s", "tab:blue"),
+                                 (sc.FAILURE_RATE_RPS, "failures/s", "tab:red"),
+                                 (sc.SERVER_REQUEST_RATE_RPS, "server requests/s", "tab:gray")):
+        frame = _series(timeseries, metric, t0, sc.DIMENSION_ALL).get(sc.DIMENSION_ALL)
+        if frame is not None:
+            ax.plot(frame["x"], frame["value"], color=color, linewidth=1.2, label=label)
+            drawn = True
+    if drawn:
+        _time_axes(ax, "per second", "Response rate and failures")
+        ax.legend(fontsize=8, loc="best")
+    else:
+        _no_data(ax, "no requests recorded")
+        ax.set_title("Response rate and failures", fontsize=10)
+    return _png(fig)
+
+
+def users_plot(timeseries: pd.DataFrame) -> bytes:
+    """Simulated users over time."""
+    fig, (ax,) = _figure(height=2.6)
+    frame = _series(timeseries, sc.USERS, _t0(timeseries), sc.DIMENSION_ALL).get(
+        sc.DIMENSION_ALL)
+    if frame is None:
+        _no_data(ax, "no users history (Locust stats history missing)")
+        ax.set_title("Users", fontsize=10)
+    else:
+        ax.step(frame["x"], frame["value"], where="post", color="tab:green", linewidth=1.4)
+        _time_axes(ax, "users", "Users")
+    return _png(fig)
+
+
+def latency_vs_throughput_plot(timeseries: pd.DataFrame) -> bytes:
+    """Per-interval p50 and p95 latency against requests/s, coloured by users."""
+    fig, (ax,) = _figure(height=4.0)
+    rows = timeseries[timeseries["dimension"] == sc.DIMENSION_ALL]
+    wide = rows.pivot_table(index="ts", columns="metric", values="value", aggfunc="last") \
+        if not rows.empty else pd.DataFrame()
+    needed = [sc.REQUEST_RATE_RPS, sc.CLIENT_LATENCY_P50_MS, sc.CLIENT_LATENCY_P95_MS]
+    if wide.empty or any(m not in wide for m in needed):
+        _no_data(ax, "no latency/throughput data")
+        ax.set_title("Latency vs throughput", fontsize=10)
+        return _png(fig)
+    users = wide[sc.USERS].ffill() if sc.USERS in wide else None
+    wide = wide.dropna(subset=[sc.CLIENT_LATENCY_P50_MS])
+    colour = users.reindex(wide.index).to_numpy(float) if users is not None else None
+    kwargs = {"c": colour, "cmap": "viridis"} if colour is not None else {"color": "tab:blue"}
+    points = None
+    for metric, marker, label in ((sc.CLIENT_LATENCY_P50_MS, "o", "p50"),
+                                  (sc.CLIENT_LATENCY_P95_MS, "^", "p95")):
+        points = ax.scatter(wide[sc.REQUEST_RATE_RPS], wide[metric], marker=marker, s=18,
+                            alpha=0.8, label=label, **kwargs)
+    if colour is not None and points is not None:
+        fig.colorbar(points, ax=ax, label="users")
+    ax.set_xlabel("requests/s (per interval)")
+    ax.set_ylabel("latency ms")
+    ax.set_title("Latency vs throughput (o p50, ^ p95)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    return _png(fig)
+
+
+#: (key, title, function) in report order
+PLOTS: Sequence[tuple[str, str, Callable[[pd.DataFrame], bytes]]] = (
+    ("latency", "Latency over time, client vs server", latency_plot),
+    ("rates", "Response rate and failures", rates_plot),
+    ("users", "Users", users_plot),
+    ("latency_vs_throughput", "Latency vs throughput", latency_vs_throughput_plot),
+    ("cpu", "CPU and GPU utilisation per replica", cpu_plot),
+    ("memory", "Memory per replica", memory_plot),
+)
+
+
+def all_plots(timeseries: pd.DataFrame) -> dict[str, bytes]:
+    """Every plot of the report, as PNG bytes keyed by name."""
+    return {key: fn(timeseries) for key, _, fn in PLOTS}

@@ -1,0 +1,262 @@
+"""Raw records -> the three tidy tables (pure: DataFrames in, DataFrames out).
+
+``meta`` carries what was known before harvest (see ``META_FIELDS``); the raw frames come
+from :mod:`caio_operators.results.readers` (or a cloud harvester producing the same
+columns). Any of them may be empty: a failed run still yields a ``runs`` row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from caio_operators.results import schema as sc
+from caio_operators.results import stats
+
+#: run fields taken from ``meta`` as they are (strings / ints)
+META_STRINGS = ("dag_id", "target", "protocol", "model_name", "model_version",
+                "model_source", "weights", "signature", "load_shape")
+META_INTS = ("users", "workers", "replicas")
+META_FIELDS = ("run_id", *META_STRINGS, *META_INTS, "status", "reason", "started_at",
+               "ended_at", "provenance", "params", "harvested_at")
+
+_TS_COLS = ["ts", "metric", "dimension", "value"]
+
+
+def build_tables(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFrame,
+                 samples: pd.DataFrame, locust_history: pd.DataFrame,
+                 interval_s: float = sc.DEFAULT_INTERVAL_S) -> dict[str, pd.DataFrame]:
+    """Build ``runs``, ``timeseries`` and ``requests`` for one run, exactly per the schema."""
+    run_id = meta.get("run_id")
+    if not run_id:
+        raise ValueError("meta['run_id'] is required to build a run's tables")
+    if interval_s <= 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    client, server = _clean_records(client), _clean_records(server)
+    requests = _requests_table(run_id, client, server)
+    timeseries = _timeseries_table(run_id, client, server, samples, locust_history, interval_s)
+    runs = _runs_table(meta, client, server, samples)
+    return {
+        "runs": sc.conform("runs", runs),
+        "timeseries": sc.conform("timeseries", timeseries),
+        "requests": sc.conform("requests", requests),
+    }
+
+
+# --- records ------------------------------------------------------------------------------
+
+def _clean_records(df: pd.DataFrame) -> pd.DataFrame:
+    """Drop rows without a start time; a missing ``ok`` counts as a failure."""
+    if df.empty:
+        return df
+    out = df[df["ts"].notna()]
+    return out.assign(ok=out["ok"].fillna(False).astype(bool))
+
+
+def _utc(epoch_s: pd.Series | np.ndarray) -> pd.DatetimeIndex:
+    micros = np.round(np.asarray(epoch_s, dtype=float) * 1e6).astype("int64")
+    return pd.to_datetime(micros, unit="us", utc=True)
+
+
+def replica_name(value: Any) -> str:
+    """'3' -> 'replica-3'; names that are already labels pass through."""
+    text = str(value)
+    return f"replica-{text}" if text.isdigit() else text
+
+
+def _nonempty_or_null(col: pd.Series) -> pd.Series:
+    col = col.astype("str")
+    return col.where(col.str.len() > 0)
+
+
+def _requests_table(run_id: str, client: pd.DataFrame, server: pd.DataFrame) -> pd.DataFrame:
+    parts = []
+    for source, df, origin in (("client", client, "worker"), ("server", server, "replica")):
+        if df.empty:
+            continue
+        origins = df[origin].astype("str")
+        if source == "server":
+            origins = origins.map(replica_name, na_action="ignore")
+        parts.append(pd.DataFrame({
+            "run_id": run_id,
+            "source": source,
+            "ts": _utc(df["ts"]),
+            "latency_ms": df["latency_ms"].to_numpy(dtype=float, na_value=np.nan),
+            "ok": df["ok"].to_numpy(dtype=bool),
+            "status_code": df["status_code"].astype("Int32").to_numpy(),
+            "signature": df["signature"].astype("str").to_numpy(),
+            "origin": origins.to_numpy(),
+            "error": _nonempty_or_null(df["error"]).to_numpy(),
+        }))
+    if not parts:
+        return sc.empty_frame("requests")
+    return pd.concat(parts, ignore_index=True)
+
+
+# --- timeseries ---------------------------------------------------------------------------
+
+def _long(frame: pd.DataFrame, mapping: Mapping[str, str], dimension: str | pd.Series
+          ) -> pd.DataFrame:
+    """Wide per-interval frame -> long rows (ts, metric, dimension, value)."""
+    parts = []
+    for col, metric in mapping.items():
+        parts.append(pd.DataFrame({"ts": frame["ts"].to_numpy(dtype=float), "metric": metric,
+                                   "dimension": dimension, "value": frame[col].to_numpy(float)}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=_TS_COLS)
+
+
+def _client_series(client: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
+    if client.empty:
+        return []
+    mapping = {"p50_ms": sc.CLIENT_LATENCY_P50_MS, "p95_ms": sc.CLIENT_LATENCY_P95_MS,
+               "p99_ms": sc.CLIENT_LATENCY_P99_MS, "request_rate_rps": sc.REQUEST_RATE_RPS,
+               "failure_rate_rps": sc.FAILURE_RATE_RPS}
+    out = [_long(stats.interval_stats(client, interval_s), mapping, sc.DIMENSION_ALL)]
+    signatures = client["signature"].dropna().unique()
+    if len(signatures) > 1:  # a mixed payload: also one series per signature
+        for signature in sorted(signatures):
+            part = client[client["signature"] == signature]
+            out.append(_long(stats.interval_stats(part, interval_s), mapping, str(signature)))
+    return out
+
+
+def _server_series(server: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
+    if server.empty:
+        return []
+    mapping = {"p50_ms": sc.SERVER_LATENCY_P50_MS, "p95_ms": sc.SERVER_LATENCY_P95_MS,
+               "p99_ms": sc.SERVER_LATENCY_P99_MS,
+               "request_rate_rps": sc.SERVER_REQUEST_RATE_RPS}
+    return [_long(stats.interval_stats(server, interval_s), mapping, sc.DIMENSION_ALL)]
+
+
+def _sample_series(samples: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
+    if samples.empty:
+        return []
+    samples = samples[samples["ts"].notna()].assign(
+        replica=samples["replica"].map(replica_name, na_action="ignore"))
+    out = []
+    for value, metric in (("cpu_percent", sc.CPU_UTILIZATION_PCT),
+                          ("rss_mb", sc.MEMORY_MB)):
+        agg = stats.interval_aggregate(samples, value, interval_s, by="replica", how="mean")
+        out.append(pd.DataFrame({"ts": agg["ts"], "metric": metric,
+                                 "dimension": agg["replica"], "value": agg["value"]}))
+    bins = np.floor(samples["ts"].to_numpy(float) / interval_s) * interval_s
+    replicas = samples.assign(ts=bins).groupby("ts")["replica"].nunique().reset_index()
+    out.append(pd.DataFrame({"ts": replicas["ts"], "metric": sc.REPLICAS,
+                             "dimension": sc.DIMENSION_ALL,
+                             "value": replicas["replica"].astype(float)}))
+    return out
+
+
+def _users_series(history: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
+    if history.empty:
+        return []
+    rows = history[history["name"] == "Aggregated"] if "name" in history else history
+    rows = rows[rows["ts"].notna() & rows["users"].notna()].sort_values("ts", kind="stable")
+    if rows.empty:
+        return []
+    agg = stats.interval_aggregate(rows, "users", interval_s, how="last")
+    return [pd.DataFrame({"ts": agg["ts"], "metric": sc.USERS, "dimension": sc.DIMENSION_ALL,
+                          "value": agg["value"]})]
+
+
+def _timeseries_table(run_id: str, client, server, samples, history, interval_s: float
+                      ) -> pd.DataFrame:
+    parts = [
+        *_client_series(client, interval_s),
+        *_server_series(server, interval_s),
+        *_sample_series(samples, interval_s),
+        *_users_series(history, interval_s),
+    ]
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return sc.empty_frame("timeseries")
+    long = pd.concat(parts, ignore_index=True)
+    long = long[long["value"].notna()]  # an idle interval has no latency: unknown, not zero
+    long = long.sort_values(["metric", "dimension", "ts"], kind="stable", ignore_index=True)
+    return pd.DataFrame({"run_id": run_id, "ts": _utc(long["ts"]), "metric": long["metric"],
+                         "dimension": long["dimension"].astype("str"),
+                         "value": long["value"].astype(float)})
+
+
+# --- runs ---------------------------------------------------------------------------------
+
+def to_utc_timestamp(value: Any) -> pd.Timestamp | None:
+    """Epoch seconds, ISO text, datetime or Timestamp -> a UTC Timestamp (None stays None)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, int | float | np.integer | np.floating):
+        return pd.Timestamp(_utc([float(value)])[0])
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value or {}, sort_keys=True, default=str)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None or value == "" else int(value)
+
+
+def _max_or_nan(df: pd.DataFrame, col: str) -> float:
+    if df.empty:
+        return math.nan
+    values = df[col].to_numpy(dtype=float, na_value=np.nan)
+    return float(np.nanmax(values)) if (~np.isnan(values)).any() else math.nan
+
+
+def _status(meta: Mapping[str, Any], requests: int) -> tuple[str, str]:
+    status = meta.get("status") or "success"
+    reason = meta.get("reason") or ""
+    if status not in sc.STATUSES:
+        raise ValueError(f"meta['status'] is {status!r}; expected one of {sc.STATUSES}")
+    if status == "success" and requests == 0:
+        # a load stage that "succeeded" without a single recorded request measured nothing
+        return "degraded", "no client requests were recorded"
+    return status, reason
+
+
+def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFrame,
+                samples: pd.DataFrame) -> pd.DataFrame:
+    figures = stats.latency_summary(client)
+    ok_server = server[server["ok"]] if not server.empty else server
+    server_pct = stats.percentiles(
+        ok_server["latency_ms"].to_numpy(dtype=float, na_value=np.nan)
+        if not ok_server.empty else [], (50, 99))
+    started, ended = to_utc_timestamp(meta.get("started_at")), to_utc_timestamp(
+        meta.get("ended_at"))
+    if not client.empty:  # fall back to what the records show
+        ts = client["ts"].to_numpy(float)
+        ends = ts + client["latency_ms"].to_numpy(dtype=float, na_value=0.0) / 1000.0
+        started = started or to_utc_timestamp(float(ts.min()))
+        ended = ended or to_utc_timestamp(float(np.nanmax(ends)))
+    duration = (ended - started).total_seconds() if started is not None and ended is not None \
+        else math.nan
+    status, reason = _status(meta, int(figures["requests"]))
+    harvested = to_utc_timestamp(meta.get("harvested_at")) or pd.Timestamp(
+        dt.datetime.now(dt.UTC))
+    row: dict[str, Any] = {"run_id": meta["run_id"], "status": status, "reason": reason}
+    row.update({name: meta.get(name) for name in META_STRINGS})
+    row.update({name: _int_or_none(meta.get(name)) for name in META_INTS})
+    row.update({
+        "started_at": started, "ended_at": ended, "duration_s": duration,
+        **figures,
+        "throughput_rps": stats.throughput_rps(client),
+        "server_p50_ms": server_pct[50.0], "server_p99_ms": server_pct[99.0],
+        "peak_cpu_pct": _max_or_nan(samples, "cpu_percent"),
+        "peak_memory_mb": _max_or_nan(samples, "rss_mb"),
+        "provenance": _json(meta.get("provenance")),
+        "params": _json(meta.get("params")),
+        "harvested_at": harvested,
+    })
+    frame = pd.DataFrame([row])
+    for col in ("started_at", "ended_at", "harvested_at"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
+    return frame

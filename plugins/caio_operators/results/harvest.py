@@ -1,0 +1,94 @@
+"""Harvest one run: raw files in the bucket -> Parquet tables in the bucket + warehouse rows.
+
+Idempotent: the Parquet files are overwritten atomically and the warehouse replaces the
+run's rows in one transaction, so harvesting twice leaves exactly one copy.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from caio_operators import storage
+from caio_operators.layout import RunLayout
+from caio_operators.results import schema as sc
+from caio_operators.results.consolidate import build_tables
+from caio_operators.results.readers import read_run_inputs
+from caio_operators.results.warehouse import open_warehouse
+
+log = logging.getLogger(__name__)
+
+#: runs-table figures returned by harvest_run (small enough for XCom)
+KEY_FIGURES = ("status", "reason", "requests", "failures", "error_rate", "throughput_rps",
+               "p50_ms", "p95_ms", "p99_ms", "server_p50_ms", "peak_cpu_pct", "duration_s")
+
+
+def parquet_bytes(table: str, frame: pd.DataFrame) -> bytes:
+    """``frame`` as a Parquet file with exactly the schema of ``table`` (zstd)."""
+    buffer = io.BytesIO()
+    pq.write_table(sc.to_arrow(table, frame), buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def write_tables(layout: RunLayout, tables: Mapping[str, pd.DataFrame]) -> dict[str, str]:
+    """Write each table to ``layout.table_uri(name)`` atomically; return the URIs."""
+    return {name: storage.write_bytes(layout.table_uri(name), parquet_bytes(name, frame))
+            for name, frame in tables.items()}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly scalar: NaN/NA -> None, numpy -> Python."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
+                interval_s: float = sc.DEFAULT_INTERVAL_S) -> dict[str, Any]:
+    """Read the run's raw files, build the tables, store them as Parquet and in the warehouse.
+
+    Returns a small dict: run_id, row counts, table URIs, key figures, skipped files and
+    the seconds spent.
+    """
+    if meta.get("run_id") != layout.run_id:
+        raise ValueError(f"meta run_id {meta.get('run_id')!r} does not match the layout's "
+                         f"run_id {layout.run_id!r}")
+    t0 = time.perf_counter()
+    raw = read_run_inputs(layout)
+    t_read = time.perf_counter()
+    tables = build_tables(meta, raw.client, raw.server, raw.samples, raw.locust_history,
+                          interval_s=interval_s)
+    t_build = time.perf_counter()
+    uris = write_tables(layout, tables)
+    t_parquet = time.perf_counter()
+    warehouse = open_warehouse(warehouse_uri)
+    warehouse.ensure_schema()
+    counts = warehouse.replace_run(tables, layout.run_id)
+    t_done = time.perf_counter()
+    run = tables["runs"].iloc[0]
+    result = {
+        "run_id": layout.run_id,
+        "counts": counts,
+        "tables": uris,
+        "warehouse": warehouse_uri,
+        "skipped_files": list(raw.skipped),
+        "figures": {name: _plain(run[name]) for name in KEY_FIGURES},
+        "seconds": {"read": round(t_read - t0, 3), "build": round(t_build - t_read, 3),
+                    "parquet": round(t_parquet - t_build, 3),
+                    "warehouse": round(t_done - t_parquet, 3),
+                    "total": round(t_done - t0, 3)},
+    }
+    log.info("harvested run %s: %s rows in %.2f s (%s skipped files)", layout.run_id,
+             counts, t_done - t0, len(raw.skipped))
+    return result

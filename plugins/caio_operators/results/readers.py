@@ -1,0 +1,164 @@
+"""Read a run's raw CSV chunks from the bucket, fast, with pyarrow.
+
+Each reader returns a pandas DataFrame with fixed columns and dtypes, empty when nothing
+was written (a failed run still harvests whatever exists). Extra columns in a file are
+ignored, missing ones read as null, so writers can evolve without breaking harvest.
+A file that cannot be parsed is skipped with a warning and reported, not fatal.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from caio_operators import storage
+from caio_operators.layout import RunLayout
+
+log = logging.getLogger(__name__)
+
+CLIENT_COLUMNS: dict[str, pa.DataType] = {
+    "ts": pa.float64(), "latency_ms": pa.float64(), "ok": pa.bool_(),
+    "status_code": pa.int64(), "signature": pa.string(), "worker": pa.string(),
+    "bytes": pa.int64(), "error": pa.string(),
+}
+SERVER_COLUMNS: dict[str, pa.DataType] = {
+    "ts": pa.float64(), "latency_ms": pa.float64(), "ok": pa.bool_(),
+    "status_code": pa.int64(), "signature": pa.string(), "replica": pa.string(),
+    "instances": pa.int64(), "error": pa.string(),
+}
+SAMPLE_COLUMNS: dict[str, pa.DataType] = {
+    "ts": pa.float64(), "replica": pa.string(), "pid": pa.int64(),
+    "cpu_percent": pa.float64(), "rss_mb": pa.float64(),
+}
+# Locust's --csv-full-history file: its header -> our name
+LOCUST_HISTORY_COLUMNS: dict[str, tuple[str, pa.DataType]] = {
+    "Timestamp": ("ts", pa.float64()),
+    "User Count": ("users", pa.int64()),
+    "Name": ("name", pa.string()),
+    "Requests/s": ("request_rate_rps", pa.float64()),
+    "Failures/s": ("failure_rate_rps", pa.float64()),
+    "50%": ("p50_ms", pa.float64()),
+    "95%": ("p95_ms", pa.float64()),
+    "99%": ("p99_ms", pa.float64()),
+    "Total Request Count": ("total_requests", pa.int64()),
+    "Total Failure Count": ("total_failures", pa.int64()),
+}
+LOCUST_HISTORY_SUFFIX = "_stats_history.csv"
+_NULLS = ["", "N/A", "nan", "NaN", "None"]
+_READ_THREADS = 8  # overlaps object-store round trips; local reads barely notice
+
+
+@dataclass
+class RawInputs:
+    """Everything harvest reads for one run, plus the files it had to skip."""
+
+    client: pd.DataFrame
+    server: pd.DataFrame
+    samples: pd.DataFrame
+    locust_history: pd.DataFrame
+    skipped: list[str] = field(default_factory=list)
+
+
+def _types_mapper(arrow_type: pa.DataType):
+    if pa.types.is_integer(arrow_type):
+        return pd.Int64Dtype()
+    if pa.types.is_boolean(arrow_type):
+        return pd.BooleanDtype()
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pd.StringDtype(na_value=float("nan"))
+    return None
+
+
+def _empty_table(columns: dict[str, pa.DataType]) -> pa.Table:
+    return pa.schema(list(columns.items())).empty_table()
+
+
+def _parse(data: bytes, columns: dict[str, pa.DataType]) -> pa.Table:
+    convert = pacsv.ConvertOptions(
+        column_types=columns,
+        include_columns=list(columns),
+        include_missing_columns=True,
+        null_values=_NULLS,
+        strings_can_be_null=False,
+    )
+    return pacsv.read_csv(io.BytesIO(data), convert_options=convert)
+
+
+def read_csv_files(uris: Iterable[str], columns: dict[str, pa.DataType],
+                   skipped: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate CSV files into one DataFrame with exactly ``columns``.
+
+    Empty files are ignored; unparseable ones are logged, appended to ``skipped`` and
+    left out.
+    """
+    uris = list(uris)
+
+    def load(uri: str) -> pa.Table | None:
+        try:
+            data = storage.read_bytes(uri)
+            if not data.strip():
+                return None
+            return _parse(data, columns)
+        except (pa.ArrowInvalid, storage.StorageError, UnicodeDecodeError) as exc:
+            log.warning("skipping unreadable record file %s: %s", uri, exc)
+            if skipped is not None:
+                skipped.append(uri)
+            return None
+
+    if len(uris) > 1:
+        with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(uris))) as pool:
+            tables = [t for t in pool.map(load, uris) if t is not None]
+    else:
+        tables = [t for t in map(load, uris) if t is not None]
+    schema = pa.schema(list(columns.items()))
+    table = pa.concat_tables([t.select(list(columns)).cast(schema) for t in tables]) \
+        if tables else _empty_table(columns)
+    return table.to_pandas(types_mapper=_types_mapper)
+
+
+def read_client_records(requests_dir: str, skipped: list[str] | None = None) -> pd.DataFrame:
+    """Client records (``ts,latency_ms,ok,status_code,signature,worker,bytes,error``)."""
+    return read_csv_files(storage.list_files(requests_dir, ".csv"), CLIENT_COLUMNS, skipped)
+
+
+def read_server_records(requests_dir: str, skipped: list[str] | None = None) -> pd.DataFrame:
+    """Server records (``ts,latency_ms,ok,status_code,signature,replica,instances,error``)."""
+    return read_csv_files(storage.list_files(requests_dir, ".csv"), SERVER_COLUMNS, skipped)
+
+
+def read_samples(samples_dir: str, skipped: list[str] | None = None) -> pd.DataFrame:
+    """Replica samples (``ts,replica,pid,cpu_percent,rss_mb``)."""
+    return read_csv_files(storage.list_files(samples_dir, ".csv"), SAMPLE_COLUMNS, skipped)
+
+
+def read_locust_history(csv_prefix: str, skipped: list[str] | None = None) -> pd.DataFrame:
+    """Locust's ``<prefix>_stats_history.csv`` with columns renamed to ours.
+
+    Columns: ts, users, name, request_rate_rps, failure_rate_rps, p50_ms, p95_ms, p99_ms,
+    total_requests, total_failures. Locust writes "N/A" before the first response; that
+    reads as null.
+    """
+    uri = csv_prefix + LOCUST_HISTORY_SUFFIX
+    columns = {header: type_ for header, (_, type_) in LOCUST_HISTORY_COLUMNS.items()}
+    uris = [uri] if storage.exists(uri) else []
+    frame = read_csv_files(uris, columns, skipped)
+    return frame.rename(columns={h: name for h, (name, _) in LOCUST_HISTORY_COLUMNS.items()})
+
+
+def read_run_inputs(layout: RunLayout) -> RawInputs:
+    """All raw inputs of one run under ``layout``; missing pieces come back empty."""
+    skipped: list[str] = []
+    return RawInputs(
+        client=read_client_records(layout.client_requests_dir, skipped),
+        server=read_server_records(layout.server_requests_dir, skipped),
+        samples=read_samples(layout.samples_dir, skipped),
+        locust_history=read_locust_history(layout.locust_csv_prefix, skipped),
+        skipped=skipped,
+    )

@@ -1,0 +1,266 @@
+"""The one tidy schema every target produces: ``runs``, ``timeseries`` and ``requests``.
+
+Local runs fill these tables from raw CSV records and process samples; cloud runs fill the
+same tables from raw records and Cloud Monitoring. Analysis reads only these tables, so it
+never knows which backend produced a run. Every table is keyed by ``run_id``.
+
+Types are declared once, as Arrow types; the pandas dtypes, the DuckDB DDL and the
+BigQuery types derive from them. ``conform()`` casts a DataFrame to exactly a table's
+columns and dtypes; ``schema_markdown()`` renders the documentation used in the README.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+# --- timeseries metric names (units are part of the name) -------------------------------
+CLIENT_LATENCY_P50_MS = "client_latency_p50_ms"
+CLIENT_LATENCY_P95_MS = "client_latency_p95_ms"
+CLIENT_LATENCY_P99_MS = "client_latency_p99_ms"
+REQUEST_RATE_RPS = "request_rate_rps"
+FAILURE_RATE_RPS = "failure_rate_rps"
+USERS = "users"
+SERVER_LATENCY_P50_MS = "server_latency_p50_ms"
+SERVER_LATENCY_P95_MS = "server_latency_p95_ms"
+SERVER_LATENCY_P99_MS = "server_latency_p99_ms"
+SERVER_REQUEST_RATE_RPS = "server_request_rate_rps"
+CPU_UTILIZATION_PCT = "cpu_utilization_pct"
+MEMORY_MB = "memory_mb"
+REPLICAS = "replicas"
+GPU_UTILIZATION_PCT = "gpu_utilization_pct"
+
+METRICS: dict[str, str] = {
+    CLIENT_LATENCY_P50_MS: "client-side latency, median of successful requests started in "
+                           "the interval",
+    CLIENT_LATENCY_P95_MS: "client-side latency, 95th percentile (successful requests)",
+    CLIENT_LATENCY_P99_MS: "client-side latency, 99th percentile (successful requests)",
+    REQUEST_RATE_RPS: "requests started per second (all outcomes); dimension 'all' or a signature",
+    FAILURE_RATE_RPS: "failed requests per second; dimension 'all' or a signature",
+    USERS: "simulated users running (from Locust's stats history)",
+    SERVER_LATENCY_P50_MS: "server-side latency (model call), median of successful requests",
+    SERVER_LATENCY_P95_MS: "server-side latency, 95th percentile",
+    SERVER_LATENCY_P99_MS: "server-side latency, 99th percentile",
+    SERVER_REQUEST_RATE_RPS: "requests handled per second by the server (all outcomes)",
+    CPU_UTILIZATION_PCT: "CPU of one replica, mean over the interval (100 = one core busy); "
+                         "dimension 'replica-<i>'",
+    MEMORY_MB: "resident memory of one replica, mean over the interval; dimension 'replica-<i>'",
+    REPLICAS: "replicas reporting samples in the interval",
+    GPU_UTILIZATION_PCT: "GPU duty cycle per replica (cloud targets with GPUs only)",
+}
+
+DEFAULT_INTERVAL_S = 1.0
+STATUSES = ("success", "failed", "degraded")
+SOURCES = ("client", "server")
+DIMENSION_ALL = "all"
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    description: str
+
+
+def _c(name: str, type_: pa.DataType, description: str) -> Column:
+    return Column(name, type_, description)
+
+
+S, I64, I32, F64, B = pa.string(), pa.int64(), pa.int32(), pa.float64(), pa.bool_()
+
+RUNS: tuple[Column, ...] = (
+    _c("run_id", S, "unique id of the benchmark run (key of every table)"),
+    _c("dag_id", S, "Airflow DAG that ran it (or 'cli')"),
+    _c("status", S, "'success' | 'failed' | 'degraded'"),
+    _c("reason", S, "why the run failed or degraded; empty when successful"),
+    _c("target", S, "where the model was served: 'local' | 'endpoint' (cloud targets later)"),
+    _c("protocol", S, "request protocol: 'caip' | 'vertex' | 'tfserving'"),
+    _c("model_name", S, "model name"),
+    _c("model_version", S, "model version"),
+    _c("model_source", S, "where the model came from (e.g. keras.applications.MobileNetV2)"),
+    _c("weights", S, "weights used ('imagenet', 'random', a URI...)"),
+    _c("signature", S, "serving signature driven ('serving_default' | 'serving_preprocess')"),
+    _c("load_shape", S, "'constant' | 'staircase'"),
+    _c("users", I64, "peak simulated users"),
+    _c("workers", I64, "Locust worker processes / pods"),
+    _c("replicas", I64, "serving replicas"),
+    _c("started_at", UTC_TS, "load start (UTC)"),
+    _c("ended_at", UTC_TS, "load end (UTC)"),
+    _c("duration_s", F64, "ended_at - started_at, seconds"),
+    _c("requests", I64, "client requests recorded"),
+    _c("failures", I64, "client requests that failed"),
+    _c("error_rate", F64, "failures / requests (null when no requests)"),
+    _c("throughput_rps", F64, "successful requests per second over the steady window"),
+    _c("p50_ms", F64, "client latency median, successful requests, nearest-rank"),
+    _c("p90_ms", F64, "client latency 90th percentile"),
+    _c("p95_ms", F64, "client latency 95th percentile"),
+    _c("p99_ms", F64, "client latency 99th percentile"),
+    _c("p999_ms", F64, "client latency 99.9th percentile"),
+    _c("max_ms", F64, "client latency maximum"),
+    _c("mean_ms", F64, "client latency mean"),
+    _c("server_p50_ms", F64, "server-side latency median (null when the target reports none)"),
+    _c("server_p99_ms", F64, "server-side latency 99th percentile"),
+    _c("peak_cpu_pct", F64, "highest CPU of any one replica in any sample (100 = one core)"),
+    _c("peak_memory_mb", F64, "highest resident memory of any one replica, MB"),
+    _c("provenance", S, "JSON: package, Locust, TF, Python versions, machine, git sha..."),
+    _c("params", S, "JSON: the run parameters as given"),
+    _c("harvested_at", UTC_TS, "when these rows were built (UTC)"),
+)
+
+TIMESERIES: tuple[Column, ...] = (
+    _c("run_id", S, "run key"),
+    _c("ts", UTC_TS, "interval start (UTC), aligned to multiples of interval_s on the epoch"),
+    _c("metric", S, "metric name, unit in the name (see the metric list)"),
+    _c("dimension", S, "'all', a signature, or 'replica-<i>'"),
+    _c("value", F64, "the value for that interval"),
+)
+
+REQUESTS: tuple[Column, ...] = (
+    _c("run_id", S, "run key"),
+    _c("source", S, "'client' (load generator) | 'server' (model server)"),
+    _c("ts", UTC_TS, "request start (UTC, microseconds)"),
+    _c("latency_ms", F64, "latency around the request only, monotonic clock"),
+    _c("ok", B, "whether the request succeeded"),
+    _c("status_code", I32, "HTTP status (null when no response arrived)"),
+    _c("signature", S, "serving signature requested"),
+    _c("origin", S, "Locust worker id (client) or 'replica-<i>' (server)"),
+    _c("error", S, "error text; null when ok"),
+)
+
+TABLES: dict[str, tuple[Column, ...]] = {
+    "runs": RUNS,
+    "timeseries": TIMESERIES,
+    "requests": REQUESTS,
+}
+TABLE_DOCS = {
+    "runs": "one summary row per run",
+    "timeseries": f"one row per (interval, metric, dimension); default interval "
+                  f"{DEFAULT_INTERVAL_S:g} s",
+    "requests": "raw per-request records, client and server side",
+}
+
+
+def columns(table: str) -> list[str]:
+    return [c.name for c in _table(table)]
+
+
+def _table(table: str) -> tuple[Column, ...]:
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise ValueError(
+            f"unknown table {table!r}; the schema has {', '.join(TABLES)}"
+        ) from None
+
+
+def arrow_schema(table: str) -> pa.Schema:
+    return pa.schema(
+        [pa.field(c.name, c.type, metadata={"description": c.description}) for c in _table(table)]
+    )
+
+
+def _pandas_dtype(type_: pa.DataType) -> str:
+    if pa.types.is_string(type_):
+        return "str"
+    if pa.types.is_integer(type_):
+        return "Int64" if type_ == I64 else "Int32"
+    if pa.types.is_floating(type_):
+        return "float64"
+    if pa.types.is_boolean(type_):
+        return "boolean"
+    if pa.types.is_timestamp(type_):
+        return "datetime64[us, UTC]"
+    raise TypeError(f"no pandas dtype for {type_}")
+
+
+def pandas_dtypes(table: str) -> dict[str, str]:
+    return {c.name: _pandas_dtype(c.type) for c in _table(table)}
+
+
+_DUCKDB = {S: "VARCHAR", I64: "BIGINT", I32: "INTEGER", F64: "DOUBLE", B: "BOOLEAN",
+           UTC_TS: "TIMESTAMPTZ"}
+_BIGQUERY = {S: "STRING", I64: "INT64", I32: "INT64", F64: "FLOAT64", B: "BOOL",
+             UTC_TS: "TIMESTAMP"}
+
+
+def sql_types(table: str, dialect: str = "duckdb") -> dict[str, str]:
+    """Column -> SQL type for ``dialect`` ('duckdb' or 'bigquery')."""
+    mapping = {"duckdb": _DUCKDB, "bigquery": _BIGQUERY}.get(dialect)
+    if mapping is None:
+        raise ValueError(f"unknown SQL dialect {dialect!r}; use 'duckdb' or 'bigquery'")
+    return {c.name: mapping[c.type] for c in _table(table)}
+
+
+def empty_frame(table: str):
+    import pandas as pd
+
+    return pd.DataFrame({name: pd.Series([], dtype=dtype)
+                         for name, dtype in pandas_dtypes(table).items()})
+
+
+def conform(table: str, df):
+    """``df`` with exactly the columns of ``table``, in order, cast to the schema's dtypes.
+
+    Missing columns are an error (a silent null column would hide a bug upstream);
+    extra columns are dropped.
+    """
+    import pandas as pd
+
+    wanted = pandas_dtypes(table)
+    missing = [name for name in wanted if name not in df.columns]
+    if missing:
+        raise ValueError(f"{table}: missing columns {missing}; expected {list(wanted)}")
+    out = {}
+    for name, dtype in wanted.items():
+        col = df[name]
+        if dtype.startswith("datetime64") and not isinstance(col.dtype, pd.DatetimeTZDtype):
+            if pd.api.types.is_numeric_dtype(col) and len(col):
+                # pandas would read numbers as nanoseconds: make the caller say the unit
+                raise TypeError(f"{table}.{name} holds numbers; convert epoch seconds with "
+                                "pd.to_datetime(values, unit='s', utc=True) first")
+            col = pd.to_datetime(col, utc=True)
+        out[name] = col.astype(dtype)
+    return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
+
+
+def to_arrow(table: str, df) -> pa.Table:
+    """An Arrow table of ``df`` with exactly the schema of ``table``."""
+    frame = conform(table, df)
+    return pa.Table.from_pandas(frame, schema=arrow_schema(table), preserve_index=False)
+
+
+def validate(table: str, df) -> None:
+    """Raise ``ValueError`` unless ``df`` has exactly the columns and dtypes of ``table``."""
+    wanted = pandas_dtypes(table)
+    if list(df.columns) != list(wanted):
+        raise ValueError(f"{table}: columns {list(df.columns)} != schema {list(wanted)}")
+    wrong = {n: str(df[n].dtype) for n, d in wanted.items() if str(df[n].dtype) != d}
+    if wrong:
+        raise ValueError(f"{table}: wrong dtypes {wrong}; expected {wanted}")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare pipe would split the markdown cell
+
+
+def schema_markdown() -> str:
+    """The schema as markdown (tables, columns, types, metric names) for the README."""
+    lines = [
+        "All tables are keyed by `run_id`; timestamps are UTC (microseconds). "
+        "SQL types: DuckDB / BigQuery.",
+        "",
+    ]
+    for table, cols in TABLES.items():
+        duck, bq = sql_types(table, "duckdb"), sql_types(table, "bigquery")
+        lines += [f"### `{table}`: {TABLE_DOCS[table]}", "",
+                  "| column | type | description |", "|---|---|---|"]
+        lines += [f"| `{c.name}` | {duck[c.name]} / {bq[c.name]} | {_cell(c.description)} |"
+                  for c in cols]
+        lines.append("")
+    lines += ["### Metrics in `timeseries.metric`", "", "| metric | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {_cell(text)} |" for name, text in METRICS.items()]
+    lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""Pure statistics on raw request records: exact percentiles, interval bins, throughput.
+
+Percentile method: **nearest rank** (Hyndman & Fan type 1, numpy ``inverted_cdf``). The
+p-th percentile of n sorted values is the value at rank ``ceil(p/100 * n)`` (1-based),
+i.e. the smallest observed latency such that at least p % of requests took no longer.
+Every reported percentile is therefore a latency that really happened; nothing is
+interpolated or rounded (unlike Locust's own bucketed percentiles).
+
+Latency percentiles use successful requests only (``ok``); failures are counted
+separately, because a fast error would otherwise make a failing server look quick.
+
+Records are DataFrames with at least ``ts`` (epoch seconds float, or UTC datetimes),
+``latency_ms`` and ``ok``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+#: runs-table column -> percentile
+SUMMARY_PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms": 99.0,
+                       "p999_ms": 99.9}
+INTERVAL_PERCENTILES = (50.0, 95.0, 99.0)
+STEADY_TRIM_FRACTION = 0.1
+
+
+def _rank(q: float, n: np.ndarray | int) -> np.ndarray:
+    # round before ceil so that e.g. 99.9 * 1000 / 100 = 999.0000000000001 stays 999
+    rank = np.ceil(np.round(np.asarray(n, dtype=float) * q / 100.0, 9)).astype(np.int64)
+    return np.clip(rank, 1, np.maximum(np.asarray(n, dtype=np.int64), 1))
+
+
+def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 90, 95, 99, 99.9)
+                ) -> dict[float, float]:
+    """Nearest-rank percentiles of ``values`` (NaN when there are none)."""
+    arr = np.sort(np.asarray(list(values) if not isinstance(values, np.ndarray | pd.Series)
+                             else values, dtype=float))
+    for q in qs:
+        if not 0 < q <= 100:
+            raise ValueError(f"percentile {q} is outside (0, 100]")
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return {float(q): math.nan for q in qs}
+    return {float(q): float(arr[_rank(q, arr.size) - 1]) for q in qs}
+
+
+def epoch_seconds(ts: pd.Series) -> np.ndarray:
+    """``ts`` as float epoch seconds, whether given as numbers or datetimes."""
+    if isinstance(ts.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(ts):
+        as_utc = pd.to_datetime(ts, utc=True)
+        return as_utc.astype("datetime64[us, UTC]").astype("int64").to_numpy() / 1e6
+    return ts.to_numpy(dtype=float, na_value=np.nan)
+
+
+def _ok_mask(records: pd.DataFrame) -> np.ndarray:
+    return records["ok"].fillna(False).to_numpy(dtype=bool)
+
+
+def latency_summary(records: pd.DataFrame) -> dict[str, float | int]:
+    """Counts, error rate and latency figures of a set of records (runs-table names)."""
+    n = len(records)
+    ok = _ok_mask(records) if n else np.zeros(0, dtype=bool)
+    failures = int(n - ok.sum())
+    lat = records["latency_ms"].to_numpy(dtype=float, na_value=np.nan)[ok] if n else np.zeros(0)
+    lat = lat[~np.isnan(lat)]
+    pct = percentiles(lat, tuple(SUMMARY_PERCENTILES.values()))
+    out: dict[str, float | int] = {
+        "requests": n,
+        "failures": failures,
+        "error_rate": failures / n if n else math.nan,
+    }
+    out.update({name: pct[q] for name, q in SUMMARY_PERCENTILES.items()})
+    out["max_ms"] = float(lat.max()) if lat.size else math.nan
+    out["mean_ms"] = float(lat.mean()) if lat.size else math.nan
+    return out
+
+
+def _bins(ts: np.ndarray, interval_s: float) -> np.ndarray:
+    if interval_s <= 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    return np.floor(ts / interval_s).astype(np.int64)
+
+
+def _full_range(bins: np.ndarray) -> np.ndarray:
+    return np.arange(bins.min(), bins.max() + 1, dtype=np.int64) if bins.size else bins
+
+
+def interval_stats(records: pd.DataFrame, interval_s: float = 1.0,
+                   qs: Sequence[float] = INTERVAL_PERCENTILES) -> pd.DataFrame:
+    """Per-interval request counts, rates and latency percentiles.
+
+    Intervals are aligned to multiples of ``interval_s`` on the epoch (so client, server
+    and sample series line up) and keyed by request start. Every interval between the
+    first and the last request appears, an idle one with zero counts and NaN latencies.
+    Columns: ``ts`` (interval start, epoch s), ``requests``, ``failures``,
+    ``request_rate_rps``, ``failure_rate_rps``, ``p<q>_ms`` for each q (e.g. ``p50_ms``).
+    """
+    pct_cols = [_pct_name(q) for q in qs]
+    cols = ["ts", "requests", "failures", "request_rate_rps", "failure_rate_rps", *pct_cols]
+    if records.empty:
+        return pd.DataFrame({c: pd.Series([], dtype="int64" if c in ("requests", "failures")
+                                          else "float64") for c in cols})
+    ts = epoch_seconds(records["ts"])
+    keep = ~np.isnan(ts)
+    ts, ok = ts[keep], _ok_mask(records)[keep]
+    lat = records["latency_ms"].to_numpy(dtype=float, na_value=np.nan)[keep]
+    bins = _bins(ts, interval_s)
+    all_bins = _full_range(bins)
+    offset = all_bins[0] if all_bins.size else 0
+    requests = np.bincount(bins - offset, minlength=all_bins.size)
+    failures = np.bincount(bins[~ok] - offset, minlength=all_bins.size)
+    out = pd.DataFrame({
+        "ts": all_bins * interval_s,
+        "requests": requests.astype("int64"),
+        "failures": failures.astype("int64"),
+        "request_rate_rps": requests / interval_s,
+        "failure_rate_rps": failures / interval_s,
+    })
+    good = ok & ~np.isnan(lat)
+    for q, values in zip(qs, _binned_percentiles(bins[good] - offset, lat[good], qs,
+                                                  all_bins.size), strict=True):
+        out[_pct_name(q)] = values
+    return out
+
+
+def _pct_name(q: float) -> str:
+    return f"p{q:g}".replace(".", "") + "_ms"
+
+
+def _binned_percentiles(bins: np.ndarray, values: np.ndarray, qs: Sequence[float],
+                        size: int) -> list[np.ndarray]:
+    """Nearest-rank percentiles of ``values`` per bin index in [0, size); NaN when empty."""
+    results = [np.full(size, np.nan) for _ in qs]
+    if bins.size == 0:
+        return results
+    order = np.lexsort((values, bins))
+    b, v = bins[order], values[order]
+    uniq, start, counts = np.unique(b, return_index=True, return_counts=True)
+    for res, q in zip(results, qs, strict=True):
+        res[uniq] = v[start + _rank(q, counts) - 1]
+    return results
+
+
+def interval_aggregate(df: pd.DataFrame, value: str, interval_s: float = 1.0,
+                       by: str | None = None, how: str = "mean") -> pd.DataFrame:
+    """Aggregate a sampled ``value`` per interval (and per ``by`` group): mean, max or last.
+
+    Returns columns ``ts`` (interval start, epoch s), ``by`` (when given) and ``value``.
+    Only intervals that hold samples appear: a missing sample is unknown, not zero.
+    """
+    if how not in ("mean", "max", "last"):
+        raise ValueError(f"how must be 'mean', 'max' or 'last', got {how!r}")
+    keys = ["ts", by] if by else ["ts"]
+    if df.empty:
+        return pd.DataFrame({k: pd.Series([], dtype="float64" if k == "ts" else "str")
+                             for k in keys} | {"value": pd.Series([], dtype="float64")})
+    work = pd.DataFrame({"ts": _bins(epoch_seconds(df["ts"]), interval_s) * interval_s,
+                         "value": df[value].to_numpy(dtype=float, na_value=np.nan)})
+    if by:
+        work[by] = df[by].to_numpy()
+    work = work.dropna(subset=["value"])
+    grouped = work.groupby(keys, sort=True)["value"]
+    return grouped.agg(how).reset_index()
+
+
+def steady_window(ts: pd.Series | np.ndarray, trim_fraction: float = STEADY_TRIM_FRACTION
+                  ) -> tuple[float, float] | None:
+    """The span of ``ts`` with ``trim_fraction`` cut from each end (ramp-up, ramp-down).
+
+    Returns ``(start, end)`` in epoch seconds, or None with fewer than two timestamps.
+    """
+    if not 0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+    arr = epoch_seconds(ts) if isinstance(ts, pd.Series) else np.asarray(ts, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    if arr.size < 2 or arr.max() == arr.min():
+        return None
+    t0, t1 = float(arr.min()), float(arr.max())
+    trim = (t1 - t0) * trim_fraction
+    return t0 + trim, t1 - trim
+
+
+def throughput_rps(records: pd.DataFrame, window: tuple[float, float] | None = None,
+                   trim_fraction: float = STEADY_TRIM_FRACTION) -> float:
+    """Successful requests per second started within the steady window ``[start, end)``.
+
+    ``window`` defaults to :func:`steady_window` of the records' start times. NaN when
+    there is no window (fewer than two requests).
+    """
+    if records.empty:
+        return math.nan
+    ts = epoch_seconds(records["ts"])
+    if window is None:
+        window = steady_window(ts, trim_fraction)
+    if window is None:
+        return math.nan
+    start, end = window
+    if end <= start:
+        raise ValueError(f"steady window end {end} is not after its start {start}")
+    # half-open [start, end): n evenly spaced requests over (n - 1) gaps give the true rate
+    inside = (ts >= start) & (ts < end)
+    return float((inside & _ok_mask(records)).sum() / (end - start))

@@ -1,0 +1,89 @@
+"""analyse_run reads the run back from DuckDB and writes a self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pytest
+from analysis_data import raw_staircase
+
+from caio_operators import storage
+from caio_operators.analysis import plots
+from caio_operators.analysis.report import analyse_run
+from caio_operators.layout import RunLayout
+from caio_operators.results.consolidate import build_tables
+from caio_operators.results.warehouse import open_warehouse
+
+HOSTILE = "<script>alert('x')</script>"
+
+
+@pytest.fixture(scope="module")
+def stored_run(tmp_path_factory):
+    """A staircase run put straight into the warehouse: no raw files exist in the bucket."""
+    root = tmp_path_factory.mktemp("report")
+    warehouse = f"duckdb://{root}/wh.duckdb"
+    bucket = storage.to_uri(root / "bucket")
+    meta = {"run_id": "run-7", "dag_id": "caio_load_test", "target": "local",
+            "protocol": "tfserving", "model_name": "mobilenet & co", "model_version": "v1",
+            "model_source": "keras.applications.MobileNetV2", "weights": "random",
+            "signature": "serving_default", "load_shape": "staircase", "users": 4,
+            "workers": 2, "replicas": 2, "status": "success",
+            "provenance": {"locust": "2.47.0", "git_sha": "abc123"},
+            "params": {"users": 4, "note": HOSTILE}}
+    tables = build_tables(meta, *raw_staircase())
+    open_warehouse(warehouse).replace_run(tables, "run-7")
+    return warehouse, RunLayout(bucket, "run-7"), tables["runs"].iloc[0]
+
+
+@pytest.fixture(scope="module")
+def analysed(stored_run):
+    warehouse, layout, _ = stored_run
+    assert storage.list_files(layout.run_dir) == []  # only the warehouse has the run
+    return analyse_run(warehouse, "run-7", layout)
+
+
+def test_report_holds_plots_figures_and_escaped_text(stored_run, analysed):
+    _, layout, run = stored_run
+    result = analysed
+    assert result["report_uri"] == layout.report_html
+    assert result["summary_uri"] == layout.summary_json
+    page = storage.read_text(layout.report_html)
+
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == len(plots.PLOTS)
+    assert all(base64.b64decode(img).startswith(b"\x89PNG") for img in images)
+    # self-contained: no external fetches at all
+    assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page)
+    assert "<link" not in page and "<script" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert "mobilenet &amp; co" in page
+
+    assert f"{run['p95_ms']:.1f}" in page and f"{run['throughput_rps']:.2f} req/s" in page
+    assert "Throughput saturates at about" in page and "with 2 users" in page
+    assert "git_sha" in page and "abc123" in page
+    assert result["summary"]["saturation"]["users"] == 2
+    assert result["summary_text"].startswith("run         run-7  [success]")
+
+
+def test_summary_json_is_whole_and_matches(stored_run, analysed):
+    _, layout, run = stored_run
+    result = analysed
+    data = json.loads(storage.read_text(layout.summary_json))
+    assert data["run_id"] == "run-7" and data["requests"] == int(run["requests"]) == 400
+    assert data["p99_ms"] == run["p99_ms"]
+    assert data["finding"] == result["summary"]["finding"]
+    assert data["provenance"] == {"git_sha": "abc123", "locust": "2.47.0"}
+    assert data["params"]["note"] == HOSTILE
+    json.dumps(result)  # small and plain: fit for XCom
+
+
+def test_rerun_overwrites_and_unknown_run_fails(stored_run, analysed):
+    warehouse, layout, _ = stored_run
+    again = analyse_run(warehouse, "run-7", layout)
+    assert again["summary"] == analysed["summary"]
+    assert [u.rsplit("/", 1)[1] for u in storage.list_files(layout.report_dir)] == [
+        "report.html", "summary.json"]
+    with pytest.raises(ValueError, match="not in the warehouse"):
+        analyse_run(warehouse, "run-404", layout)
