@@ -1,0 +1,304 @@
+"""The locustfile's plain-Python half: test config, URI I/O, request bodies, raw records.
+
+Nothing here imports locust or gevent, so tests (and the Airflow side) can load this file by
+path. google-auth / google-cloud-storage are imported only when a ``gs://`` URI or a Google
+API host needs them.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import functools
+import io
+import json
+import os
+import re
+import socket
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import shapes
+
+PROTOCOLS = ("caip", "vertex", "tfserving")
+SIGNATURES = ("serving_default", "serving_preprocess")
+RECORD_HEADER = ("ts", "latency_ms", "ok", "status_code", "signature", "worker", "bytes", "error")
+MAX_ERROR_CHARS = 300
+
+_DEFAULTS: dict[str, Any] = {
+    "test_id": "",
+    "project_id": "local",
+    "model": "",
+    "version": "",
+    "think_time_s": 0.0,
+    "flush_interval_s": 5.0,
+    "request_timeout_s": 30.0,
+    "instances_per_request": 1,
+}
+
+
+class ConfigError(ValueError):
+    """The test config is unusable; the message names the field and what is accepted."""
+
+
+# ---------------------------------------------------------------- URIs
+
+
+def _split_gs(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def local_path(uri: str) -> Path:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else uri)
+    raise ValueError(f"{uri} is not a local path or file:// URI")
+
+
+def join(uri: str, *parts: str) -> str:
+    out = uri.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+@functools.cache
+def _gcs_client():
+    from google.cloud import storage  # only a cloud run needs it
+
+    return storage.Client()
+
+
+def read_uri(uri: str) -> bytes:
+    """Bytes of a local path, ``file://`` URI or ``gs://`` object."""
+    if uri.startswith("gs://"):
+        bucket, name = _split_gs(uri)
+        return _gcs_client().bucket(bucket).blob(name).download_as_bytes()
+    return local_path(uri).read_bytes()
+
+
+def write_uri(uri: str, data: bytes, content_type: str = "text/csv") -> str:
+    """Write ``data`` whole: temp file + ``os.replace`` locally, one object upload on GCS."""
+    if uri.startswith("gs://"):
+        bucket, name = _split_gs(uri)
+        _gcs_client().bucket(bucket).blob(name).upload_from_string(
+            data, content_type=content_type)  # one object upload: whole or absent
+        return uri
+    target = local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return uri
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL (Locust's ``--host``)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"predict_url {url!r} must be an absolute http(s) URL")
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def needs_google_auth(url: str) -> bool:
+    """Google API hosts (AI Platform, Vertex AI) want an OAuth bearer token."""
+    host = urlparse(url).hostname or ""
+    return host == "googleapis.com" or host.endswith(".googleapis.com")
+
+
+# ---------------------------------------------------------------- config
+
+
+def parse_config(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a test config mapping and fill defaults; raise ``ConfigError`` on the first
+    problem, naming the field."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the test config must be a JSON object")
+    cfg = {**_DEFAULTS, **raw}
+    for name in ("predict_url", "payload_uri", "output_uri"):
+        if not isinstance(cfg.get(name), str) or not cfg[name]:
+            raise ConfigError(f"config.{name} is missing; it must be a non-empty string")
+    origin(cfg["predict_url"])
+    if cfg.get("protocol") not in PROTOCOLS:
+        raise ConfigError(f"config.protocol is {cfg.get('protocol')!r}; use one of "
+                          + ", ".join(PROTOCOLS))
+    if cfg.get("signature") not in SIGNATURES:
+        raise ConfigError(f"config.signature is {cfg.get('signature')!r}; use one of "
+                          + ", ".join(SIGNATURES))
+    shape = cfg.get("shape")
+    if not isinstance(shape, Mapping):
+        raise ConfigError("config.shape is missing; it must be an object with kind, users, ...")
+    try:
+        shapes.validate(shape)
+    except ValueError as exc:
+        raise ConfigError(f"config.{exc}") from None
+    for name, minimum in (("think_time_s", 0.0), ("flush_interval_s", 0.1),
+                          ("request_timeout_s", 0.1), ("instances_per_request", 1)):
+        value = cfg[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise ConfigError(f"config.{name} is {value!r}; it must be a number >= {minimum}")
+    cfg["shape"] = dict(shape)
+    cfg["instances_per_request"] = int(cfg["instances_per_request"])
+    return cfg
+
+
+def load_config(uri: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(read_uri(uri))
+    except FileNotFoundError:
+        raise ConfigError(f"test config {uri} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"test config {uri} is not valid JSON: {exc}") from None
+    return parse_config(raw)
+
+
+# ---------------------------------------------------------------- requests
+
+
+def instances_for(payload: Sequence[Mapping[str, Any]], signature: str) -> list[Any]:
+    """All instances of the payload items for ``signature``, in file order."""
+    if not isinstance(payload, Sequence) or isinstance(payload, str | bytes):
+        raise ConfigError("the payload must be a JSON list of {signature, instances} objects")
+    out: list[Any] = []
+    for item in payload:
+        if not isinstance(item, Mapping) or not isinstance(item.get("instances"), list):
+            raise ConfigError("every payload item must be an object with an 'instances' list")
+        if item.get("signature") == signature:
+            out.extend(item["instances"])
+    if not out:
+        found = sorted({str(i.get("signature")) for i in payload if isinstance(i, Mapping)})
+        raise ConfigError(f"the payload has no instances for signature {signature!r} "
+                          f"(it has: {', '.join(found) or 'nothing'}); rebuild it for this "
+                          "signature")
+    return out
+
+
+def chunk_cyclic(instances: Sequence[Any], size: int) -> list[list[Any]]:
+    """Requests of exactly ``size`` instances covering every instance once, wrapping around
+    to fill the last one (so every request carries the same batch size)."""
+    n = len(instances)
+    count = -(-n // size)
+    return [[instances[(i * size + j) % n] for j in range(size)] for i in range(count)]
+
+
+def request_body(protocol: str, signature: str, instances: list[Any], predict_url: str) -> dict:
+    """The JSON body for one predict call.
+
+    AI Platform Prediction v1 and TF Serving REST take ``signature_name``; Vertex AI's
+    ``:predict`` accepts only ``instances`` (the deployed model's default signature), while
+    its ``:rawPredict`` passes a TF-Serving body through to the container.
+    """
+    if protocol == "vertex" and not predict_url.endswith(":rawPredict"):
+        return {"instances": instances}
+    return {"signature_name": signature, "instances": instances}
+
+
+def request_bodies(cfg: Mapping[str, Any], payload: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    """Encoded bodies the users cycle through (encoded once, not per request)."""
+    instances = instances_for(payload, cfg["signature"])
+    return [
+        json.dumps(
+            request_body(cfg["protocol"], cfg["signature"], chunk, cfg["predict_url"]),
+            separators=(",", ":"),
+        ).encode("utf-8")
+        for chunk in chunk_cyclic(instances, cfg["instances_per_request"])
+    ]
+
+
+_ERROR_KEY = re.compile(rb'"error"\s*:')
+
+
+def response_error(status_code: int, body: bytes | None) -> str | None:
+    """Why a response is a failure, or ``None`` for a success.
+
+    Non-2xx is a failure; so is a 2xx whose JSON carries ``error`` (AI Platform answers
+    prediction errors with 200). The body is parsed only when it may hold an error.
+    """
+    body = body or b""
+    if not 200 <= status_code < 300:
+        return f"HTTP {status_code}: {_snippet(body)}" if body else f"HTTP {status_code}"
+    if _ERROR_KEY.search(body) is None:
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and "error" in doc:
+        error = doc["error"]
+        text = error if isinstance(error, str) else json.dumps(error, separators=(",", ":"))
+        return f"error in {status_code} response: {_snippet(text.encode())}"
+    return None
+
+
+def _snippet(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").replace("\n", " ").strip()
+    return text[:MAX_ERROR_CHARS]
+
+
+def refresh_delay_s(expiry: dt.datetime | None, now: dt.datetime) -> float:
+    """Seconds to wait before refreshing a token that expires at ``expiry``: five minutes
+    early, at least 30 s apart, at most 50 minutes."""
+    if expiry is None:
+        return 30.0
+    return min(max((expiry - now).total_seconds() - 300.0, 30.0), 3000.0)
+
+
+# ---------------------------------------------------------------- raw records
+
+
+def worker_id() -> str:
+    """Unique per process and pod: ``<hostname>-<pid>``, file-name safe."""
+    host = re.sub(r"[^A-Za-z0-9_.]+", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+class RecordBuffer:
+    """Client raw records held in memory and written as one CSV file per flush.
+
+    Files are ``<output_uri>/requests/worker-<id>-<seq:06d>.csv``; each appears whole.
+    A failed upload keeps its rows for the next flush.
+    """
+
+    def __init__(self, output_uri: str, worker: str):
+        self.output_uri = output_uri
+        self.worker = worker
+        self.rows: list[tuple] = []
+        self.seq = 0
+        self.written = 0
+
+    def add(self, ts: float, latency_ms: float, ok: bool, status_code: int, signature: str,
+            nbytes: int, error: str | None) -> None:
+        self.rows.append((f"{ts:.6f}", f"{latency_ms:.3f}", 1 if ok else 0, status_code,
+                          signature, self.worker, nbytes, (error or "")[:MAX_ERROR_CHARS]))
+
+    def flush(self) -> str | None:
+        """Write the buffered rows to a new file; return its URI (None when nothing to do)."""
+        rows, self.rows = self.rows, []  # swap first: requests keep appending meanwhile
+        if not rows:
+            return None
+        uri = join(self.output_uri, "requests", f"worker-{self.worker}-{self.seq:06d}.csv")
+        try:
+            write_uri(uri, encode_records(rows))
+        except BaseException:
+            self.rows[:0] = rows
+            raise
+        self.seq += 1
+        self.written += len(rows)
+        return uri
+
+
+def encode_records(rows: Sequence[Sequence[Any]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(RECORD_HEADER)
+    writer.writerows(rows)
+    return buf.getvalue().encode("utf-8")

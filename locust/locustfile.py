@@ -1,0 +1,243 @@
+"""caio-bench load test: predict calls against one deployed model version.
+
+Run it as a Locust master + workers (or standalone) with a test config::
+
+    locust -f locust/locustfile.py --headless --caio-config file:///.../load/config.json
+
+The config (``--caio-config`` or ``CAIO_CONFIG``; local path, ``file://`` or ``gs://``) names
+the predict URL, protocol, signature, payload and load shape (see ``caio_load.parse_config``).
+Every user posts ``{"signature_name", "instances"}`` bodies from the payload in turn. Locust's
+own stats come from FastHttpSession's request event (``time.perf_counter`` around the request
+and body read only); a listener on that same event keeps every request as a raw client record,
+flushed as ``<output_uri>/requests/worker-<id>-<seq>.csv`` every ``flush_interval_s`` and when
+the test stops, so the raw records and Locust's totals count the same requests.
+
+Standalone on purpose: stdlib, locust and gevent only (google-auth / google-cloud-storage when
+a Google API host or ``gs://`` needs them); no Airflow, TensorFlow or caio_operators imports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+import gevent
+from locust.contrib.fasthttp import FastHttpUser
+from locust.runners import MasterRunner
+
+from locust import LoadTestShape, constant, events, task
+
+# isort: split
+# siblings of this file: locust puts the locustfile's folder on sys.path while importing it
+import caio_load
+import shapes
+
+log = logging.getLogger("caio")
+
+TOKEN_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
+class _State:
+    """What this process loaded at init (one test per process)."""
+
+    cfg: dict[str, Any] | None = None
+    bodies: list[bytes] = []
+    records: caio_load.RecordBuffer | None = None
+    token: TokenRefresher | None = None
+    users = itertools.count()
+
+
+STATE = _State()
+
+
+class TokenRefresher:
+    """An OAuth bearer token for Google API hosts, refreshed by a background greenlet well
+    before it expires, so no request ever waits for a refresh."""
+
+    def __init__(self) -> None:
+        import google.auth
+        import google.auth.transport.requests
+
+        self._creds, _ = google.auth.default(scopes=list(TOKEN_SCOPES))
+        self._request = google.auth.transport.requests.Request()
+        self.header: str | None = None
+
+    def start(self) -> None:
+        try:
+            self._refresh()
+        except Exception as exc:
+            log.error("caio: cannot get an access token (%s); retrying in the background",
+                      type(exc).__name__)
+        gevent.spawn(self._loop)
+
+    def _refresh(self) -> None:
+        self._creds.refresh(self._request)
+        self.header = f"Bearer {self._creds.token}"
+
+    def _loop(self) -> None:
+        while True:
+            expiry = getattr(self._creds, "expiry", None)
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # google-auth uses naive UTC
+            delay = caio_load.refresh_delay_s(expiry, now) if self.header else 15.0
+            gevent.sleep(delay)
+            try:
+                self._refresh()
+            except Exception as exc:  # keep the old token; try again soon
+                log.warning("caio: token refresh failed (%s); retrying", type(exc).__name__)
+                gevent.sleep(15.0)
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser) -> None:
+    parser.add_argument(
+        "--caio-config", type=str, default="", env_var="CAIO_CONFIG",
+        help="URI of the caio test config JSON (path, file:// or gs://)",
+    )
+
+
+@events.init.add_listener
+def _on_init(environment, **_: Any) -> None:
+    options = environment.parsed_options
+    uri = (getattr(options, "caio_config", "") if options else "") or os.environ.get(
+        "CAIO_CONFIG", "")
+    if not uri:
+        sys.exit("caio: no test config; pass --caio-config <uri> or set CAIO_CONFIG")
+    try:
+        cfg = caio_load.load_config(uri)
+    except Exception as exc:  # a bad config must stop this process, not be logged and ignored
+        sys.exit(f"caio: {_describe(exc)}")
+    STATE.cfg = cfg
+    PredictUser.wait_time = constant(cfg["think_time_s"])
+    PredictUser.network_timeout = float(cfg["request_timeout_s"])
+    PredictUser.connection_timeout = float(cfg["request_timeout_s"])
+    if not environment.host:
+        environment.host = caio_load.origin(cfg["predict_url"])
+        PredictUser.host = environment.host
+    log.info("caio: test %s: %s %s signature=%s shape=%s", cfg["test_id"], cfg["protocol"],
+             cfg["predict_url"], cfg["signature"], shapes.steps(cfg["shape"]))
+    if isinstance(environment.runner, MasterRunner):
+        return  # the master only runs the shape; workers send requests
+    try:
+        payload = json.loads(caio_load.read_uri(cfg["payload_uri"]))
+        STATE.bodies = caio_load.request_bodies(cfg, payload)
+    except Exception as exc:
+        sys.exit(f"caio: payload {cfg['payload_uri']}: {_describe(exc)}")
+    STATE.records = caio_load.RecordBuffer(cfg["output_uri"], caio_load.worker_id())
+    if caio_load.needs_google_auth(cfg["predict_url"]):
+        STATE.token = TokenRefresher()
+        STATE.token.start()
+    gevent.spawn(_flush_loop, float(cfg["flush_interval_s"]))
+    log.info("caio: worker %s ready: %d request bodies, records to %s",
+             STATE.records.worker, len(STATE.bodies), cfg["output_uri"])
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, caio_load.ConfigError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _flush(reason: str) -> None:
+    records = STATE.records
+    if records is None:
+        return
+    try:
+        uri = records.flush()
+    except Exception as exc:
+        log.error("caio: cannot write raw records under %s (%s: %s); kept for the next flush",
+                  records.output_uri, type(exc).__name__, exc)
+        return
+    if uri:
+        log.debug("caio: flushed records to %s (%s)", uri, reason)
+
+
+def _flush_loop(interval_s: float) -> None:
+    while True:
+        gevent.sleep(interval_s)
+        _flush("interval")
+
+
+@events.request.add_listener
+def _record(request_type: str, name: str, response_time: float, response_length: int,
+            response: Any = None, context: dict | None = None, exception: Exception | None = None,
+            start_time: float | None = None, **_: Any) -> None:
+    if STATE.records is None:
+        return
+    status = getattr(response, "status_code", 0) or 0
+    error = None
+    if exception is not None:
+        error = str(exception) if status else f"{type(exception).__name__}: {exception}"
+    STATE.records.add(
+        ts=start_time if start_time is not None else time.time() - response_time / 1000.0,
+        latency_ms=response_time,
+        ok=exception is None,
+        status_code=status,
+        signature=(context or {}).get("signature", ""),
+        nbytes=response_length or 0,
+        error=error,
+    )
+
+
+@events.test_stop.add_listener
+def _on_test_stop(**_: Any) -> None:
+    _flush("test stop")
+
+
+@events.quitting.add_listener
+def _on_quitting(**_: Any) -> None:
+    _flush("quit")
+    records = STATE.records
+    if records is not None:
+        lost = f", {len(records.rows)} NOT written" if records.rows else ""
+        log.info("caio: worker %s wrote %d records in %d files%s",
+                 records.worker, records.written, records.seq, lost)
+
+
+class PredictUser(FastHttpUser):
+    """One client: posts the payload's request bodies in turn to the predict URL."""
+
+    wait_time = constant(0)
+    network_timeout = 30.0
+    connection_timeout = 30.0
+
+    def on_start(self) -> None:
+        cfg = STATE.cfg
+        assert cfg is not None and STATE.bodies, "caio: init did not load the test config"
+        self.url = cfg["predict_url"]
+        self.label = f"predict:{cfg['signature']}"
+        self.context_ = {"signature": cfg["signature"]}
+        # users start at different bodies so they do not all send the same image at once
+        self.index = next(STATE.users) % len(STATE.bodies)
+
+    @task
+    def predict(self) -> None:
+        body = STATE.bodies[self.index]
+        self.index = (self.index + 1) % len(STATE.bodies)
+        headers = {"Content-Type": "application/json"}
+        token = STATE.token.header if STATE.token is not None else None
+        if token:
+            headers["Authorization"] = token
+        with self.client.post(self.url, data=body, headers=headers, name=self.label,
+                              context=self.context_, catch_response=True) as response:
+            if response.status_code == 0:
+                return  # connection error or timeout: Locust already holds the exception
+            error = caio_load.response_error(response.status_code, response.content)
+            if error:
+                response.failure(error)
+            else:
+                response.success()
+
+
+class ConfigShape(LoadTestShape):
+    """Constant or staircase users, read from the test config (see ``shapes.py``)."""
+
+    def tick(self) -> shapes.Tick:
+        if STATE.cfg is None:
+            return None
+        return shapes.tick(STATE.cfg["shape"], self.get_run_time())

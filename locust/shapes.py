@@ -1,0 +1,87 @@
+"""Load shapes as pure functions of the run time (no locust import: tests load this by path).
+
+A tick answers "how many users, spawned at what rate, at ``run_time`` seconds?" or ``None``
+when the test is over. ``locustfile.ConfigShape`` calls :func:`tick` once a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+KINDS = ("constant", "staircase")
+
+Tick = tuple[int, float] | None
+
+
+def constant_tick(run_time: float, *, users: int, spawn_rate: float, duration_s: float) -> Tick:
+    """``users`` users from the start until ``duration_s``."""
+    if run_time >= duration_s:
+        return None
+    return users, spawn_rate
+
+
+def staircase_tick(
+    run_time: float,
+    *,
+    users: int,
+    spawn_rate: float,
+    duration_s: float,
+    step_users: int,
+    step_duration_s: float,
+) -> Tick:
+    """``step_users`` users at 0 s, ``step_users`` more every ``step_duration_s``, capped at
+    ``users``; the test ends at ``duration_s`` whatever step it is on."""
+    if run_time >= duration_s:
+        return None
+    step = int(run_time // step_duration_s)
+    return min(users, step_users * (step + 1)), spawn_rate
+
+
+def steps(shape: Mapping[str, Any]) -> list[tuple[float, int]]:
+    """The planned ``(start_s, users)`` steps of a shape, e.g. for a report or a log line."""
+    validate(shape)
+    if shape["kind"] == "constant":
+        return [(0.0, int(shape["users"]))]
+    out: list[tuple[float, int]] = []
+    t = 0.0
+    while t < float(shape["duration_s"]):
+        tick_ = tick(shape, t)
+        assert tick_ is not None
+        if not out or out[-1][1] != tick_[0]:
+            out.append((t, tick_[0]))
+        t += float(shape["step_duration_s"])
+    return out
+
+
+def tick(shape: Mapping[str, Any], run_time: float) -> Tick:
+    """The tick of the shape described by a test config's ``shape`` mapping."""
+    if shape["kind"] == "constant":
+        return constant_tick(
+            run_time,
+            users=int(shape["users"]),
+            spawn_rate=float(shape["spawn_rate"]),
+            duration_s=float(shape["duration_s"]),
+        )
+    return staircase_tick(
+        run_time,
+        users=int(shape["users"]),
+        spawn_rate=float(shape["spawn_rate"]),
+        duration_s=float(shape["duration_s"]),
+        step_users=int(shape["step_users"]),
+        step_duration_s=float(shape["step_duration_s"]),
+    )
+
+
+def validate(shape: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first bad field of a shape mapping."""
+    kind = shape.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"shape.kind is {kind!r}; use one of {', '.join(KINDS)}")
+    required = ["users", "spawn_rate", "duration_s"]
+    if kind == "staircase":
+        required += ["step_users", "step_duration_s"]
+    for name in required:
+        value = shape.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"shape.{name} is {value!r}; it must be a number > 0")

@@ -1,0 +1,260 @@
+"""Locust command lines and the test config, as pure data.
+
+The same argv lists run the load locally (``loadgen.local``) and as GKE pods: only the
+locust command, the master host, the paths and the image differ, and all of those are
+parameters here. Nothing in this module touches processes, files or the network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from caio_operators import storage
+
+PROTOCOLS = ("caip", "vertex", "tfserving")
+SIGNATURES = ("serving_default", "serving_preprocess")
+LOAD_SHAPES = ("constant", "staircase")
+DEFAULT_MASTER_PORT = 5557
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything needed to start one distributed Locust run.
+
+    ``env`` holds only the variables to add to the launcher's environment. ``csv_prefix``,
+    ``html_path`` and ``log_dir`` are paths on the machine (or pod) running the master;
+    ``requests_uri`` is where the workers write raw records (a bucket URI); ``publish_uri``,
+    when set, is the bucket folder that Locust's CSV/HTML and the logs are copied to.
+    """
+
+    master_argv: tuple[str, ...]
+    worker_argvs: tuple[tuple[str, ...], ...]
+    env: Mapping[str, str]
+    csv_prefix: str
+    html_path: str
+    log_dir: str
+    requests_uri: str
+    duration_s: float
+    grace_s: float = 30.0
+    publish_uri: str | None = None  # copy CSV/HTML/logs here after the run (a gs:// load dir)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def workers(self) -> int:
+        return len(self.worker_argvs)
+
+    @property
+    def stats_csv(self) -> str:
+        return self.csv_prefix + "_stats.csv"
+
+    @property
+    def history_csv(self) -> str:
+        return self.csv_prefix + "_stats_history.csv"
+
+
+def locust_command(python: str) -> list[str]:
+    """``<python> -m locust``: the interpreter whose environment has locust installed."""
+    return [python, "-m", "locust"]
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url`` (Locust's ``--host``)."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ValueError(f"predict_url {url!r} must be an absolute http(s) URL, "
+                         "e.g. http://127.0.0.1:8501/v1/models/m:predict")
+    return f"{parsed.scheme}://{parsed.netloc}"
+
+
+def master_argv(
+    *,
+    locust_cmd: Sequence[str],
+    locustfile: str,
+    config_uri: str,
+    predict_url: str,
+    workers: int,
+    csv_prefix: str,
+    html_path: str,
+    bind_host: str = "127.0.0.1",
+    bind_port: int = DEFAULT_MASTER_PORT,
+    expect_workers_max_wait_s: int = 120,
+    loglevel: str = "INFO",
+) -> list[str]:
+    """The headless master: waits for ``workers`` workers, runs the config's shape, writes
+    Locust's CSVs (with full history, one row a second) and HTML report."""
+    if workers < 1:
+        raise ValueError(f"workers is {workers}; a distributed run needs at least 1")
+    return [
+        *locust_cmd,
+        "-f", locustfile,
+        "--headless",
+        "--master",
+        "--expect-workers", str(workers),
+        "--expect-workers-max-wait", str(expect_workers_max_wait_s),
+        "--master-bind-host", bind_host,
+        "--master-bind-port", str(bind_port),
+        "--csv", csv_prefix,
+        "--csv-full-history",
+        "--html", html_path,
+        "--host", origin(predict_url),
+        # failed requests are measurements, not a failed run: exit 0 unless Locust broke
+        "--exit-code-on-error", "0",
+        "--loglevel", loglevel,
+        "--caio-config", config_uri,
+    ]
+
+
+def worker_argv(
+    *,
+    locust_cmd: Sequence[str],
+    locustfile: str,
+    config_uri: str,
+    master_host: str,
+    master_port: int = DEFAULT_MASTER_PORT,
+    loglevel: str = "INFO",
+) -> list[str]:
+    return [
+        *locust_cmd,
+        "-f", locustfile,
+        "--worker",
+        "--master-host", master_host,
+        "--master-port", str(master_port),
+        "--loglevel", loglevel,
+        "--caio-config", config_uri,
+    ]
+
+
+def build_launch_spec(
+    *,
+    config: Mapping[str, Any],
+    config_uri: str,
+    locust_cmd: Sequence[str],
+    locustfile: str,
+    workers: int,
+    csv_prefix: str,
+    html_path: str,
+    log_dir: str,
+    master_host: str = "127.0.0.1",
+    bind_host: str = "127.0.0.1",
+    master_port: int = DEFAULT_MASTER_PORT,
+    grace_s: float = 30.0,
+    expect_workers_max_wait_s: int = 120,
+    env: Mapping[str, str] | None = None,
+    publish_uri: str | None = None,
+) -> LaunchSpec:
+    """Master and worker argv for ``config`` (the dict written at ``config_uri``)."""
+    common = {"locust_cmd": list(locust_cmd), "locustfile": locustfile, "config_uri": config_uri}
+    master = master_argv(
+        **common, predict_url=config["predict_url"], workers=workers, csv_prefix=csv_prefix,
+        html_path=html_path, bind_host=bind_host, bind_port=master_port,
+        expect_workers_max_wait_s=expect_workers_max_wait_s,
+    )
+    worker = worker_argv(**common, master_host=master_host, master_port=master_port)
+    return LaunchSpec(
+        master_argv=tuple(master),
+        worker_argvs=tuple(tuple(worker) for _ in range(workers)),
+        env={"PYTHONUNBUFFERED": "1", "CAIO_CONFIG": config_uri, **(env or {})},
+        csv_prefix=csv_prefix,
+        html_path=html_path,
+        log_dir=log_dir,
+        requests_uri=storage.join(config["output_uri"], "requests"),
+        duration_s=float(config["shape"]["duration_s"]),
+        grace_s=grace_s,
+        publish_uri=publish_uri,
+        meta={"test_id": config.get("test_id", ""), "master_port": master_port},
+    )
+
+
+def make_config(
+    *,
+    test_id: str,
+    predict_url: str,
+    protocol: str,
+    signature: str,
+    payload_uri: str,
+    output_uri: str,
+    load_shape: str,
+    users: int,
+    spawn_rate: float,
+    duration_s: float,
+    step_users: int = 1,
+    step_duration_s: float = 1,
+    think_time_s: float = 0.0,
+    project_id: str = "local",
+    model: str = "",
+    version: str = "",
+    flush_interval_s: float = 5.0,
+    request_timeout_s: float = 30.0,
+    instances_per_request: int = 1,
+) -> dict[str, Any]:
+    """The test config the locustfile reads (``--caio-config``). Raises ``ValueError`` naming
+    the first bad argument."""
+    origin(predict_url)
+    _one_of("protocol", protocol, PROTOCOLS)
+    _one_of("signature", signature, SIGNATURES)
+    _one_of("load_shape", load_shape, LOAD_SHAPES)
+    for name, value in (("users", users), ("spawn_rate", spawn_rate),
+                        ("duration_s", duration_s), ("step_users", step_users),
+                        ("step_duration_s", step_duration_s),
+                        ("flush_interval_s", flush_interval_s),
+                        ("request_timeout_s", request_timeout_s),
+                        ("instances_per_request", instances_per_request)):
+        if value <= 0:
+            raise ValueError(f"{name} is {value!r}; it must be > 0")
+    if think_time_s < 0:
+        raise ValueError(f"think_time_s is {think_time_s!r}; it must be >= 0")
+    shape: dict[str, Any] = {"kind": load_shape, "users": int(users),
+                             "spawn_rate": float(spawn_rate), "duration_s": float(duration_s)}
+    if load_shape == "staircase":
+        shape.update(step_users=int(step_users), step_duration_s=float(step_duration_s))
+    return {
+        "test_id": test_id,
+        "project_id": project_id,
+        "model": model,
+        "version": version,
+        "protocol": protocol,
+        "predict_url": predict_url,
+        "signature": signature,
+        "payload_uri": payload_uri,
+        "output_uri": output_uri,
+        "shape": shape,
+        "think_time_s": float(think_time_s),
+        "flush_interval_s": float(flush_interval_s),
+        "request_timeout_s": float(request_timeout_s),
+        "instances_per_request": int(instances_per_request),
+    }
+
+
+def build_config(spec: Any, deployment: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """``make_config`` for one run: a RunSpec (load knobs, where the run's files go) and the
+    Deployment dict from the deploy task (``predict_url``, ``protocol``)."""
+    layout = spec.layout
+    kwargs: dict[str, Any] = {
+        "test_id": spec.run_id,
+        "project_id": deployment.get("project") or spec.project,
+        "model": deployment.get("model_name") or spec.model_name,
+        "version": deployment.get("model_version") or spec.model_version,
+        "protocol": deployment.get("protocol") or spec.protocol,
+        "predict_url": deployment["predict_url"],
+        "signature": spec.signature, "payload_uri": layout.payload_uri,
+        "output_uri": layout.load_dir, "load_shape": spec.load_shape, "users": spec.users,
+        "spawn_rate": spec.spawn_rate, "duration_s": spec.duration_s,
+        "step_users": spec.step_users, "step_duration_s": spec.step_duration_s,
+        "think_time_s": spec.think_time_s, "instances_per_request": spec.instances_per_request,
+    }
+    kwargs.update(overrides)
+    return make_config(**kwargs)
+
+
+def write_config(uri: str, config: Mapping[str, Any]) -> str:
+    """Write the test config JSON atomically; returns ``uri``."""
+    return storage.write_text(uri, json.dumps(dict(config), indent=2, sort_keys=True))
+
+
+def _one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} is {value!r}; use one of {', '.join(allowed)}")

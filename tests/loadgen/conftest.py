@@ -1,0 +1,128 @@
+"""Fixtures for the load-generation tests: the locust/ helper modules loaded by path, and a
+real loopback HTTP server speaking the AI Platform Prediction predict route."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LOCUST_DIR = REPO / "locust"
+LOCUSTFILE = LOCUST_DIR / "locustfile.py"
+PREDICT_PATH = "/v1/projects/p/models/m/versions/v1:predict"
+
+
+def load_locust_module(name: str) -> ModuleType:
+    """Import ``locust/<name>.py`` by path (the folder name would clash with the locust
+    package); these helper modules never import locust or gevent."""
+    if name in sys.modules:
+        return sys.modules[name]
+    sys.path.insert(0, str(LOCUST_DIR))  # for their sibling imports
+    try:
+        spec = importlib.util.spec_from_file_location(name, LOCUST_DIR / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(LOCUST_DIR))
+    return module
+
+
+@pytest.fixture(scope="session")
+def shapes_mod() -> ModuleType:
+    return load_locust_module("shapes")
+
+
+@pytest.fixture(scope="session")
+def caio_load_mod() -> ModuleType:
+    return load_locust_module("caio_load")
+
+
+class PredictServer:
+    """``POST PREDICT_PATH`` answers ``{"predictions": [...]}`` after ``delay_s``; every
+    ``error_every``-th request gets 200 ``{"error": ...}`` and every ``fail_every``-th a 500."""
+
+    def __init__(self, delay_s: float = 0.005, error_every: int = 7, fail_every: int = 10):
+        self.delay_s = delay_s
+        self.error_every = error_every
+        self.fail_every = fail_every
+        self.counts: Counter[str] = Counter()
+        self.signatures: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._n = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}{PREDICT_PATH}"
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like a real endpoint
+            disable_nagle_algorithm = True  # else delayed ACKs add 40 ms per response
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path != PREDICT_PATH:
+                    return self._send(404, {"error": f"no route {self.path}"})
+                doc = json.loads(body)
+                time.sleep(server.delay_s)
+                with server._lock:
+                    server._n += 1
+                    n = server._n
+                    server.signatures[doc.get("signature_name", "")] += 1
+                    kind = ("fail" if n % server.fail_every == 0
+                            else "error" if n % server.error_every == 0 else "ok")
+                    server.counts[kind] += 1
+                if kind == "fail":
+                    return self._send(500, {"error": "internal error"})
+                if kind == "error":
+                    return self._send(200, {"error": "Prediction failed: bad input"})
+                preds = [{"classes": [1, 2, 3], "scores": [0.5, 0.3, 0.2]}
+                         for _ in doc["instances"]]
+                return self._send(200, {"predictions": preds})
+
+            def _send(self, code: int, doc: dict) -> None:
+                data = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                # a client stopped mid-request is expected at the end of a test
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
+
+        return Handler
+
+    def __enter__(self) -> PredictServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def predict_server():
+    with PredictServer() as server:
+        yield server

@@ -1,0 +1,173 @@
+"""Locust argv and test config builders (caio_operators.loadgen.launch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from caio_operators.loadgen import launch
+
+URL = "http://127.0.0.1:8501/v1/projects/p/models/m/versions/v1:predict"
+
+
+def _config(**overrides):
+    kwargs = {
+        "test_id": "run-1", "predict_url": URL, "protocol": "caip",
+        "signature": "serving_preprocess", "payload_uri": "file:///b/runs/r/load/payload.json",
+        "output_uri": "file:///b/runs/r/load", "load_shape": "staircase", "users": 8,
+        "spawn_rate": 4, "duration_s": 80, "step_users": 2, "step_duration_s": 20,
+    }
+    kwargs.update(overrides)
+    return launch.make_config(**kwargs)
+
+
+def test_build_config_shape_and_defaults():
+    cfg = _config(project_id="proj", model="resnet", version="v1", think_time_s=0.5)
+    assert cfg == {
+        "test_id": "run-1", "project_id": "proj", "model": "resnet", "version": "v1",
+        "protocol": "caip", "predict_url": URL, "signature": "serving_preprocess",
+        "payload_uri": "file:///b/runs/r/load/payload.json", "output_uri": "file:///b/runs/r/load",
+        "shape": {"kind": "staircase", "users": 8, "spawn_rate": 4.0, "duration_s": 80.0,
+                  "step_users": 2, "step_duration_s": 20.0},
+        "think_time_s": 0.5, "flush_interval_s": 5.0, "request_timeout_s": 30.0,
+        "instances_per_request": 1,
+    }
+    json.dumps(cfg)  # travels as JSON
+    constant = _config(load_shape="constant")
+    assert constant["shape"] == {"kind": "constant", "users": 8, "spawn_rate": 4.0,
+                                 "duration_s": 80.0}
+
+
+def test_build_config_is_what_the_locustfile_accepts(caio_load_mod):
+    for shape in ("constant", "staircase"):
+        cfg = _config(load_shape=shape)
+        assert caio_load_mod.parse_config(cfg)["shape"] == cfg["shape"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"protocol": "grpc"}, "protocol is 'grpc'; use one of caip, vertex, tfserving"),
+        ({"signature": "predict"}, "signature is 'predict'"),
+        ({"load_shape": "ramp"}, "load_shape is 'ramp'"),
+        ({"users": 0}, "users is 0"),
+        ({"duration_s": -1}, "duration_s is -1"),
+        ({"think_time_s": -0.1}, "think_time_s is -0.1"),
+        ({"predict_url": "localhost:8501/v1/models/m:predict"}, "absolute http"),
+    ],
+)
+def test_build_config_rejects_bad_values(change, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**change)
+
+
+def test_master_and_worker_argv():
+    cfg = _config()
+    spec = launch.build_launch_spec(
+        config=cfg, config_uri="gs://bkt/runs/r/load/config.json",
+        locust_cmd=["locust"], locustfile="/home/locust/locustfile.py", workers=3,
+        csv_prefix="/out/locust", html_path="/out/locust_report.html", log_dir="/out/logs",
+        master_host="locust-master.ns.svc", bind_host="0.0.0.0", master_port=5557,
+    )
+    assert list(spec.master_argv) == [
+        "locust", "-f", "/home/locust/locustfile.py", "--headless", "--master",
+        "--expect-workers", "3", "--expect-workers-max-wait", "120",
+        "--master-bind-host", "0.0.0.0", "--master-bind-port", "5557",
+        "--csv", "/out/locust", "--csv-full-history", "--html", "/out/locust_report.html",
+        "--host", "http://127.0.0.1:8501", "--exit-code-on-error", "0", "--loglevel", "INFO",
+        "--caio-config", "gs://bkt/runs/r/load/config.json",
+    ]
+    assert spec.workers == 3
+    assert list(spec.worker_argvs[0]) == [
+        "locust", "-f", "/home/locust/locustfile.py", "--worker",
+        "--master-host", "locust-master.ns.svc", "--master-port", "5557",
+        "--loglevel", "INFO", "--caio-config", "gs://bkt/runs/r/load/config.json",
+    ]
+    assert spec.env["CAIO_CONFIG"] == "gs://bkt/runs/r/load/config.json"
+    assert spec.requests_uri == "file:///b/runs/r/load/requests"
+    assert spec.history_csv == "/out/locust_stats_history.csv"
+    assert spec.duration_s == 80.0
+
+
+def test_local_launch_spec_uses_this_interpreter(tmp_path):
+    from caio_operators.loadgen.local import local_launch_spec
+
+    cfg = _config(output_uri=f"file://{tmp_path}")
+    spec = local_launch_spec(config=cfg, config_uri=f"file://{tmp_path}/config.json",
+                             load_dir=tmp_path, workers=2)
+    assert spec.master_argv[:3] == (sys.executable, "-m", "locust")
+    assert spec.master_argv[spec.master_argv.index("--master-bind-host") + 1] == "127.0.0.1"
+    port = spec.master_argv[spec.master_argv.index("--master-bind-port") + 1]
+    assert spec.worker_argvs[1][spec.worker_argvs[1].index("--master-port") + 1] == port
+    assert spec.csv_prefix == str(tmp_path / "locust")
+    assert spec.master_argv[spec.master_argv.index("-f") + 1].endswith("locust/locustfile.py")
+
+
+def test_argv_rejects_zero_workers():
+    with pytest.raises(ValueError, match="at least 1"):
+        launch.master_argv(locust_cmd=["locust"], locustfile="f.py", config_uri="c",
+                           predict_url=URL, workers=0, csv_prefix="p", html_path="h")
+
+
+def test_write_config_round_trips(tmp_path):
+    cfg = _config()
+    uri = launch.write_config(f"file://{tmp_path}/load/config.json", cfg)
+    assert json.loads((tmp_path / "load" / "config.json").read_text()) == cfg
+    assert uri.endswith("config.json")
+
+
+def test_loadgen_modules_never_import_locust():
+    import subprocess
+
+    code = ("import sys; import caio_operators.loadgen.launch, caio_operators.loadgen.local, "
+            "caio_operators.loadgen.payload; bad = [m for m in ('locust', 'gevent', "
+            "'tensorflow') if m in sys.modules]; sys.exit(f'imported {bad}' if bad else 0)")
+    plugins = str(Path(launch.__file__).resolve().parents[2])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": plugins})
+    assert done.returncode == 0, done.stderr
+
+
+def _run_spec(tmp_path, **params):
+    from caio_operators.spec import param_schema, validate_params
+
+    schema = param_schema(tmp_path / "home", tmp_path)
+    params.setdefault("bucket", f"file://{tmp_path}/bucket")
+    return validate_params(params, schema, dag_id="caio_load_test",
+                           airflow_run_id="manual__2026-01-01T00:00:00+00:00")
+
+
+def test_build_config_for_a_run(tmp_path, caio_load_mod):
+    spec = _run_spec(tmp_path, users=6, workers=2, load_shape="constant", duration_s=30,
+                     signature="serving_default", instances_per_request=4)
+    deployment = {"target": "local", "protocol": "caip", "predict_url": URL,
+                  "base_url": "http://127.0.0.1:8501", "health_url": ""}
+    cfg = launch.build_config(spec, deployment)
+    assert cfg["test_id"] == spec.run_id
+    assert cfg["predict_url"] == URL and cfg["protocol"] == "caip"
+    assert cfg["signature"] == "serving_default" and cfg["instances_per_request"] == 4
+    assert cfg["payload_uri"] == spec.layout.payload_uri
+    assert cfg["output_uri"] == spec.layout.load_dir
+    assert cfg["shape"] == {"kind": "constant", "users": 6, "spawn_rate": spec.spawn_rate,
+                            "duration_s": 30.0}
+    assert caio_load_mod.parse_config(cfg)["test_id"] == spec.run_id
+
+
+def test_build_launch_for_a_local_run(tmp_path):
+    from caio_operators.loadgen.local import build_launch
+
+    spec = _run_spec(tmp_path, users=4, workers=2)
+    cfg = launch.build_config(spec, {"protocol": "caip", "predict_url": URL})
+    launch.write_config(spec.layout.config_uri, cfg)
+    out = build_launch(spec)
+    load_dir = spec.layout.load_dir.removeprefix("file://")
+    assert out.workers == 2 and out.publish_uri is None
+    assert out.csv_prefix == load_dir + "/locust"
+    assert out.html_path == load_dir + "/locust_report.html"
+    assert out.requests_uri == spec.layout.client_requests_dir
+    assert out.master_argv[-2:] == ("--caio-config", spec.layout.config_uri)
+    assert out.duration_s == spec.duration_s
