@@ -1,0 +1,90 @@
+"""The deploy-target port: what every target offers, and the registry that picks one.
+
+A target turns a model URI into something that answers predict requests and back:
+``deploy(**kwargs) -> Deployment`` (keyword arguments are target-specific; each target
+module documents them) and ``undeploy(deployment)``, which is idempotent (gone already
+counts as success). The Deployment is a plain JSON-able dict, so it travels through XCom
+to the load and teardown tasks.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any, NotRequired, Protocol, TypedDict, runtime_checkable
+
+
+class DeployError(RuntimeError):
+    """A deployment could not be made; the message says what failed and where to look."""
+
+
+class UndeployError(RuntimeError):
+    """A deployment could not be fully removed; the message names what is left."""
+
+
+class Deployment(TypedDict):
+    target: str  # registry name of the target that made it (undeploy dispatches on it)
+    protocol: str  # "caip" | "vertex" | "tfserving": the request/response convention
+    predict_url: str
+    base_url: str
+    health_url: str  # "" when the target has no unauthenticated health route
+    project: NotRequired[str]
+    model_name: NotRequired[str]
+    model_version: NotRequired[str]
+
+
+class LocalDeployment(Deployment):
+    pid: int  # the supervisor; its process group holds the replicas
+    pid_create_time: float  # tells our supervisor from a process that reused its pid
+    host: str
+    port: int
+    replicas: int
+    replica_pids: list[int]
+    model_uri: str
+    server_dir: str
+    records_dir: str
+    samples_dir: str
+    ready_file: str
+    log_path: str
+    deadline: float  # epoch seconds after which the server stops by itself
+    hostname: str  # undeploy must run on this machine
+
+
+@runtime_checkable
+class Target(Protocol):
+    name: str
+
+    def deploy(self, **kwargs: Any) -> Mapping[str, Any]: ...
+
+    def undeploy(self, deployment: Mapping[str, Any]) -> None: ...
+
+
+_TARGETS: dict[str, str] = {
+    "local": "caio_operators.targets.local:LocalTarget",
+    "endpoint": "caio_operators.targets.endpoint:EndpointTarget",
+}
+
+
+def register_target(name: str, factory: str) -> None:
+    """Make ``get_target(name)`` build ``factory`` ("module:attribute", imported lazily)."""
+    _TARGETS[name] = factory
+
+
+def known_targets() -> tuple[str, ...]:
+    return tuple(sorted(_TARGETS))
+
+
+def get_target(name: str, **options: Any) -> Target:
+    """A new target called ``name``, built with ``options``; heavy imports happen here."""
+    factory = _TARGETS.get(name)
+    if factory is None:
+        raise ValueError(f"unknown deploy target {name!r}; known targets: "
+                         f"{', '.join(known_targets())}")
+    module_name, _, attribute = factory.partition(":")
+    target_class = getattr(importlib.import_module(module_name), attribute)
+    return target_class(**options)
+
+
+def undeploy(deployment: Mapping[str, Any]) -> None:
+    """Undo ``deployment`` with the target that made it."""
+    get_target(str(deployment.get("target", ""))).undeploy(deployment)

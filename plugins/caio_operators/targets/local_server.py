@@ -1,0 +1,405 @@
+"""The local model server: a supervisor and N replica processes serving one SavedModel.
+
+Serve an exported model and probe it (the ready file tells the port when ``--port 0``)::
+
+    caio-serve --model-dir /tmp/bucket/models/demo/1 --model-name demo --model-version 1 \\
+        --replicas 2 --port 8501 --records-dir /tmp/srv/requests --samples-dir /tmp/srv/samples
+    curl -s localhost:8501/healthz
+    curl -s localhost:8501/v1/models/demo
+    curl -s localhost:8501/openapi.json
+    curl -s -X POST localhost:8501/v1/models/demo:predict -H 'Content-Type: application/json' \\
+        -d '{"signature_name": "serving_preprocess",
+             "instances": [{"b64": "'"$(base64 -w0 test_images/shapes_320x240.jpg)"'"}]}'
+
+(``python -m caio_operators.targets.local_server`` is the same command.) The predict routes
+of AI Platform Prediction, Vertex AI and TF Serving are all served; see ``protocols.py``.
+
+How it works: the supervisor binds one listening socket per replica on the same port
+(SO_REUSEPORT; 127.0.0.1 by default; port 0 picks a free one) plus one private admin socket
+each, and starts the replicas with them inherited. Each replica loads the model once (TF
+intra-op threads = cores // replicas by default, inter-op 1) and accepts connections on its
+socket; the kernel spreads new connections over the replicas. When every replica
+answers ``/healthz`` on its admin socket, the supervisor writes the ready file (JSON:
+pid, port, base_url, replica_pids...). It then samples each replica's CPU% and RSS every
+second into ``--samples-dir``. SIGTERM/SIGINT, or ``--max-lifetime-s`` elapsed, stop the
+replicas (which flush their request records) and end it with status 0. A replica that
+dies is logged, not restarted; replicas stop by themselves when the supervisor dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from caio_operators import storage
+
+log = logging.getLogger("caio_operators.targets.local_server")
+
+MODULE = "caio_operators.targets.local_server"
+DEFAULT_MAX_BODY_BYTES = 10 * 2**20
+DEFAULT_MAX_LIFETIME_S = 6 * 3600
+STOP_GRACE_S = 10.0
+SAMPLE_INTERVAL_S = 1.0
+SAMPLE_FLUSH_INTERVAL_S = 2.0
+LISTEN_BACKLOG = 1024
+
+
+class ModelDirError(ValueError):
+    """The model directory is not a SavedModel."""
+
+
+def check_model_dir(model_dir: str | os.PathLike) -> Path:
+    """``model_dir`` as a Path if it holds a SavedModel, else a ModelDirError saying why."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ModelDirError(
+            f"model directory {str(path)!r} does not exist or is not a directory; export the "
+            "model first or fix the model path")
+    if not any((path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt")):
+        raise ModelDirError(
+            f"{str(path)!r} is not a TensorFlow SavedModel: it has no saved_model.pb; point "
+            "to the directory that the export wrote")
+    return path
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def threads_per_replica(replicas: int, requested: int = 0) -> int:
+    """TF intra-op threads per replica: ``requested``, or the cores shared out evenly."""
+    if requested > 0:
+        return requested
+    return max(1, cpu_count() // max(1, replicas))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="caio-serve", description="Serve a TensorFlow SavedModel over the AI Platform, "
+        "Vertex AI and TF Serving REST predict routes with N replica processes.")
+    parser.add_argument("--model-dir", required=True, help="SavedModel directory")
+    parser.add_argument("--model-name", default="model", help="model name in the routes")
+    parser.add_argument("--model-version", default="1", help="model version in the routes")
+    parser.add_argument("--replicas", type=int, default=1, help="replica processes")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback)")
+    parser.add_argument("--port", type=int, default=8501, help="port; 0 picks a free one")
+    parser.add_argument("--records-dir", default="", help="request records (default: none)")
+    parser.add_argument("--samples-dir", default="", help="CPU/RSS samples (default: none)")
+    parser.add_argument("--ready-file", default="", help="JSON written once all replicas serve")
+    parser.add_argument("--max-lifetime-s", type=float, default=DEFAULT_MAX_LIFETIME_S,
+                        help="exit after this many seconds, whatever happens")
+    parser.add_argument("--threads-per-replica", type=int, default=0,
+                        help="TF intra-op threads per replica; 0: cores // replicas")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="larger request bodies get 413")
+    parser.add_argument("--import-keras", action="store_true",
+                        help="let TensorFlow import Keras (slower start; for models that "
+                        "need Keras to load)")
+    # Internal: how the supervisor starts a replica.
+    parser.add_argument("--replica-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--admin-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--intra-threads", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--inter-threads", type=int, default=1, help=argparse.SUPPRESS)
+    return parser
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.replicas < 1:
+        parser.error(f"--replicas must be at least 1, got {args.replicas}")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0..65535, got {args.port}")
+    if args.max_lifetime_s <= 0:
+        parser.error(f"--max-lifetime-s must be positive, got {args.max_lifetime_s}")
+    if args.max_body_bytes < 1:
+        parser.error(f"--max-body-bytes must be positive, got {args.max_body_bytes}")
+    if args.threads_per_replica < 0:
+        parser.error(f"--threads-per-replica must be 0 (auto) or more, "
+                     f"got {args.threads_per_replica}")
+
+
+# Supervisor -------------------------------------------------------------------------------
+
+
+@dataclass
+class Replica:
+    index: int
+    process: subprocess.Popen
+    admin_port: int
+    sampler: object = None  # psutil.Process once serving
+    exit_logged: bool = False
+
+
+def _health_ok(port: int, timeout: float = 1.0) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        body = response.read()
+        return response.status == 200 and json.loads(body).get("status") == "ok"
+    except (OSError, ValueError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG,
+                                reuse_port=reuse_port)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.started = time.time()
+        self.deadline = self.started + args.max_lifetime_s
+        self.stop = threading.Event()
+        self.replicas: list[Replica] = []
+        self.port = 0
+        self.samples = None
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self, signum, frame) -> None:
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        self.stop.set()
+
+    def run(self) -> int:
+        args = self.args
+        if args.ready_file:
+            Path(args.ready_file).unlink(missing_ok=True)  # a stale one would lie
+        try:
+            model_dir = check_model_dir(args.model_dir)
+        except ModelDirError as exc:
+            log.error("%s", exc)
+            return 2
+        try:
+            try:
+                self._spawn(str(model_dir))
+            except OSError as exc:
+                log.error("cannot listen on %s:%d: %s; pick another --port or --host",
+                          args.host, self.port or args.port, exc.strerror or exc)
+                return 2
+            if not self._wait_ready():
+                stopped = self.stop.is_set() or time.time() >= self.deadline
+                return 0 if stopped else 1
+            self._write_ready_file()
+            return self._supervise()
+        finally:
+            self._stop_replicas()
+            if self.samples is not None:
+                self.samples.close()
+            if args.ready_file:
+                Path(args.ready_file).unlink(missing_ok=True)
+            log.info("stopped")
+
+    def _spawn(self, model_dir: str) -> None:
+        """Start the replicas, each with its own listening socket on the shared port.
+
+        The sockets share the port through SO_REUSEPORT, so the kernel spreads connections
+        evenly over the replicas (a single shared accept queue favours whichever replica
+        wakes first). The supervisor keeps no copy: a dead replica's share is refused, not
+        left hanging.
+        """
+        args = self.args
+        intra = threads_per_replica(args.replicas, args.threads_per_replica)
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        for index in range(args.replicas):
+            listener = _listen(args.host, self.port or args.port, reuse_port=True)
+            self.port = listener.getsockname()[1]
+            admin = _listen("127.0.0.1", 0)
+            argv = [
+                sys.executable, "-m", MODULE, "--replica-index", str(index),
+                "--model-dir", model_dir, "--model-name", args.model_name,
+                "--model-version", args.model_version,
+                "--listen-fd", str(listener.fileno()), "--admin-fd", str(admin.fileno()),
+                "--supervisor-pid", str(os.getpid()), "--deadline", repr(self.deadline + 30),
+                "--intra-threads", str(intra), "--inter-threads", "1",
+                "--records-dir", args.records_dir, "--max-body-bytes", str(args.max_body_bytes),
+            ]
+            if args.import_keras:
+                argv.append("--import-keras")
+            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                       pass_fds=(listener.fileno(), admin.fileno()))
+            self.replicas.append(Replica(index, process, admin.getsockname()[1]))
+            listener.close()
+            admin.close()
+        log.info("started %d replica(s) on %s:%d (pids %s; %d intra-op threads each)",
+                 len(self.replicas), args.host, self.port,
+                 ", ".join(str(r.process.pid) for r in self.replicas), intra)
+
+    def _wait_ready(self) -> bool:
+        pending = {r.index for r in self.replicas}
+        while pending:
+            if self.stop.is_set() or self._expired():
+                return False
+            for replica in self.replicas:
+                code = replica.process.poll()
+                if code is not None:
+                    log.error("replica %d (pid %d) exited with status %d while starting; "
+                              "see its messages above", replica.index, replica.process.pid, code)
+                    return False
+            pending = {i for i in pending if not _health_ok(self.replicas[i].admin_port)}
+            if pending:
+                self.stop.wait(0.25)
+        log.info("all %d replica(s) ready in %.1f s", len(self.replicas),
+                 time.time() - self.started)
+        return True
+
+    def _expired(self) -> bool:
+        if time.time() >= self.deadline:
+            log.warning("maximum lifetime of %.0f s reached; stopping", self.args.max_lifetime_s)
+            return True
+        return False
+
+    def ready_info(self) -> dict:
+        host = self.args.host
+        url_host = f"[{host}]" if ":" in host else host
+        return {
+            "pid": os.getpid(),
+            "host": host,
+            "port": self.port,
+            "base_url": f"http://{url_host}:{self.port}",
+            "replicas": len(self.replicas),
+            "replica_pids": [r.process.pid for r in self.replicas],
+            "replica_admin_ports": [r.admin_port for r in self.replicas],
+            "model_dir": self.args.model_dir,
+            "model_name": self.args.model_name,
+            "model_version": self.args.model_version,
+            "started_at": self.started,
+            "deadline": self.deadline,
+        }
+
+    def _write_ready_file(self) -> None:
+        if self.args.ready_file:
+            storage.write_text(self.args.ready_file, json.dumps(self.ready_info(), indent=2))
+
+    def _supervise(self) -> int:
+        import psutil
+
+        from caio_operators.targets.records import SAMPLE_COLUMNS, CsvBatchWriter
+
+        if self.args.samples_dir:
+            os.makedirs(self.args.samples_dir, exist_ok=True)
+            self.samples = CsvBatchWriter(self.args.samples_dir, "samples", SAMPLE_COLUMNS)
+            self.samples.start(SAMPLE_FLUSH_INTERVAL_S)
+        for replica in self.replicas:
+            try:
+                replica.sampler = psutil.Process(replica.process.pid)
+                replica.sampler.cpu_percent(None)  # the first reading only starts the clock
+            except psutil.NoSuchProcess:
+                replica.sampler = None
+        next_sample = time.monotonic() + SAMPLE_INTERVAL_S
+        while not self.stop.wait(max(0.0, next_sample - time.monotonic())):
+            next_sample += SAMPLE_INTERVAL_S
+            if self._expired():
+                return 0
+            alive = self._check_replicas()
+            if not alive:
+                log.error("no replica is left serving; stopping")
+                return 1
+            self._sample(alive)
+        return 0
+
+    def _check_replicas(self) -> list[Replica]:
+        alive = []
+        for replica in self.replicas:
+            code = replica.process.poll()
+            if code is None:
+                alive.append(replica)
+            elif not replica.exit_logged:
+                replica.exit_logged = True
+                log.error("replica %d (pid %d) exited with status %d; %d replica(s) keep "
+                          "serving (not restarted)", replica.index, replica.process.pid, code,
+                          sum(r.process.poll() is None for r in self.replicas))
+        return alive
+
+    def _sample(self, alive: list[Replica]) -> None:
+        if self.samples is None:
+            return
+        import psutil
+
+        now = time.time()
+        for replica in alive:
+            if replica.sampler is None:
+                continue
+            try:
+                with replica.sampler.oneshot():
+                    cpu = replica.sampler.cpu_percent(None)
+                    rss = replica.sampler.memory_info().rss / 2**20
+            except psutil.Error:
+                continue
+            self.samples.add((f"{now:.6f}", replica.index, replica.process.pid,
+                              f"{cpu:.1f}", f"{rss:.1f}"))
+
+    def _stop_replicas(self) -> None:
+        for replica in self.replicas:
+            if replica.process.poll() is None:
+                replica.process.send_signal(signal.SIGTERM)
+        end = time.monotonic() + STOP_GRACE_S
+        for replica in self.replicas:
+            try:
+                replica.process.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("replica %d (pid %d) ignored SIGTERM; killing it",
+                            replica.index, replica.process.pid)
+                replica.process.kill()
+                replica.process.wait()
+
+
+# Entry points -----------------------------------------------------------------------------
+
+
+def _configure_logging(role: str) -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format=f"%(asctime)s caio-serve {role} [%(process)d] %(levelname)s %(message)s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.replica_index is not None:
+        from caio_operators.targets import replica
+
+        _configure_logging(f"replica-{args.replica_index}")
+        try:
+            code = replica.run(args)
+        except SystemExit as stop:  # a signal while starting
+            code = stop.code if isinstance(stop.code, int) else 0
+        except Exception:
+            log.exception("replica %d failed", args.replica_index)
+            code = 1
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)  # skip interpreter teardown: TF's can hang on its own threads
+    _check_args(parser, args)
+    _configure_logging("supervisor")
+    supervisor = Supervisor(args)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""One replica of the local model server: loads the SavedModel once and serves HTTP.
+
+Started by the supervisor in `local_server.py` (never by hand). It accepts connections on
+an inherited listening socket that shares the server port with the other replicas
+(SO_REUSEPORT) and on a private admin socket that the supervisor probes for readiness.
+Every request that is not a probe is recorded into `<records-dir>/replica-<i>-<seq>.csv`.
+It stops on SIGTERM/SIGINT, when the supervisor disappears, or past its deadline,
+flushing the records first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.machinery
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import types
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from caio_operators.targets.instances import STRING, SignatureInfo, TensorInfo
+from caio_operators.targets.records import SERVER_RECORD_COLUMNS, CsvBatchWriter
+from caio_operators.targets.serving_app import Reply, ServingApp, error_reply, reason
+
+log = logging.getLogger("caio_operators.targets.replica")
+
+IDLE_TIMEOUT_S = 120  # an idle keep-alive connection is closed after this
+DRAIN_LIMIT = 64 * 2**20  # read and drop an oversized body up to this size to answer it cleanly
+FLUSH_INTERVAL_S = 2.0
+ERROR_TEXT_LIMIT = 200
+
+
+# Model ------------------------------------------------------------------------------------
+
+
+def skip_keras_import() -> None:
+    """Make `import tensorflow` skip its eager import of Keras.
+
+    Serving a SavedModel needs no Keras, but TensorFlow imports it (with scikit-learn,
+    pandas, SciPy...) on import, which doubles a replica's start-up. A placeholder module
+    with Keras' real spec keeps TensorFlow's path lookups working while its optional
+    `import keras.src.optimizers` fails and is skipped.
+    """
+    if "keras" in sys.modules:
+        return
+    spec = importlib.machinery.PathFinder.find_spec("keras")
+    if spec is None:
+        return
+    placeholder = types.ModuleType("keras")
+    placeholder.__spec__ = spec
+    sys.modules["keras"] = placeholder
+
+
+def _tensor_info(tf, name: str, spec) -> TensorInfo:
+    dtype = STRING if spec.dtype == tf.string else spec.dtype.name
+    shape = None if spec.shape.rank is None else tuple(spec.shape.as_list())
+    return TensorInfo(name=name, dtype=dtype, shape=shape)
+
+
+def load_model(model_dir: str, *, intra_threads: int, inter_threads: int, import_keras: bool):
+    """(signature infos, predict callable, client error types) for a SavedModel."""
+    if not import_keras:
+        skip_keras_import()
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(intra_threads)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_threads)
+    loaded = tf.saved_model.load(model_dir)
+    functions = dict(loaded.signatures)
+    if not functions:
+        raise RuntimeError(f"the SavedModel at {model_dir} has no serving signatures")
+    infos = {}
+    for name, function in functions.items():
+        _, kwargs = function.structured_input_signature
+        outputs = function.structured_outputs
+        infos[name] = SignatureInfo(
+            name=name,
+            inputs=tuple(_tensor_info(tf, k, s) for k, s in sorted(kwargs.items())),
+            outputs=tuple(_tensor_info(tf, k, s) for k, s in sorted(outputs.items())))
+
+    def predict(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # `loaded` stays referenced here: its variables die with it.
+        result = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in result.items()}
+
+    return infos, predict, (tf.errors.InvalidArgumentError,)
+
+
+def warm_up(infos: dict[str, SignatureInfo], predict) -> None:
+    """Run each signature once so that the first real request is not the slow one."""
+    import tensorflow as tf
+
+    image = tf.io.encode_png(tf.zeros([32, 32, 3], tf.uint8)).numpy()
+    for name, info in sorted(infos.items()):
+        inputs = {}
+        for t in info.inputs:
+            if t.dtype == STRING:
+                inputs[t.name] = np.array([image], dtype=object)
+            elif t.shape is not None:
+                inputs[t.name] = np.zeros([d or 1 for d in t.shape], dtype=t.dtype)
+        if len(inputs) != len(info.inputs):
+            continue
+        started = time.perf_counter()
+        try:
+            predict(name, inputs)
+        except Exception as exc:  # a warm-up input the model dislikes is not fatal
+            log.info("warm-up of %s skipped: %s", name, str(exc).splitlines()[0][:200])
+            continue
+        log.info("warm-up of %s took %.0f ms", name, (time.perf_counter() - started) * 1000)
+
+
+# HTTP -------------------------------------------------------------------------------------
+
+
+class SocketServer(ThreadingHTTPServer):
+    """A threading HTTP server on an already listening socket."""
+
+    daemon_threads = True
+
+    def __init__(self, sock: socket.socket, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(sock.getsockname()[:2], handler, bind_and_activate=False)
+        self.socket.close()
+        self.socket = sock
+        self.server_name, self.server_port = sock.getsockname()[:2]
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return  # the client went away; nothing to answer
+        log.exception("unexpected error with client %s", client_address)
+
+
+def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int):
+    replica = app.replica
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "caio-serve"
+        disable_nagle_algorithm = True  # headers and body go out in one write anyway
+        timeout = IDLE_TIMEOUT_S
+
+        def log_message(self, format, *args) -> None:
+            pass  # per-request logging would cost more than the request
+
+        def _record(self, reply: Reply, ts: float, latency_s: float) -> None:
+            if reply.record:
+                error = " ".join(reply.error.split())[:ERROR_TEXT_LIMIT]
+                recorder.add((f"{ts:.6f}", f"{latency_s * 1000:.3f}", int(reply.status < 400),
+                              reply.status, reply.signature, replica, reply.instances, error))
+
+        def _write(self, reply: Reply, close: bool = False) -> None:
+            if close:
+                self.close_connection = True
+            lines = [f"HTTP/1.1 {reply.status} {reason(reply.status)}",
+                     "Content-Type: application/json",
+                     f"Content-Length: {len(reply.body)}",
+                     f"X-Caio-Replica: {replica}",
+                     "Connection: close" if self.close_connection else "Connection: keep-alive"]
+            if reply.allow:
+                lines.append(f"Allow: {reply.allow}")
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            body = b"" if getattr(self, "command", None) == "HEAD" else reply.body
+            try:
+                self.wfile.write(head + body)
+            except (ConnectionError, TimeoutError):
+                self.close_connection = True
+
+        def _reject(self, status: int, message: str, close: bool, ts: float, t0: float) -> None:
+            reply = error_reply(status, message)
+            self._record(reply, ts, time.perf_counter() - t0)
+            self._write(reply, close=close)
+
+        def send_error(self, code, message=None, explain=None) -> None:
+            # Malformed request lines, oversized headers, unknown methods: JSON, then close.
+            text = f"{code} {reason(code)}: {message or explain or 'malformed request'}"
+            self._reject(code, text, True, time.time(), time.perf_counter())
+
+        def handle_expect_100(self) -> bool:
+            length = _content_length(self.headers.get("Content-Length", ""))
+            if length is not None and length > max_body_bytes:
+                self._reject(413, _too_large(length, max_body_bytes), True,
+                             time.time(), time.perf_counter())
+                return False
+            return super().handle_expect_100()
+
+        def _read_body(self, ts: float, t0: float) -> bytes | None:
+            if self.headers.get("Transfer-Encoding"):
+                self._reject(411, "chunked bodies are not supported; send a Content-Length",
+                             True, ts, t0)
+                return None
+            length_text = self.headers.get("Content-Length")
+            if length_text is None:
+                if self.command == "POST":
+                    self._reject(411, "a POST needs a Content-Length header", True, ts, t0)
+                    return None
+                return b""
+            length = _content_length(length_text)
+            if length is None:
+                self._reject(400, f"bad Content-Length {length_text[:40]!r}", True, ts, t0)
+                return None
+            if length > max_body_bytes:
+                fits = length <= DRAIN_LIMIT and self._drain(length)
+                self._reject(413, _too_large(length, max_body_bytes), not fits, ts, t0)
+                return None
+            try:
+                body = self.rfile.read(length)
+            except (ConnectionError, TimeoutError, OSError):
+                body = b""
+            if len(body) < length:  # the client hung up mid-body: no one to answer
+                self.close_connection = True
+                return None
+            return body
+
+        def _drain(self, length: int) -> bool:
+            try:
+                while length > 0:
+                    chunk = self.rfile.read(min(length, 2**20))
+                    if not chunk:
+                        return False
+                    length -= len(chunk)
+            except (ConnectionError, TimeoutError, OSError):
+                return False
+            return True
+
+        def _serve(self) -> None:
+            ts, t0 = time.time(), time.perf_counter()
+            body = self._read_body(ts, t0)
+            if body is None:
+                return
+            # Server-side latency: from the request fully read to the response ready.
+            ts, t0 = time.time(), time.perf_counter()
+            try:
+                reply = app.handle(self.command, self.path, body)
+            except Exception as exc:
+                log.exception("unhandled error for %s %s", self.command, self.path[:200])
+                reply = error_reply(500, f"internal error: {type(exc).__name__}")
+            self._record(reply, ts, time.perf_counter() - t0)
+            self._write(reply)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
+
+    return Handler
+
+
+def _content_length(text: str) -> int | None:
+    """The value of a Content-Length header, None unless it is plain ASCII digits."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def _too_large(length: int, limit: int) -> str:
+    return (f"request body is {length} bytes, over the limit of {limit} bytes; send fewer "
+            "instances per request or raise --max-body-bytes")
+
+
+# Process ----------------------------------------------------------------------------------
+
+
+def _listening_socket(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    # Non-blocking accept: a spurious wake-up returns to the loop instead of blocking
+    # inside accept() (and shutdown() with it).
+    sock.setblocking(False)
+    return sock
+
+
+def _watch_supervisor(supervisor_pid: int, deadline: float, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        if os.getppid() != supervisor_pid:
+            log.warning("the supervisor (pid %d) is gone; stopping", supervisor_pid)
+        elif time.time() > deadline:
+            log.warning("past the server's maximum lifetime; stopping")
+        else:
+            continue
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until told to stop; the exit status for the supervisor's log."""
+    index = args.replica_index
+    stop = threading.Event()
+    state = {"serving": False}
+
+    def on_signal(signum, frame) -> None:
+        if not state["serving"]:
+            raise SystemExit(0)  # nothing to flush yet
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=_watch_supervisor, name="watch-supervisor", daemon=True,
+                     args=(args.supervisor_pid, args.deadline, stop)).start()
+
+    started = time.perf_counter()
+    try:
+        infos, predict, client_errors = load_model(
+            args.model_dir, intra_threads=args.intra_threads, inter_threads=args.inter_threads,
+            import_keras=args.import_keras)
+    except Exception as exc:
+        hint = "" if args.import_keras else (
+            " (Keras was not imported; if this model needs Keras to load, add --import-keras)")
+        log.error("cannot load the SavedModel at %s: %s: %s%s", args.model_dir,
+                  type(exc).__name__, str(exc).strip()[:2000], hint)
+        return 3
+    log.info("loaded %s in %.1f s: signatures %s (intra-op threads %d, inter-op %d)",
+             args.model_dir, time.perf_counter() - started, ", ".join(sorted(infos)),
+             args.intra_threads, args.inter_threads)
+    warm_up(infos, predict)
+    # TF leaves ~300k long-lived objects; without this every full collection triggered by
+    # parsing a big JSON body walks them all (a 224x224x3 float instance: 115 ms -> 40 ms).
+    gc.freeze()
+
+    app = ServingApp(model_name=args.model_name, model_version=args.model_version,
+                     signatures=infos, predict=predict, client_errors=client_errors,
+                     replica=index)
+    if args.records_dir:
+        os.makedirs(args.records_dir, exist_ok=True)
+    recorder = CsvBatchWriter(args.records_dir, f"replica-{index}", SERVER_RECORD_COLUMNS)
+    handler = make_handler(app, recorder, args.max_body_bytes)
+    servers = [SocketServer(_listening_socket(fd), handler)
+               for fd in (args.listen_fd, args.admin_fd)]
+    recorder.start(FLUSH_INTERVAL_S)
+    for server in servers:
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                         name=f"serve-{server.server_port}", daemon=True).start()
+    state["serving"] = True
+    log.info("serving (admin port %d)", servers[1].server_port)
+
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping")
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+    recorder.close()
+    log.info("records flushed; bye")
+    return 0

@@ -1,0 +1,184 @@
+"""Instances codec and request handling with a numpy model (no TF, no HTTP): fast and exact."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from caio_operators.targets.instances import (
+    InstanceError,
+    SignatureInfo,
+    TensorInfo,
+    decode_instances,
+    encode_predictions,
+)
+from caio_operators.targets.openapi import openapi_document
+from caio_operators.targets.serving_app import ServingApp, model_error_text
+
+IMAGES = SignatureInfo("serving_default", (TensorInfo("images", "float32", (None, 2, 2, 3)),),
+                       (TensorInfo("logits", "float32", (None, 4)),))
+BYTES = SignatureInfo("serving_preprocess", (TensorInfo("bytes", "string", (None,)),),
+                      (TensorInfo("labels", "string", (None, 2)),
+                       TensorInfo("probabilities", "float32", (None, 2))))
+TWO_INPUTS = SignatureInfo("pair", (TensorInfo("a", "int64", (None,)),
+                                    TensorInfo("b", "float32", (None, 2))),
+                           (TensorInfo("sum", "float32", (None, 2)),))
+
+
+class ModelRejected(Exception):
+    pass
+
+
+def numpy_model(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if signature == "serving_default":
+        return {"logits": np.repeat(inputs["images"].mean(axis=(1, 2, 3))[:, None], 4, axis=1)}
+    if signature == "serving_preprocess":
+        if any(not b.startswith(b"IMG") for b in inputs["bytes"]):
+            raise ModelRejected("Graph execution error:\n\nDetected at node x\n"
+                                "Unknown image file format.\n\t [[{{node x}}]] [Op:y]")
+        n = len(inputs["bytes"])
+        return {"labels": np.array([[b"cat", b"dog"]] * n, dtype=object),
+                "probabilities": np.array([[0.75, 0.25]] * n, dtype=np.float32)}
+    if signature == "pair":
+        return {"sum": inputs["a"][:, None] + inputs["b"]}
+    raise RuntimeError("boom")
+
+
+@pytest.fixture
+def app() -> ServingApp:
+    signatures = {s.name: s for s in (IMAGES, BYTES, TWO_INPUTS)}
+    signatures["broken"] = SignatureInfo("broken", (TensorInfo("x", "float32", (None,)),),
+                                         (TensorInfo("y", "float32", (None,)),))
+    return ServingApp(model_name="m", model_version="1", signatures=signatures,
+                      predict=numpy_model, client_errors=(ModelRejected,), replica=3)
+
+
+def post(app, body, path="/v1/models/m:predict"):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    reply = app.handle("POST", path, raw)
+    return reply, json.loads(reply.body)
+
+
+def b64(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode()}
+
+
+# codec ------------------------------------------------------------------------------------
+
+
+def test_decode_bare_and_named_instances():
+    image = np.arange(12, dtype=np.float32).reshape(2, 2, 3).tolist()
+    arrays = decode_instances(IMAGES, [image, {"images": image}])
+    assert arrays["images"].shape == (2, 2, 2, 3) and arrays["images"].dtype == np.float32
+    strings = decode_instances(BYTES, [b64(b"\x00\x01"), "plain", {"bytes": b64(b"x")}])
+    assert list(strings["bytes"]) == [b"\x00\x01", b"plain", b"x"]
+    pair = decode_instances(TWO_INPUTS, [{"a": 1, "b": [0.5, 1.5]}])
+    assert pair["a"].dtype == np.int64 and pair["b"].tolist() == [[0.5, 1.5]]
+
+
+@pytest.mark.parametrize(("signature", "instances", "message"), [
+    (IMAGES, [[[1, 2, 3]]], r"expects shape \[None, 2, 2, 3\].*\[1, 1, 3\]"),
+    (IMAGES, [[[[1, 2, 3]] * 2] * 2, [[[1, 2, 3]] * 2]], "ragged"),
+    (IMAGES, [[[["a", "b", "c"]] * 2] * 2], "non-numbers"),
+    (IMAGES, [[[[None, 1, 2]] * 2] * 2], "non-numbers"),
+    (IMAGES, [{"b64": "AAAA"}], "non-numbers"),
+    (BYTES, [{"b64": "not base64!"}], "not valid base64"),
+    (BYTES, [[1, 2]], "string tensor"),
+    (BYTES, [{"b64": 5}], "string tensor"),
+    (TWO_INPUTS, [[1, 2]], "must be an object with the inputs a, b"),
+    (TWO_INPUTS, [{"a": 1}], "missing inputs b"),
+    (TWO_INPUTS, [{"a": 1, "b": [1, 2], "c": 3}], "unknown inputs c"),
+    (IMAGES, [], "no instances"),
+])
+def test_decode_rejects_with_a_named_reason(signature, instances, message):
+    with pytest.raises(InstanceError, match=message):
+        decode_instances(signature, instances)
+
+
+def test_encode_rows():
+    assert encode_predictions(IMAGES, {"logits": np.ones((2, 4), np.float32)}) == [
+        [1.0] * 4, [1.0] * 4]
+    rows = encode_predictions(BYTES, {
+        "labels": np.array([[b"a", b"\xff"]], dtype=object),
+        "probabilities": np.array([[0.5, 0.5]], np.float32)})
+    assert rows == [{"labels": ["a", {"b64": "/w=="}], "probabilities": [0.5, 0.5]}]
+
+
+# request handling -------------------------------------------------------------------------
+
+
+def test_predict_single_and_multiple_outputs(app):
+    image = np.full((2, 2, 3), 2.0).tolist()
+    reply, body = post(app, {"instances": [image, image]})
+    assert reply.status == 200 and body == {"predictions": [[2.0] * 4, [2.0] * 4]}
+    assert (reply.signature, reply.instances, reply.record) == ("serving_default", 2, True)
+    reply, body = post(app, {"signature_name": "serving_preprocess",
+                             "instances": [b64(b"IMG1")]},
+                       path="/v1/projects/p/locations/l/endpoints/9:predict")
+    assert body == {"predictions": [{"labels": ["cat", "dog"], "probabilities": [0.75, 0.25]}]}
+
+
+@pytest.mark.parametrize(("body", "status", "fragment"), [
+    (b"{nope", 400, "not valid JSON"),
+    (b"\xff\xfe", 400, "not valid JSON"),
+    (b'"text"', 400, "JSON object"),
+    ({"signature_name": "zzz", "instances": [1]}, 400,
+     "this model has: broken, pair, serving_default, serving_preprocess"),
+    ({"signature_name": "serving_preprocess", "instances": [b64(b"GIF")]}, 400,
+     "rejected the input of 'serving_preprocess': Unknown image file format."),
+    ({"signature_name": "broken", "instances": [1.0]}, 500, "prediction failed: RuntimeError"),
+])
+def test_predict_errors(app, body, status, fragment):
+    reply, payload = post(app, body)
+    assert reply.status == status and fragment in payload["error"]
+    assert reply.error == payload["error"] and reply.record
+
+
+def test_routes_without_prediction(app):
+    health = app.handle("GET", "/healthz", b"")
+    assert health.status == 200 and not health.record
+    assert json.loads(health.body)["replica"] == 3
+    assert app.handle("HEAD", "/healthz", b"").status == 200
+    assert app.handle("GET", "/v1/models/m/versions/1", b"").status == 200
+    assert app.handle("GET", "/v1/models/x", b"").status == 404
+    reply = app.handle("DELETE", "/v1/models/m:predict", b"")
+    assert reply.status == 405 and reply.allow == "POST" and reply.record
+    assert app.handle("GET", "/nowhere", b"").status == 404
+    wrong = app.handle("POST", "/v1/projects/p/models/m/versions/2:predict", b"{}")
+    assert wrong.status == 404 and "version '2'" in json.loads(wrong.body)["error"]
+
+
+def test_model_error_text_drops_tf_boilerplate():
+    text = ("Graph execution error:\n\nDetected at node map/DecodeImage defined at (most "
+            "recent call last):\n<stack traces unavailable>\nUnknown image file format. One "
+            "of JPEG, PNG required.\n\t [[{{node map/DecodeImage}}]] [Op:__inference_sig_106]")
+    assert model_error_text(text) == "Unknown image file format. One of JPEG, PNG required."
+    assert model_error_text("{{function_node f}} Bad input\n\t [[{{node x}}]]") == "Bad input"
+
+
+def test_openapi_document_describes_instances():
+    doc = openapi_document("m", "1", {"serving_default": IMAGES, "serving_preprocess": BYTES})
+    request = doc["components"]["schemas"]["PredictRequest"]
+    variants = request["properties"]["instances"]["items"]["anyOf"]
+    image_value = variants[0]["oneOf"][0]
+    assert image_value["minItems"] == 2 and image_value["items"]["items"]["maxItems"] == 3
+    assert variants[1]["oneOf"][0]["oneOf"][0]["required"] == ["b64"]
+    json.dumps(doc)  # serialisable
+
+
+def test_openapi_request_schema_accepts_what_the_app_accepts():
+    import jsonschema
+
+    doc = openapi_document("m", "1", {"serving_default": IMAGES, "serving_preprocess": BYTES})
+    schema = doc["components"]["schemas"]["PredictRequest"]
+    image = np.zeros((2, 2, 3)).tolist()
+    for good in ({"instances": [image]}, {"instances": [{"images": image}]},
+                 {"signature_name": "serving_preprocess", "instances": [b64(b"x"), "s"]}):
+        jsonschema.validate(good, schema)
+    for bad in ({}, {"instances": []}, {"instances": [[1, 2]]},
+                {"signature_name": "nope", "instances": [image]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
