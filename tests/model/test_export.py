@@ -27,7 +27,7 @@ def test_tiny_export_has_both_signatures(tf, tiny_export, tiny_labels, image_byt
     loaded = tf.saved_model.load(str(model_dir))
     assert {"serving_default", "serving_preprocess"} <= set(loaded.signatures)
 
-    out = loaded.signatures["serving_preprocess"](bytes=tf.constant(image_bytes))
+    out = loaded.signatures["serving_preprocess"](image_bytes=tf.constant(image_bytes))
     labels, probabilities = out["labels"], out["probabilities"]
     assert labels.dtype == tf.string and probabilities.dtype == tf.float32
     assert labels.shape == (len(image_bytes), 5) and probabilities.shape == (len(image_bytes), 5)
@@ -58,7 +58,7 @@ def test_tiny_export_summary_is_json_and_describes_the_model(tiny_export, tiny_l
         "images": {"dtype": "float32", "shape": [None, 224, 224, 3]}}
     assert sigs["serving_default"]["outputs"] == {
         "logits": {"dtype": "float32", "shape": [None, 10]}}
-    assert sigs["serving_preprocess"]["inputs"] == {"bytes": {"dtype": "string", "shape": [None]}}
+    assert sigs["serving_preprocess"]["inputs"] == {"image_bytes": {"dtype": "string", "shape": [None]}}
     assert sigs["serving_preprocess"]["outputs"]["labels"] == {"dtype": "string",
                                                                "shape": [None, 5]}
     assert summary["check"]["images"] == 5
@@ -82,7 +82,7 @@ def test_reexport_replaces_and_generates_labels(tf, tmp_path, tiny_labels, image
     assert summary["labels"].startswith("generated")
     assert summary["check"]["top1"][0]["image"] == "generated-gradient.png"
     out = tf.saved_model.load(str(target)).signatures["serving_preprocess"](
-        bytes=tf.constant(image_bytes[:2]))
+        image_bytes=tf.constant(image_bytes[:2]))
     assert out["labels"].shape == (2, 5)
     assert all(label.decode().startswith("class_00") for label in out["labels"].numpy().ravel())
     _no_staging_left(target.parent)
@@ -123,7 +123,7 @@ def test_hub_source_from_local_path(tf, tmp_path, hub_like_model, image_bytes, t
     expected = tf.saved_model.load(str(hub_like_model))(batch)  # Hub models take [0, 1] as is
     np.testing.assert_allclose(loaded.signatures["serving_default"](images=batch)["logits"],
                                expected, rtol=1e-5, atol=1e-5)
-    top = loaded.signatures["serving_preprocess"](bytes=tf.constant(image_bytes))
+    top = loaded.signatures["serving_preprocess"](image_bytes=tf.constant(image_bytes))
     names = {label.decode() for label in top["labels"].numpy().ravel()}
     assert names <= {"background"} | {f"label {i}" for i in range(1000)}
 
@@ -163,7 +163,7 @@ def test_savedmodel_returning_probabilities_is_converted_to_logits(tf, tmp_path,
     assert any("probabilities" in note for note in summary["notes"])
     loaded = tf.saved_model.load(str(tmp_path / "out"))
     probabilities = loaded.signatures["serving_preprocess"](
-        bytes=tf.constant(image_bytes))["probabilities"].numpy()
+        image_bytes=tf.constant(image_bytes))["probabilities"].numpy()
     expected = module.predict(_preprocessed(tf, image_bytes))["scores"].numpy()
     np.testing.assert_allclose(probabilities, -np.sort(-expected, axis=1)[:, :5], atol=1e-5)
 
@@ -243,7 +243,7 @@ def test_resnet_v2_101_export(tf, tmp_path, test_images_dir, image_bytes):
     loaded = tf.saved_model.load(str(tmp_path / "resnet"))
     logits = loaded.signatures["serving_default"](images=_preprocessed(tf, image_bytes))["logits"]
     assert logits.shape == (len(image_bytes), 1000) and logits.dtype == tf.float32
-    out = loaded.signatures["serving_preprocess"](bytes=tf.constant(image_bytes))
+    out = loaded.signatures["serving_preprocess"](image_bytes=tf.constant(image_bytes))
     assert out["labels"].shape == (len(image_bytes), 5)
     p = out["probabilities"].numpy()
     assert np.all((p >= 0) & (p <= 1)) and np.all(np.diff(p, axis=1) <= 0)

@@ -541,7 +541,7 @@ def check_signatures(loaded, images: list[tuple[str, bytes]], *, top_k: int) -> 
     encoded = tf.constant([data for _, data in images])
     batch = tf.stack([preprocess_image(data) for data in tf.unstack(encoded)])
     logits = loaded.signatures["serving_default"](images=batch)["logits"].numpy()
-    out = loaded.signatures["serving_preprocess"](bytes=encoded)
+    out = loaded.signatures["serving_preprocess"](image_bytes=encoded)
     labels = out["labels"].numpy()
     probabilities = out["probabilities"].numpy()
 

@@ -74,7 +74,8 @@ class ServingModule(tf.Module):
         logits = tf.cast(self._logits_fn(images), tf.float32)
         return {"logits": tf.identity(logits, name="logits")}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="bytes")])
+    # The `_bytes` suffix is AI Platform's cue to base64-decode `{"b64": ...}` inputs.
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_preprocess(self, data):
         images = tf.map_fn(
             preprocess_image,

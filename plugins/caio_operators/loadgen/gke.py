@@ -1,0 +1,1045 @@
+"""Run a LaunchSpec on GKE: a headless Locust master Job, a headless Service for the master
+port and a worker Job with ``parallelism = workers``, watched to the end and always deleted.
+
+The pods run exactly LaunchSpec's argv (minus the leading ``locust``: the image's entrypoint),
+so a GKE run and a local run differ only in where the processes live. The pod templates
+come from the Kustomize base in ``locust/manifests`` (the one source of truth, also used for
+interactive web-UI runs): :func:`render_base` renders it in Python (the Composer worker has
+no kubectl; a test checks the result equals ``kubectl kustomize``) and
+:func:`build_objects` turns its Deployments into Jobs.
+
+Every object is named from the run id and labelled ``caio.dev/run-id``, so a retry of the
+task finds the objects of the try before and waits on them instead of starting a second
+test. The master Job owns the Service and the worker Job, carries ``activeDeadlineSeconds``
+and ``ttlSecondsAfterFinished``: even if Airflow dies mid-run, Kubernetes cleans up.
+
+Results: workers write raw records to the bucket themselves; the master's Locust CSV/HTML
+are uploaded by the locustfile at exit to ``$CAIO_PUBLISH_URI`` (``LaunchSpec.publish_uri``);
+the pod logs are copied to ``<publish_uri>/logs/`` by this launcher before it deletes them.
+
+``kubernetes`` is imported only when connecting (its import takes seconds); tests inject
+CoreV1Api/BatchV1Api-like objects.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from caio_operators import storage
+from caio_operators.hooks.gke import api_message, api_status, connect, explain_api_error
+from caio_operators.loadgen.launch import LaunchSpec, build_launch_spec
+from caio_operators.loadgen.local import format_progress
+
+logger = logging.getLogger(__name__)
+
+MANIFESTS_ENV = "CAIO_MANIFESTS"
+CONTAINER = "locust"
+LOCUST_COMMAND = ("locust",)  # the image's ENTRYPOINT (locust/Dockerfile)
+PUBLISH_ENV = "CAIO_PUBLISH_URI"  # read by the locustfile on the master
+
+RUN_LABEL = "caio.dev/run-id"
+DAG_LABEL = "caio.dev/dag-id"
+TRY_LABEL = "caio.dev/try-number"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+NAME_PREFIX = "caio-locust-"
+MAX_BASE_NAME = 56  # + "-worker" = 63, the longest Job name Kubernetes accepts
+
+_KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "images", "configMapGenerator"}
+
+
+class GkeError(RuntimeError):
+    """A Kubernetes call failed or an object is not what this run expects; the message says
+    what and what to do."""
+
+
+class ManifestError(ValueError):
+    """locust/manifests cannot be rendered or lacks what GkeLauncher derives from it."""
+
+
+# ---------------------------------------------------------------- the Kustomize base
+
+
+def default_manifests_dir() -> Path:
+    """``$CAIO_MANIFESTS`` or the repository's ``locust/manifests``."""
+    explicit = os.environ.get(MANIFESTS_ENV)
+    path = Path(explicit) if explicit else Path(__file__).resolve().parents[3] / "locust" / (
+        "manifests")
+    if not (path / "kustomization.yaml").is_file():
+        raise ManifestError(
+            f"no kustomization.yaml in {path}; set {MANIFESTS_ENV} to the path of "
+            "caio-bench's locust/manifests")
+    return path
+
+
+def render_base(manifests_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize <manifests_dir>`` prints, rendered in Python.
+
+    Supports what the base uses: ``resources`` (files), ``images`` and a
+    ``configMapGenerator`` of literals without a name hash. Anything else raises
+    ManifestError: put it in an overlay, which GkeLauncher does not read.
+    """
+    root = Path(manifests_dir) if manifests_dir else default_manifests_dir()
+    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text()) or {}
+    extra = sorted(set(kustomization) - _KUSTOMIZE_KEYS)
+    if extra:
+        raise ManifestError(
+            f"{root / 'kustomization.yaml'} uses {', '.join(extra)}; GkeLauncher renders only "
+            f"{', '.join(sorted(_KUSTOMIZE_KEYS))}. Move the rest to an overlay.")
+    objects: list[dict[str, Any]] = []
+    for resource in kustomization.get("resources") or []:
+        path = root / resource
+        if not path.is_file():
+            raise ManifestError(f"resource {resource} of {root} is not a file")
+        objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    objects.extend(_generated_config_map(gen) for gen in
+                   kustomization.get("configMapGenerator") or [])
+    images = kustomization.get("images") or []
+    for obj in objects:
+        for container in _containers(obj):
+            container["image"] = _new_image(container.get("image", ""), images)
+    return objects
+
+
+def _generated_config_map(gen: Mapping[str, Any]) -> dict[str, Any]:
+    options = gen.get("options") or {}
+    extra = sorted(set(gen) - {"name", "literals", "options"}) + sorted(
+        set(options) - {"disableNameSuffixHash", "labels"})
+    if extra or not options.get("disableNameSuffixHash"):
+        raise ManifestError(
+            f"configMapGenerator {gen.get('name')!r}: GkeLauncher supports literals, "
+            "options.labels and options.disableNameSuffixHash: true only")
+    data = {}
+    for literal in gen.get("literals") or []:
+        key, sep, value = str(literal).partition("=")
+        if not sep:
+            raise ManifestError(f"configMapGenerator literal {literal!r} is not KEY=VALUE")
+        data[key] = value
+    metadata: dict[str, Any] = {"name": gen["name"]}
+    if options.get("labels"):
+        metadata["labels"] = dict(options["labels"])
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+
+
+def _containers(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
+    spec = obj.get("spec") or {}
+    pod = (spec.get("template") or {}).get("spec") or spec
+    return [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]
+
+
+def _split_image(image: str) -> tuple[str, str, str]:
+    """(name, tag, digest) of an image reference."""
+    name, _, digest = image.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    tag = ""
+    if colon > slash:  # a colon after the last slash is a tag, not a registry port
+        name, tag = name[:colon], name[colon + 1:]
+    return name, tag, digest
+
+
+def _new_image(image: str, images: Sequence[Mapping[str, Any]]) -> str:
+    name, tag, digest = _split_image(image)
+    for rule in images:
+        if rule.get("name") != name:
+            continue
+        new = str(rule.get("newName") or name)
+        if rule.get("digest"):
+            return f"{new}@{rule['digest']}"
+        if rule.get("newTag") is not None:
+            return f"{new}:{rule['newTag']}"
+        return new + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+    return image
+
+
+@dataclass(frozen=True)
+class LocustBase:
+    """The parts of the rendered base GkeLauncher derives its objects from."""
+
+    master: dict[str, Any]  # Deployment, component master
+    worker: dict[str, Any]  # Deployment, component worker
+    service: dict[str, Any]  # Service selecting the master
+
+    def check(self) -> None:
+        """Raise ManifestError now if anything GkeLauncher needs is missing."""
+        for value in (self.locustfile, self.master_port, self.work_dir):
+            assert value is not None
+        container_of(self.worker)
+
+    @property
+    def locustfile(self) -> str:
+        """Where the image holds the locustfile: the master's ``-f`` argument."""
+        args = list(container_of(self.master)["args"])
+        try:
+            return args[args.index("-f") + 1]
+        except (ValueError, IndexError):
+            raise ManifestError("the master container's args have no `-f <locustfile>`") from None
+
+    @property
+    def master_port_spec(self) -> dict[str, Any]:
+        for port in self.service["spec"].get("ports") or []:
+            if port.get("name") == "master":
+                return port
+        raise ManifestError("the master Service has no port named `master`")
+
+    @property
+    def master_port(self) -> int:
+        return int(self.master_port_spec["port"])
+
+    @property
+    def work_dir(self) -> str:
+        """A writable folder in the master pod (its emptyDir mount) for Locust's CSV/HTML."""
+        pod = self.master["spec"]["template"]["spec"]
+        empty = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
+        for mount in container_of(self.master).get("volumeMounts") or []:
+            if mount["name"] in empty:
+                return mount["mountPath"]
+        raise ManifestError("the master container mounts no emptyDir volume for its files")
+
+
+def load_base(manifests_dir: str | os.PathLike | None = None) -> LocustBase:
+    """Render ``locust/manifests`` and pick the master/worker Deployments and the Service."""
+    objects = render_base(manifests_dir)
+
+    def pick(kind: str, component: str) -> dict[str, Any]:
+        found = [o for o in objects if o.get("kind") == kind and
+                 (o.get("metadata", {}).get("labels") or {}).get(COMPONENT_LABEL) == component]
+        if len(found) != 1:
+            raise ManifestError(f"locust/manifests must hold exactly one {kind} labelled "
+                                f"{COMPONENT_LABEL}={component}; found {len(found)}")
+        return found[0]
+
+    base = LocustBase(master=pick("Deployment", "master"), worker=pick("Deployment", "worker"),
+                      service=pick("Service", "master"))
+    base.check()
+    return base
+
+
+def container_of(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``locust`` container of a Deployment or Job."""
+    for container in obj["spec"]["template"]["spec"].get("containers") or []:
+        if container.get("name") == CONTAINER:
+            return container
+    raise ManifestError(f"{obj.get('kind')} {obj.get('metadata', {}).get('name')} has no "
+                        f"container named {CONTAINER!r}")
+
+
+# ---------------------------------------------------------------- names and labels
+
+
+def label_value(text: str) -> str:
+    """``text`` made a valid label value (63 chars of ``[A-Za-z0-9_.-]``, alphanumeric ends)."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text))[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def base_name(run_id: str) -> str:
+    """``caio-locust-<run id>``: a DNS-1035 label short enough for ``-master``/``-worker``,
+    the same for every try of a run."""
+    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
+    name = NAME_PREFIX + slug
+    if slug and len(name) <= MAX_BASE_NAME and slug == run_id:
+        return name
+    digest = hashlib.sha1(run_id.encode()).hexdigest()[:8]  # noqa: S324 (a name, not security)
+    keep = MAX_BASE_NAME - len(NAME_PREFIX) - 9
+    return f"{NAME_PREFIX}{slug[:keep].rstrip('-')}-{digest}".replace("--", "-")
+
+
+@dataclass(frozen=True)
+class GkeTarget:
+    """Where and as what the pods run: namespace, image, and the run they belong to."""
+
+    namespace: str
+    image: str
+    run_id: str
+    dag_id: str = ""
+    try_number: int = 1
+    service_account: str = ""  # Kubernetes service account (Workload Identity); "" = default
+
+    def __post_init__(self) -> None:
+        if not self.image:
+            raise ValueError("locust_image is empty; build locust/Dockerfile, push it and pass "
+                             "its reference")
+        if not self.run_id:
+            raise ValueError("run_id is empty")
+
+    @property
+    def service_name(self) -> str:
+        return base_name(self.run_id)
+
+    @property
+    def master_job(self) -> str:
+        return base_name(self.run_id) + "-master"
+
+    @property
+    def worker_job(self) -> str:
+        return base_name(self.run_id) + "-worker"
+
+    @property
+    def run_label(self) -> str:
+        return label_value(self.run_id)
+
+    @property
+    def selector(self) -> str:
+        """Label selector of every pod of this run."""
+        return f"{RUN_LABEL}={self.run_label}"
+
+    def labels(self) -> dict[str, str]:
+        labels = {RUN_LABEL: self.run_label, TRY_LABEL: str(int(self.try_number))}
+        if self.dag_id:
+            labels[DAG_LABEL] = label_value(self.dag_id)
+        return labels
+
+    def annotations(self) -> dict[str, str]:
+        return {RUN_LABEL: self.run_id, **({DAG_LABEL: self.dag_id} if self.dag_id else {})}
+
+
+# ---------------------------------------------------------------- launch spec and objects
+
+
+def gke_launch_spec(
+    *,
+    config: Mapping[str, Any],
+    config_uri: str,
+    target: GkeTarget,
+    workers: int,
+    publish_uri: str,
+    base: LocustBase | None = None,
+    grace_s: float = 30.0,
+    expect_workers_max_wait_s: int = 300,
+    csv_name: str = "locust",
+    html_name: str = "locust_report.html",
+) -> LaunchSpec:
+    """The LaunchSpec for pods: ``locust`` (the image's entrypoint) with the image's
+    locustfile, the master bound on all interfaces, workers pointed at the run's Service,
+    Locust's files in the master pod's scratch folder and published to ``publish_uri``.
+
+    ``expect_workers_max_wait_s`` covers worker pods that wait for a node or an image pull.
+    """
+    base = base or load_base()
+    work = base.work_dir.rstrip("/")
+    return build_launch_spec(
+        config=config,
+        config_uri=config_uri,
+        locust_cmd=LOCUST_COMMAND,
+        locustfile=base.locustfile,
+        workers=workers,
+        csv_prefix=posixpath.join(work, csv_name),
+        html_path=posixpath.join(work, html_name),
+        log_dir=posixpath.join(work, "logs"),
+        master_host=target.service_name,
+        bind_host="*",
+        master_port=base.master_port,
+        grace_s=grace_s,
+        expect_workers_max_wait_s=expect_workers_max_wait_s,
+        env={PUBLISH_ENV: publish_uri},
+        publish_uri=publish_uri,
+    )
+
+
+def build_gke_launch(spec: Any, target: GkeTarget, base: LocustBase | None = None,
+                     **kwargs: Any) -> LaunchSpec:
+    """The GKE LaunchSpec of a run (a RunSpec): the config already written at
+    ``layout.config_uri``; Locust's CSV/HTML published to the run's load folder under the
+    names the harvest reads (``layout.locust_csv_prefix``, ``layout.locust_html``)."""
+    layout = spec.layout
+    config = json.loads(storage.read_text(layout.config_uri))
+    return gke_launch_spec(
+        config=config, config_uri=layout.config_uri, target=target, workers=spec.workers,
+        publish_uri=layout.load_dir, base=base,
+        csv_name=posixpath.basename(layout.locust_csv_prefix),
+        html_name=posixpath.basename(layout.locust_html), **kwargs)
+
+
+def pod_args(argv: Sequence[str]) -> list[str]:
+    """LaunchSpec argv without the ``locust`` command the image's entrypoint supplies."""
+    n = len(LOCUST_COMMAND)
+    if tuple(argv[:n]) != LOCUST_COMMAND:
+        raise ValueError(f"argv starts with {list(argv[:n])!r}, not {list(LOCUST_COMMAND)!r}: "
+                         "build it with gke_launch_spec (pods run the image's `locust`)")
+    return list(argv[n:])
+
+
+@dataclass(frozen=True)
+class GkeObjects:
+    service: dict[str, Any]
+    master_job: dict[str, Any]
+    worker_job: dict[str, Any]
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self.service, self.master_job, self.worker_job]
+
+
+def build_objects(launch: LaunchSpec, target: GkeTarget, base: LocustBase, *,
+                  active_deadline_s: float, ttl_after_finished_s: int = 3600) -> GkeObjects:
+    """The run's headless Service and its master and worker Jobs, derived from the base.
+
+    ``active_deadline_s`` bounds the Jobs even if nobody deletes them; the ownerReferences
+    to the master Job are added at creation (they need its uid).
+    """
+    port = int(launch.meta.get("master_port", base.master_port))
+    if port != base.master_port:
+        raise ValueError(f"LaunchSpec master port {port} differs from the manifests' "
+                         f"{base.master_port}; build it with gke_launch_spec")
+    deadline = max(1, math.ceil(active_deadline_s))
+    master = _job(base.master, target, name=target.master_job, args=pod_args(launch.master_argv),
+                  env=launch.env, deadline_s=deadline, ttl_s=ttl_after_finished_s,
+                  backoff_limit=0, parallelism=1, keep_ports=("master",))
+    workers = launch.workers
+    worker_argvs = {tuple(a) for a in launch.worker_argvs}
+    if len(worker_argvs) != 1:
+        raise ValueError("GKE workers share one pod template: every worker argv must be equal")
+    # a worker pod that dies (node preemption, OOM) is replaced, at most `workers` times
+    worker = _job(base.worker, target, name=target.worker_job,
+                  args=pod_args(launch.worker_argvs[0]), env=launch.env, deadline_s=deadline,
+                  ttl_s=ttl_after_finished_s, backoff_limit=workers, parallelism=workers,
+                  keep_ports=())
+    svc = base.service
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": target.service_name,
+            "namespace": target.namespace,
+            "labels": {**(svc["metadata"].get("labels") or {}), **target.labels()},
+            "annotations": target.annotations(),
+        },
+        "spec": {
+            # headless: workers resolve the master pod's IP directly, as soon as it has one
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {**(svc["spec"].get("selector") or {}), RUN_LABEL: target.run_label},
+            "ports": [copy.deepcopy(base.master_port_spec)],
+        },
+    }
+    return GkeObjects(service=service, master_job=master, worker_job=worker)
+
+
+def _job(deployment: Mapping[str, Any], target: GkeTarget, *, name: str, args: list[str],
+         env: Mapping[str, str], deadline_s: int, ttl_s: int, backoff_limit: int,
+         parallelism: int, keep_ports: Iterable[str]) -> dict[str, Any]:
+    template = copy.deepcopy(deployment["spec"]["template"])
+    meta = template.setdefault("metadata", {})
+    meta["labels"] = {**(meta.get("labels") or {}), **target.labels()}
+    meta["annotations"] = {**(meta.get("annotations") or {}), **target.annotations()}
+    pod = template["spec"]
+    pod["restartPolicy"] = "Never"
+    if target.service_account:
+        pod["serviceAccountName"] = target.service_account
+    container = container_of({"spec": {"template": template}})
+    container["image"] = target.image
+    container.pop("command", None)
+    container["args"] = list(args)
+    container.pop("envFrom", None)  # the interactive ConfigMap: the argv names the config
+    container["env"] = _merge_env(container.get("env") or [], env)
+    keep = set(keep_ports)
+    ports = [p for p in container.get("ports") or [] if p.get("name") in keep]
+    if ports:
+        container["ports"] = ports
+    else:
+        container.pop("ports", None)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": target.namespace,
+            "labels": {**(deployment["metadata"].get("labels") or {}), **target.labels()},
+            "annotations": target.annotations(),
+        },
+        "spec": {
+            "parallelism": parallelism,
+            "completions": parallelism,
+            "backoffLimit": backoff_limit,
+            "activeDeadlineSeconds": deadline_s,
+            "ttlSecondsAfterFinished": int(ttl_s),
+            "template": template,
+        },
+    }
+
+
+def _merge_env(base_env: list[dict[str, Any]], env: Mapping[str, str]) -> list[dict[str, Any]]:
+    out = [dict(e) for e in base_env if e.get("name") not in env]
+    out.extend({"name": k, "value": str(v)} for k, v in env.items())
+    return out
+
+
+def with_owner(obj: dict[str, Any], owner: Any) -> dict[str, Any]:
+    """``obj`` owned by the master Job (a V1Job): deleting or garbage-collecting the Job
+    deletes it too."""
+    out = copy.deepcopy(obj)
+    out["metadata"]["ownerReferences"] = [{
+        "apiVersion": "batch/v1", "kind": "Job", "name": owner.metadata.name,
+        "uid": owner.metadata.uid,
+    }]
+    return out
+
+
+# ---------------------------------------------------------------- reading the cluster
+
+
+def job_state(job: Any) -> tuple[str, str]:
+    """(``running`` | ``succeeded`` | ``failed``, why) of a V1Job."""
+    status = getattr(job, "status", None)
+    if status is None:
+        return "running", ""
+    for cond in status.conditions or []:
+        if cond.status != "True":
+            continue
+        why = ": ".join(x for x in (cond.reason, cond.message) if x)
+        if cond.type in ("Complete", "SuccessCriteriaMet"):
+            return "succeeded", why
+        if cond.type in ("Failed", "FailureTarget"):
+            return "failed", why
+    spec = getattr(job, "spec", None)
+    completions = (getattr(spec, "completions", None) or 1) if spec else 1
+    if (status.succeeded or 0) >= completions:
+        return "succeeded", ""
+    backoff = getattr(spec, "backoff_limit", None) if spec else None
+    if backoff is not None and (status.failed or 0) > backoff:
+        return "failed", f"{status.failed} pods failed"
+    return "running", ""
+
+
+def _container_status(pod: Any) -> Any:
+    for status in (pod.status.container_statuses or []) if pod.status else []:
+        if status.name == CONTAINER:
+            return status
+    return None
+
+
+def exit_code(pod: Any) -> int | None:
+    status = _container_status(pod)
+    terminated = status.state.terminated if status is not None and status.state else None
+    return terminated.exit_code if terminated is not None else None
+
+
+def pod_state(pod: Any) -> str:
+    """``Running``, ``Pending (ImagePullBackOff: ...)``, ``Succeeded``, ``Failed (OOMKilled)``."""
+    phase = (pod.status.phase if pod.status else None) or "Unknown"
+    status = _container_status(pod)
+    detail = ""
+    if status is not None and status.state is not None:
+        if status.state.waiting is not None and status.state.waiting.reason not in (
+                None, "ContainerCreating"):
+            waiting = status.state.waiting
+            detail = waiting.reason + (f": {waiting.message[:160]}" if waiting.message else "")
+        elif status.state.terminated is not None and phase == "Failed":
+            term = status.state.terminated
+            detail = f"{term.reason or 'Error'}, exit code {term.exit_code}"
+    if not detail and phase == "Pending" and pod.status is not None:
+        for cond in pod.status.conditions or []:
+            if cond.type == "PodScheduled" and cond.status == "False":
+                detail = f"{cond.reason}: {(cond.message or '')[:160]}"
+    return f"{phase} ({detail})" if detail else phase
+
+
+def summarize_pods(pods: Sequence[Any]) -> str:
+    """``master Running; workers 2 Running, 1 Pending (ImagePullBackOff: ...)``."""
+    parts = []
+    for component in ("master", "worker"):
+        states = [pod_state(p) for p in pods if _component(p) == component]
+        if component == "master":
+            parts.append(f"master {states[-1] if states else 'not created yet'}")
+            continue
+        counts: dict[str, int] = {}
+        for state in states:
+            counts[state] = counts.get(state, 0) + 1
+        parts.append("workers " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                                   or "not created yet"))
+    return "; ".join(parts)
+
+
+def _component(pod: Any) -> str:
+    return ((pod.metadata.labels or {}) if pod.metadata else {}).get(COMPONENT_LABEL, "")
+
+
+_AGGREGATED = re.compile(
+    r"^\s*Aggregated\s+(?P<requests>\d+)\s+(?P<failures>\d+)\([\d.]+%\)\s*\|.*\|\s*"
+    r"(?P<rps>[\d.]+)\s+[\d.]+\s*$")
+_USERS = re.compile(r"Shape test updating to (\d+) users|\((\d+) total users\)|"
+                    r"Sending spawn jobs of (\d+) users|Ramping to (\d+) users")
+
+
+def parse_master_log(text: str, users: int | None = None) -> dict[str, float] | None:
+    """Progress from the tail of a headless Locust master's log: the last stats table's
+    Aggregated row (requests, failures, current req/s) and the last user count it logged
+    (``users``: the count known from earlier reads). ``None`` before the first table."""
+    progress = None
+    for line in text.splitlines():
+        found = _USERS.search(line)
+        if found:
+            users = int(next(g for g in found.groups() if g is not None))
+            continue
+        row = _AGGREGATED.match(line)
+        if row:
+            progress = {"requests": int(row["requests"]), "failures": int(row["failures"]),
+                        "rps": float(row["rps"])}
+    if progress is None:
+        return None
+    progress["users"] = users if users is not None else 0
+    return progress
+
+
+# ---------------------------------------------------------------- the launcher
+
+
+class GkeLauncher:
+    """Start (or re-attach to), watch and always clean up one distributed Locust run on GKE.
+
+    ``core_api``/``batch_api``: ``kubernetes.client.CoreV1Api``/``BatchV1Api`` (or fakes);
+    :meth:`for_run` connects to the RunSpec's cluster.
+    """
+
+    def __init__(self, launch_spec: LaunchSpec, target: GkeTarget, *, core_api: Any,
+                 batch_api: Any, base: LocustBase | None = None,
+                 log: logging.Logger | Any = None, progress_every_s: float = 10.0,
+                 poll_s: float = 2.0, startup_timeout_s: float = 300.0,
+                 stop_grace_s: float = 30.0, ttl_after_finished_s: int = 3600,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.spec = launch_spec
+        self.target = target
+        self.core = core_api
+        self.batch = batch_api
+        self.base = base or load_base()
+        self.log = log or logger
+        self.progress_every_s = progress_every_s
+        self.poll_s = poll_s
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.ttl_after_finished_s = ttl_after_finished_s
+        self.clock = clock
+        self.sleep = sleep
+        self.objects: GkeObjects | None = None
+        self._uids: dict[str, str] = {}  # job name -> uid of the Job this run watches
+        self._ours: set[tuple[str, str]] = set()  # (kind, name) created or re-attached: to delete
+        self._users: int | None = None
+        self._master_code: int | None = None
+        self._worker_codes: list[int | None] = []
+        self._stop_requested = False
+        self._lock = threading.RLock()
+
+    @classmethod
+    def for_run(cls, spec: Any, *, try_number: int = 1, service_account: str = "",
+                core_api: Any = None, batch_api: Any = None,
+                manifests_dir: str | os.PathLike | None = None, **kwargs: Any) -> GkeLauncher:
+        """The launcher of a RunSpec (``load_runner=gke``): its cluster, namespace and image;
+        the test config must already be written at ``layout.config_uri``."""
+        base = load_base(manifests_dir)
+        target = GkeTarget(namespace=spec.gke_namespace, image=spec.locust_image,
+                           run_id=spec.run_id, dag_id=spec.dag_id, try_number=try_number,
+                           service_account=service_account)
+        launch = build_gke_launch(spec, target, base)
+        if core_api is None or batch_api is None:
+            from kubernetes import client
+
+            api_client = connect(project_id=spec.project, location=spec.gke_location,
+                                 cluster=spec.gke_cluster, gcp_conn_id=spec.gcp_conn_id,
+                                 impersonation_chain=spec.impersonation)
+            core_api = core_api or client.CoreV1Api(api_client)
+            batch_api = batch_api or client.BatchV1Api(api_client)
+        return cls(launch, target, core_api=core_api, batch_api=batch_api, base=base, **kwargs)
+
+    # ---------------------------------------------------------------- public
+
+    def default_timeout_s(self) -> float:
+        """Pod start-up (scheduling, image pull) + the shape + the grace to stop."""
+        return self.startup_timeout_s + self.spec.duration_s + self.spec.grace_s
+
+    def run(self, timeout_s: float | None = None) -> dict[str, Any]:
+        """Run to the end of the shape (or ``timeout_s``, default :meth:`default_timeout_s`)
+        and return the local launcher's result dict (``status``, ``reason``,
+        ``master_exit_code``, ``worker_exit_codes``, ``started_at``, ``ended_at``,
+        ``request_files``, ...) plus ``namespace``, ``jobs`` and ``service``."""
+        spec = self.spec
+        timeout_s = timeout_s if timeout_s is not None else self.default_timeout_s()
+        started_at = self.clock()
+        self.objects = build_objects(
+            spec, self.target, self.base, active_deadline_s=timeout_s + self.stop_grace_s,
+            ttl_after_finished_s=self.ttl_after_finished_s)
+        if not spec.publish_uri:
+            self.log.warning("load: no publish_uri: Locust's CSV/HTML stay in the master pod "
+                             "and are lost when it is deleted")
+        reason = ""
+        try:
+            self._start_all()
+            reason = self._watch(started_at, timeout_s)
+            if not reason:
+                self._wait_workers()
+        except Exception as exc:
+            reason = f"launcher error: {type(exc).__name__}: {exc}"
+            raise
+        finally:
+            if not self._stop_requested:
+                self._collect()
+            self._cleanup()
+            ended_at = self.clock()
+        result = {
+            "status": "failed" if reason else "success",
+            "reason": reason,
+            "master_exit_code": self._master_code,
+            "worker_exit_codes": list(self._worker_codes),
+            "started_at": started_at,
+            "ended_at": ended_at,
+            "request_files": len(storage.list_files(spec.requests_uri, ".csv")),
+            "requests_uri": spec.requests_uri,
+            "csv_prefix": self._published(spec.csv_prefix),
+            "html_path": self._published(spec.html_path),
+            "log_dir": (storage.join(spec.publish_uri, "logs") if spec.publish_uri
+                        else spec.log_dir),
+            "namespace": self.target.namespace,
+            "jobs": [self.target.master_job, self.target.worker_job],
+            "service": self.target.service_name,
+        }
+        log = self.log.info if not reason else self.log.error
+        log(f"load: {result['status']}{f' ({reason})' if reason else ''} in "
+            f"{ended_at - started_at:.1f} s, {result['request_files']} raw record files")
+        return result
+
+    def stop(self) -> None:
+        """Stop the run now (Airflow's ``on_kill``): delete the Jobs and the Service (their
+        pods get SIGTERM: Locust stops, writes its files and the workers flush). Safe to call
+        from another thread and more than once."""
+        self._stop_requested = True
+        self._cleanup()
+
+    # ---------------------------------------------------------------- steps
+
+    def _published(self, pod_path: str) -> str:
+        if not self.spec.publish_uri:
+            return pod_path
+        return storage.join(self.spec.publish_uri, posixpath.basename(pod_path))
+
+    def _start_all(self) -> None:
+        """Create the master Job, then the Service and worker Job it owns; reuse any of them
+        a previous try of this run created."""
+        assert self.objects is not None
+        objs = self.objects
+        ns = self.target.namespace
+        existing = self._read_job(objs.master_job)
+        state = job_state(existing)[0] if existing is not None else ""
+        if state == "failed":
+            self.log.info(f"load: job {self.target.master_job} of an earlier try failed "
+                          f"({job_state(existing)[1]}); deleting it and starting again")
+            self._delete_one(objs.master_job)  # its Service and workers follow (owned)
+            self._wait_gone([objs.master_job])
+            existing = None
+        if existing is not None:
+            master = self._reattach(existing, objs.master_job)
+        else:
+            master = self._create(self.batch.create_namespaced_job, objs.master_job,
+                                  self._read_job)
+        if master is None:
+            return  # stopped
+        self._uids[self.target.master_job] = master.metadata.uid
+        if state == "succeeded":
+            # an earlier try's test already ran to its end: collect it, start nothing new
+            worker = self._read(self.batch.read_namespaced_job, objs.worker_job)
+            if worker is not None and _owned_by(worker, master.metadata.uid):
+                self._uids[self.target.worker_job] = worker.metadata.uid
+                self._ours.add(_key(objs.worker_job))
+            return
+        for body, read, create in (
+            (objs.service, self._read_service, self.core.create_namespaced_service),
+            (objs.worker_job, self._read_job, self.batch.create_namespaced_job),
+        ):
+            current = read(body)
+            if current is not None and not _owned_by(current, master.metadata.uid):
+                # left by an earlier attempt whose master is gone: not ours to reuse
+                self._delete_one(body)
+                self._wait_gone([body])
+                current = None
+            if current is not None:
+                obj = self._reattach(current, body)
+            else:
+                obj = self._create(create, with_owner(body, master), read)
+            if obj is None:
+                return
+            if body["kind"] == "Job":
+                self._uids[body["metadata"]["name"]] = obj.metadata.uid
+        self.log.info(
+            f"load: locust on GKE: job {self.target.master_job} (master), job "
+            f"{self.target.worker_job} ({self.spec.workers} workers), service "
+            f"{self.target.service_name} in namespace {ns}; image {self.target.image}; "
+            f"{self.spec.duration_s:.0f} s shape")
+
+    def _create(self, create: Callable[..., Any], body: dict[str, Any],
+                read: Callable[[dict[str, Any]], Any]) -> Any:
+        kind, name = body["kind"], body["metadata"]["name"]
+        with self._lock:
+            if self._stop_requested:
+                return None
+            try:
+                created = create(namespace=self.target.namespace, body=body)
+                self._ours.add(_key(body))
+                return created
+            except Exception as exc:
+                if api_status(exc) != 409:
+                    raise GkeError(explain_api_error(
+                        exc, f"create {kind} {name}", self.target.namespace)) from exc
+        found = read(body)  # created meanwhile (a concurrent try): use it if it is this run's
+        if found is None:
+            raise GkeError(f"{kind} {name} exists and vanished again; retry the task")
+        return self._reattach(found, body)
+
+    def _check_run(self, obj: Any, kind: str) -> Any:
+        """``obj`` if it belongs to this run (logging the re-attach); raise if it does not;
+        None if it is being deleted (then wait for it to go)."""
+        labels = (obj.metadata.labels or {}) if obj.metadata else {}
+        name = obj.metadata.name
+        if labels.get(RUN_LABEL) != self.target.run_label:
+            raise GkeError(
+                f"{kind} {name} in namespace {self.target.namespace} exists but belongs to run "
+                f"{labels.get(RUN_LABEL)!r}, not {self.target.run_label!r}; delete it "
+                f"(kubectl delete {kind.lower()} {name} -n {self.target.namespace}) and retry")
+        if obj.metadata.deletion_timestamp is not None:
+            self.log.info(f"load: {kind} {name} of an earlier try is being deleted; waiting")
+            return None
+        return obj
+
+    def _reattach(self, obj: Any, body: dict[str, Any]) -> Any:
+        """Use ``obj`` (checked to be this run's) instead of creating ``body``."""
+        labels = obj.metadata.labels or {}
+        self.log.info(f"load: re-attaching to {body['kind']} {body['metadata']['name']} "
+                      f"created by try {labels.get(TRY_LABEL, '?')} of this run")
+        with self._lock:
+            self._ours.add(_key(body))
+        return obj
+
+    def _read_job(self, body: dict[str, Any]) -> Any:
+        obj = self._read(self.batch.read_namespaced_job, body)
+        if obj is not None and self._check_run(obj, "Job") is None:
+            self._wait_gone([body])
+            return None
+        return obj
+
+    def _read_service(self, body: dict[str, Any]) -> Any:
+        obj = self._read(self.core.read_namespaced_service, body)
+        if obj is not None and self._check_run(obj, "Service") is None:
+            self._wait_gone([body])
+            return None
+        return obj
+
+    def _read(self, read: Callable[..., Any], body: dict[str, Any]) -> Any:
+        name = body["metadata"]["name"]
+        try:
+            return read(name=name, namespace=self.target.namespace)
+        except Exception as exc:
+            if api_status(exc) == 404:
+                return None
+            raise GkeError(explain_api_error(exc, f"read {body['kind']} {name}",
+                                             self.target.namespace)) from exc
+
+    def _wait_gone(self, bodies: Sequence[dict[str, Any]] | None = None,
+                   timeout_s: float = 120.0) -> None:
+        bodies = bodies if bodies is not None else (self.objects.all() if self.objects else [])
+        end = self.clock() + timeout_s
+        readers = {"Job": self.batch.read_namespaced_job,
+                   "Service": self.core.read_namespaced_service}
+        for body in bodies:
+            while self._read(readers[body["kind"]], body) is not None:
+                if self.clock() >= end:
+                    raise GkeError(f"{body['kind']} {body['metadata']['name']} is still being "
+                                   f"deleted after {timeout_s:.0f} s; retry the task later")
+                self.sleep(self.poll_s)
+
+    def _watch(self, started_at: float, timeout_s: float) -> str:
+        """Poll until the master Job ends; return '' for a normal end, else why it was cut."""
+        deadline = started_at + timeout_s
+        next_progress = started_at + self.progress_every_s
+        master_started = False
+        workers_failed_at = 0.0
+        while True:
+            if self._stop_requested:
+                return "stopped by request"
+            state, why = job_state(self._job_status(self.target.master_job))
+            if state == "succeeded":
+                return ""
+            if state == "failed":
+                return (f"locust master job {self.target.master_job} failed"
+                        f"{f' ({why})' if why else ''}: {self._log_tail('master')}")
+            now = self.clock()
+            wstate, wwhy = job_state(self._job_status(self.target.worker_job))
+            if wstate == "failed":
+                # the master notices lost workers itself; give it time to end the test
+                workers_failed_at = workers_failed_at or now
+                if now - workers_failed_at > self.stop_grace_s:
+                    return (f"locust worker job {self.target.worker_job} failed"
+                            f"{f' ({wwhy})' if wwhy else ''}: {self._log_tail('worker')}")
+            if now >= deadline:
+                return f"deadline of {timeout_s:.0f} s exceeded"
+            due = now >= next_progress
+            late = not master_started and now - started_at >= self.startup_timeout_s
+            if due or late:
+                pods = self._pods()
+                master_started = master_started or any(
+                    _component(p) == "master" and p.status is not None
+                    and p.status.phase in ("Running", "Succeeded", "Failed") for p in pods)
+                if late and not master_started:
+                    return (f"the locust master pod did not start within "
+                            f"{self.startup_timeout_s:.0f} s: {summarize_pods(pods)}")
+                if due:
+                    self.log.info(f"{format_progress(now - started_at, self._progress(pods))}"
+                                  f"; pods: {summarize_pods(pods)}")
+                    while next_progress <= now:
+                        next_progress += self.progress_every_s
+            self.sleep(self.poll_s)
+
+    def _wait_workers(self) -> None:
+        """After the master's normal end: the workers got its quit and flush their last raw
+        records; wait for them to exit (bounded)."""
+        end = self.clock() + self.stop_grace_s
+        while self.clock() < end:
+            job = self._job_status(self.target.worker_job, missing_ok=True)
+            if job is None or job_state(job)[0] != "running":
+                return
+            self.sleep(self.poll_s)
+        self.log.warning(f"load: workers still running {self.stop_grace_s:.0f} s after the "
+                         "master ended; deleting them")
+
+    def _job_status(self, name: str, missing_ok: bool = False) -> Any:
+        try:
+            return self.batch.read_namespaced_job_status(name=name,
+                                                         namespace=self.target.namespace)
+        except Exception as exc:
+            if api_status(exc) == 404 and (missing_ok or self._stop_requested):
+                return None  # stop() deleted it, or it is not needed any more
+            if api_status(exc) == 404:
+                raise GkeError(f"job {name} disappeared from namespace "
+                               f"{self.target.namespace} (deleted by someone else?)") from exc
+            raise GkeError(explain_api_error(exc, f"read job {name}",
+                                             self.target.namespace)) from exc
+
+    def _pods(self) -> list[Any]:
+        """This run's pods, only those of the Jobs this try watches, oldest first."""
+        result = self.core.list_namespaced_pod(namespace=self.target.namespace,
+                                               label_selector=self.target.selector)
+        uids = set(self._uids.values())
+        pods = [p for p in result.items or []
+                if not uids or any(ref.uid in uids for ref in p.metadata.owner_references or [])]
+        return sorted(pods, key=lambda p: (str(p.metadata.creation_timestamp or ""),
+                                           p.metadata.name))
+
+    def _progress(self, pods: Sequence[Any]) -> dict[str, float] | None:
+        master = [p for p in pods if _component(p) == "master"]
+        if not master or master[-1].status is None or master[-1].status.phase == "Pending":
+            return None
+        try:
+            text = self.core.read_namespaced_pod_log(
+                name=master[-1].metadata.name, namespace=self.target.namespace,
+                container=CONTAINER, tail_lines=200)
+        except Exception as exc:  # progress is best effort
+            self.log.debug(f"load: cannot read the master log: {exc}")
+            return None
+        progress = parse_master_log(text or "", self._users)
+        if progress is not None:
+            self._users = int(progress["users"])
+        return progress
+
+    def _log_tail(self, component: str, lines: int = 3) -> str:
+        """The last lines of a pod's log: where Locust and the locustfile say what broke."""
+        try:
+            pods = [p for p in self._pods() if _component(p) == component]
+        except Exception as exc:
+            return f"(cannot list pods: {api_message(exc)})"
+        if not pods:
+            return f"(no {component} pod)"
+        pod = pods[-1]
+        try:
+            text = self.core.read_namespaced_pod_log(
+                name=pod.metadata.name, namespace=self.target.namespace, container=CONTAINER,
+                tail_lines=50)
+        except Exception as exc:
+            return f"({pod_state(pod)}; no log: {api_message(exc)})"
+        tail = [line for line in (text or "").splitlines() if line.strip()][-lines:]
+        return " | ".join(tail) or f"({pod_state(pod)}; empty log)"
+
+    def _collect(self) -> None:
+        """Exit codes of the pods and their logs (to ``<publish_uri>/logs``) before the pods
+        are deleted. Best effort: a run is not failed by its logs."""
+        try:
+            pods = self._pods()
+        except Exception as exc:
+            self.log.error(f"load: cannot list the pods: {api_message(exc)}")
+            return
+        masters = [p for p in pods if _component(p) == "master"]
+        workers = sorted((p for p in pods if _component(p) == "worker"),
+                         key=lambda p: p.metadata.name)
+        self._master_code = exit_code(masters[-1]) if masters else None
+        self._worker_codes = [exit_code(p) for p in workers]
+        if not self.spec.publish_uri:
+            return
+        named = [("master.log", masters[-1])] if masters else []
+        named += [(f"worker-{i}.log", pod) for i, pod in enumerate(workers)]
+        copied = 0
+        for file_name, pod in named:
+            try:
+                text = self.core.read_namespaced_pod_log(
+                    name=pod.metadata.name, namespace=self.target.namespace,
+                    container=CONTAINER)
+                storage.write_text(storage.join(self.spec.publish_uri, "logs", file_name),
+                                   text or "")
+                copied += 1
+            except Exception as exc:
+                self.log.warning(f"load: cannot copy the log of pod {pod.metadata.name}: "
+                                 f"{type(exc).__name__}: {api_message(exc)}")
+        if copied:
+            self.log.info(f"load: copied {copied} pod logs to "
+                          f"{storage.join(self.spec.publish_uri, 'logs')}")
+
+    def _cleanup(self) -> None:
+        """Delete the worker Job, the Service and the master Job (pods go with their Jobs),
+        those this launcher created or re-attached to: never another run's. NotFound counts
+        as deleted; other errors are logged, never raised over the run's own outcome."""
+        if self.objects is None:
+            return
+        with self._lock:
+            for body in (self.objects.worker_job, self.objects.service,
+                         self.objects.master_job):
+                if _key(body) in self._ours:
+                    self._delete_one(body)
+
+    def _delete_one(self, body: dict[str, Any]) -> None:
+        kind, name, ns = body["kind"], body["metadata"]["name"], self.target.namespace
+        try:
+            if kind == "Job":
+                # Background: return now; the garbage collector deletes the pods (SIGTERM)
+                self.batch.delete_namespaced_job(name=name, namespace=ns,
+                                                 propagation_policy="Background")
+            else:
+                self.core.delete_namespaced_service(name=name, namespace=ns)
+            self.log.info(f"load: deleted {kind} {name}")
+        except Exception as exc:
+            if api_status(exc) == 404:
+                return
+            self.log.error("load: " + explain_api_error(exc, f"delete {kind} {name}", ns) +
+                           f" Delete it by hand: kubectl delete {kind.lower()} {name} -n {ns}")
+
+
+def _key(body: dict[str, Any]) -> tuple[str, str]:
+    return body["kind"], body["metadata"]["name"]
+
+
+def _owned_by(obj: Any, uid: str) -> bool:
+    return any(ref.uid == uid for ref in (obj.metadata.owner_references or []))
+
+
+__all__ = ["GkeError", "GkeLauncher", "GkeObjects", "GkeTarget", "LocustBase", "ManifestError",
+           "base_name", "build_gke_launch", "build_objects", "gke_launch_spec", "job_state",
+           "label_value", "load_base", "parse_master_log", "pod_args", "render_base",
+           "summarize_pods", "with_owner"]
