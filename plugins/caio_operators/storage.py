@@ -53,7 +53,9 @@ def join(uri: str, *parts: str) -> str:
 def _fs(uri: str):
     import fsspec  # light, but keep DAG parsing free of it
 
-    fs, path = fsspec.core.url_to_fs(uri)
+    # Other processes (Locust workers and pods, the model server) write into the bucket
+    # while we run: never answer exists/list_files from a listing cached in this process.
+    fs, path = fsspec.core.url_to_fs(uri, use_listings_cache=False)
     return fs, path
 
 

@@ -58,7 +58,8 @@ def test_tiny_export_summary_is_json_and_describes_the_model(tiny_export, tiny_l
         "images": {"dtype": "float32", "shape": [None, 224, 224, 3]}}
     assert sigs["serving_default"]["outputs"] == {
         "logits": {"dtype": "float32", "shape": [None, 10]}}
-    assert sigs["serving_preprocess"]["inputs"] == {"image_bytes": {"dtype": "string", "shape": [None]}}
+    assert sigs["serving_preprocess"]["inputs"] == {
+        "image_bytes": {"dtype": "string", "shape": [None]}}
     assert sigs["serving_preprocess"]["outputs"]["labels"] == {"dtype": "string",
                                                                "shape": [None, 5]}
     assert summary["check"]["images"] == 5

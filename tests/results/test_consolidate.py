@@ -145,3 +145,19 @@ def test_bad_meta_is_rejected(bucket, meta):
         build_tables({**meta, "status": "ok"}, *args)
     with pytest.raises(ValueError, match="interval_s"):
         build_tables(meta, *args, interval_s=0)
+
+
+def test_a_run_where_every_request_failed_is_failed(tmp_path):
+    client = pd.DataFrame({
+        "ts": [1000.0, 1000.5, 1001.0], "latency_ms": [1.0, 1.2, 0.9], "ok": [False] * 3,
+        "status_code": [0, 0, 503], "signature": ["serving_preprocess"] * 3,
+        "worker": ["w"] * 3, "bytes": [0, 0, 10],
+        "error": ["ConnectionRefusedError", "ConnectionRefusedError", "HTTP 503"]})
+    nothing = "file://" + str(tmp_path / "nothing")
+    tables = build_tables({"run_id": "r", "status": "success"}, client,
+                          readers.read_server_records(nothing), readers.read_samples(nothing),
+                          readers.read_locust_history(nothing + "/locust"))
+    row = tables["runs"].iloc[0]
+    assert row["status"] == "failed"
+    assert row["reason"] == ("all 3 requests failed; most frequent error: "
+                             "ConnectionRefusedError")

@@ -15,7 +15,6 @@ from caio_operators.results.consolidate import build_tables
 from caio_operators.results.warehouse import (
     DuckDBWarehouse,
     WarehouseError,
-    WarehouseNotAvailable,
     open_warehouse,
 )
 
@@ -42,10 +41,9 @@ def counts(wh, run_id=None):
 def test_open_by_scheme(tmp_path):
     wh = open_warehouse(f"duckdb://{tmp_path}/w.duckdb")
     assert isinstance(wh, DuckDBWarehouse) and wh.path == tmp_path / "w.duckdb"
-    with pytest.raises(NotImplementedError, match="BigQuery"):
-        open_warehouse("bigquery://my-project/bench")
-    with pytest.raises(WarehouseNotAvailable):
-        open_warehouse("bigquery://my-project/bench")
+    from caio_operators.results.bigquery import BigQueryWarehouse
+
+    assert isinstance(open_warehouse("bigquery://my-project/bench"), BigQueryWarehouse)
     with pytest.raises(WarehouseError, match="absolute"):
         open_warehouse("duckdb://relative/w.duckdb")
     with pytest.raises(WarehouseError, match="unknown warehouse URI"):

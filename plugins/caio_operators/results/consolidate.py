@@ -212,14 +212,21 @@ def _max_or_nan(df: pd.DataFrame, col: str) -> float:
     return float(np.nanmax(values)) if (~np.isnan(values)).any() else math.nan
 
 
-def _status(meta: Mapping[str, Any], requests: int) -> tuple[str, str]:
+def _status(meta: Mapping[str, Any], figures: Mapping[str, Any],
+            client: pd.DataFrame) -> tuple[str, str]:
     status = meta.get("status") or "success"
     reason = meta.get("reason") or ""
+    requests, failures = int(figures["requests"]), int(figures["failures"])
     if status not in sc.STATUSES:
         raise ValueError(f"meta['status'] is {status!r}; expected one of {sc.STATUSES}")
     if status == "success" and requests == 0:
         # a load stage that "succeeded" without a single recorded request measured nothing
         return "degraded", "no client requests were recorded"
+    if status == "success" and failures == requests:
+        # nothing was served: the figures describe errors, not the model
+        errors = client["error"].dropna()
+        common = errors.mode().iloc[0] if not errors.empty else "unknown"
+        return "failed", f"all {requests} requests failed; most frequent error: {common}"
     return status, reason
 
 
@@ -239,7 +246,7 @@ def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFr
         ended = ended or to_utc_timestamp(float(np.nanmax(ends)))
     duration = (ended - started).total_seconds() if started is not None and ended is not None \
         else math.nan
-    status, reason = _status(meta, int(figures["requests"]))
+    status, reason = _status(meta, figures, client)
     harvested = to_utc_timestamp(meta.get("harvested_at")) or pd.Timestamp(
         dt.datetime.now(dt.UTC))
     row: dict[str, Any] = {"run_id": meta["run_id"], "status": status, "reason": reason}

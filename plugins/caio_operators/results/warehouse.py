@@ -3,7 +3,8 @@
 Chosen by URI scheme through :func:`open_warehouse`:
 
 - ``duckdb:///abs/path.duckdb`` -> :class:`DuckDBWarehouse` (local, real);
-- ``bigquery://project/dataset`` -> not available yet (a later change adds the adapter).
+- ``bigquery://project/dataset[?location=EU]`` -> :class:`~caio_operators.results.bigquery.
+  BigQueryWarehouse` (cloud; google-cloud-bigquery is imported only then).
 
 The interface is deliberately narrow so BigQuery fits behind it: ``ensure_schema()``,
 ``replace_run(tables, run_id)``, ``read_run(run_id)`` and ``query(sql, params)``. SQL text
@@ -33,10 +34,6 @@ class WarehouseError(RuntimeError):
     """The warehouse cannot do what was asked; the message says what and how to fix it."""
 
 
-class WarehouseNotAvailable(WarehouseError, NotImplementedError):
-    """The warehouse URI names a backend this version does not implement yet."""
-
-
 class Warehouse(Protocol):
     uri: str
 
@@ -49,8 +46,12 @@ class Warehouse(Protocol):
     def query(self, sql: str, params: Mapping[str, Any] | Any = None) -> pd.DataFrame: ...
 
 
-def open_warehouse(uri: str) -> Warehouse:
-    """The warehouse behind ``uri`` (``duckdb:///abs/path.duckdb`` or ``bigquery://p/d``)."""
+def open_warehouse(uri: str, **options: Any) -> Warehouse:
+    """The warehouse behind ``uri`` (``duckdb:///abs/path.duckdb`` or ``bigquery://p/d``).
+
+    ``options`` are for BigQuery (``gcp_conn_id``, ``impersonation_chain``, ``location``,
+    ``client``); DuckDB needs none and ignores them, so callers can pass them always.
+    """
     parsed = urlparse(uri)
     if parsed.scheme == "duckdb":
         if parsed.netloc or not parsed.path.startswith("/"):
@@ -59,9 +60,9 @@ def open_warehouse(uri: str) -> Warehouse:
                 "(three slashes)")
         return DuckDBWarehouse(Path(parsed.path), uri=uri)
     if parsed.scheme == "bigquery":
-        raise WarehouseNotAvailable(
-            f"BigQuery warehouse {uri!r} is not implemented yet; use "
-            "duckdb:///abs/path.duckdb for now (the BigQuery adapter comes in a later change)")
+        from caio_operators.results.bigquery import BigQueryWarehouse
+
+        return BigQueryWarehouse.from_uri(uri, **options)
     raise WarehouseError(
         f"unknown warehouse URI {uri!r}; use duckdb:///abs/path.duckdb or "
         "bigquery://project/dataset")

@@ -1,0 +1,612 @@
+"""The BigQuery warehouse: the DuckDB warehouse's narrow interface on a BigQuery dataset.
+
+``bigquery://project/dataset[?location=EU]`` holds the same three tables as the local
+DuckDB file (types from :mod:`caio_operators.results.schema`), partitioned by day on
+their time column and clustered by ``run_id`` so one run's rows are cheap to find.
+
+How ``replace_run`` stays idempotent without a transaction: the run's rows are deleted
+with one parameterised ``DELETE ... WHERE run_id = @run_id`` per table, ``runs`` first,
+then the frames are appended by load jobs (Parquet, explicit schema), ``runs`` last.
+Every DELETE and every load is atomic on its own, and the analysis finds a run through
+its ``runs`` row, so it never finds a half-written run: a replace that dies half-way
+leaves the run absent until the retry, never duplicated. (Parquet with an explicit
+schema is also what the client's own ``load_table_from_dataframe`` sends.) A staging table +
+MERGE (or a multi-statement transaction) would also hide the gap, but BigQuery aborts
+transactions that mutate a table concurrently with another, which is exactly what the
+parallel harvests of a sweep do, and staging tables need extra jobs and cleanup;
+plain DML statements are queued instead.
+
+``query(sql, params)`` takes the SQL the DuckDB warehouse runs (what the analysis
+writes): it is checked by DuckDB's parser (one SELECT over the allow-listed tables, no
+table functions), then translated token by token: ``$name`` / ``$1`` / ``?`` become
+``@name`` / ``@p1`` query parameters, table names in FROM/JOIN become
+```project.dataset.table```, double-quoted identifiers become backticked, and string
+literals are re-escaped. Values only ever travel as ``ScalarQueryParameter``s. Other
+dialect differences (``::`` casts, DuckDB-only functions) are not translated: keep
+analysis SQL to the common subset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import decimal
+import io
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import pandas as pd
+
+from caio_operators.results import schema as sc
+from caio_operators.results.warehouse import (
+    TABLES,
+    WarehouseError,
+    _check_one_run,
+    _check_select,
+    _check_table,
+)
+
+log = logging.getLogger(__name__)
+
+#: day partitioning column per table; every table is clustered by run_id
+PARTITION_FIELDS = {"runs": "started_at", "timeseries": "ts", "requests": "ts"}
+CLUSTER_FIELDS = ("run_id",)
+#: delete ``runs`` first and load it last: a run is listed only once its rows are in
+DELETE_ORDER = ("runs", "timeseries", "requests")
+LOAD_ORDER = ("requests", "timeseries", "runs")
+READ_ORDER = {"runs": "", "timeseries": " ORDER BY metric, dimension, ts",
+              "requests": " ORDER BY source, ts"}
+JOB_ID_PREFIX = "caio_"
+JOB_LABELS = {"app": "caio-bench"}
+
+_PROJECT = re.compile(r"^(?:[a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+_DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
+_LOCATION = re.compile(r"^[A-Za-z]+(?:-[a-z]+[0-9]+)?$")
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# the API answers with legacy type names; the schema module speaks GoogleSQL
+_LEGACY_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
+
+
+class BigQueryWarehouseError(WarehouseError):
+    """A BigQuery call failed; ``status`` is the HTTP status, ``retryable`` for 429/5xx."""
+
+    def __init__(self, message: str, status: int = 0):
+        super().__init__(message)
+        self.status = status
+        self.retryable = status == 429 or status >= 500
+
+
+# --- URI ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BigQueryTarget:
+    project: str
+    dataset: str
+    location: str | None = None
+
+
+def parse_uri(uri: str) -> BigQueryTarget:
+    """``bigquery://project/dataset[?location=EU]`` -> its parts, validated.
+
+    Project and dataset end up in SQL text as identifiers, so they must match BigQuery's
+    naming rules exactly.
+    """
+    parsed = urlparse(uri)
+    dataset = parsed.path.strip("/")
+    if parsed.scheme != "bigquery" or not parsed.netloc or not dataset:
+        raise WarehouseError(f"warehouse URI {uri!r} must look like bigquery://project/dataset")
+    project = parsed.netloc
+    if not _PROJECT.match(project):
+        raise WarehouseError(f"warehouse URI {uri!r}: {project!r} is not a project id "
+                             "(6-30 lowercase letters, digits, hyphens)")
+    if not _DATASET.match(dataset):
+        raise WarehouseError(f"warehouse URI {uri!r}: {dataset!r} is not a dataset name "
+                             "(letters, digits, underscores)")
+    query = parse_qs(parsed.query)
+    unknown = sorted(set(query) - {"location"})
+    if unknown:
+        raise WarehouseError(f"warehouse URI {uri!r}: unknown options {unknown}; "
+                             "only ?location=... is accepted")
+    location = (query.get("location") or [None])[-1]
+    return BigQueryTarget(project, dataset, _check_location(location))
+
+
+def _check_location(location: str | None) -> str | None:
+    if location and not _LOCATION.match(location):
+        raise WarehouseError(f"location {location!r} is not a BigQuery location "
+                             "(e.g. US, EU, europe-west1)")
+    return location or None
+
+
+# --- SQL translation (DuckDB -> GoogleSQL) ------------------------------------------------------
+
+_FROM_STARTERS = {"FROM", "JOIN"}
+_JOIN_CONDITIONS = {"ON", "USING"}  # still inside FROM: a comma after them adds a table
+_CLAUSE_KEYWORDS = {"SELECT", "WHERE", "GROUP", "ORDER", "HAVING", "LIMIT", "OFFSET", "QUALIFY",
+                    "WINDOW", "UNION", "EXCEPT", "INTERSECT", "RETURNING", "PIVOT", "UNPIVOT",
+                    "SAMPLE", "TABLESAMPLE", "WITH"}
+
+
+@dataclass(frozen=True)
+class Translated:
+    """GoogleSQL text plus the placeholders it uses, in order of first use."""
+
+    sql: str
+    names: tuple[str, ...]     # BigQuery parameter names (``run`` or ``p1``)
+    positional: bool           # placeholders were ``?`` / ``$1`` (params is a sequence)
+
+
+def _tokens(sql: str) -> list[tuple[int, int, str, str]]:
+    """(start, end, kind, text) of each token, by DuckDB's own tokenizer."""
+    import duckdb
+
+    raw = duckdb.tokenize(sql)
+    out = []
+    for i, (start, kind) in enumerate(raw):
+        end = raw[i + 1][0] if i + 1 < len(raw) else len(sql)
+        text = sql[start:end].rstrip()
+        out.append((start, start + len(text), str(kind).rsplit(".", 1)[-1], text))
+    return out
+
+
+def _unquote(identifier: str) -> str:
+    if identifier.startswith('"') and identifier.endswith('"'):
+        return identifier[1:-1].replace('""', '"')
+    return identifier
+
+
+def _backtick(identifier: str) -> str:
+    return "`" + identifier.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _string_literal(text: str) -> str:
+    """A DuckDB string literal as a GoogleSQL one (backslashes are escapes there)."""
+    if text.startswith("'") and text.endswith("'"):
+        value = text[1:-1].replace("''", "'")
+    elif text.startswith("$"):
+        tag = text[: text.index("$", 1) + 1]
+        value = text[len(tag): -len(tag)]
+    else:
+        raise WarehouseError(f"string literal {text[:20]}... is DuckDB-only; write it as "
+                             "'...' or pass the value as a query parameter")
+    escaped = (value.replace("\\", "\\\\").replace("'", "\\'")
+               .replace("\n", "\\n").replace("\r", "\\r"))
+    return "'" + escaped + "'"
+
+
+def translate(sql: str, table_ids: Mapping[str, str], ctes: frozenset[str] = frozenset()
+              ) -> Translated:
+    """DuckDB SQL -> GoogleSQL: placeholders to ``@params``, tables to full ids.
+
+    ``table_ids`` maps each allow-listed table to its ``project.dataset.table`` id; only
+    names in a FROM/JOIN position are qualified (``requests`` is also a column of
+    ``runs``). ``ctes`` are the query's own CTE names, left alone.
+    """
+    tokens = _tokens(sql)
+    parts: list[str] = []
+    names: list[str] = []
+    kinds: set[str] = set()
+    # FROM-list state per parenthesis depth: None, "table" (a table may come) or "after"
+    states: list[str | None] = [None]
+    cursor = 0
+    skip_next = False
+    for i, (start, end, kind, text) in enumerate(tokens):
+        parts.append(sql[cursor:start])
+        cursor = end
+        if skip_next:
+            skip_next = False
+            continue
+        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
+        upper = text.upper()
+        out = text
+        if kind == "operator" and text == "?":
+            kinds.add("?")
+            names.append(f"p{len(names) + 1}")  # ? cannot mix with other placeholders
+            out = "@" + names[-1]
+        elif kind == "operator" and text == "$":
+            if nxt is None or nxt[0] != end or nxt[2] not in ("identifier", "keyword",
+                                                              "numeric_const"):
+                raise WarehouseError("a '$' must be followed directly by a parameter name "
+                                     "or number ($name, $1)")
+            skip_next = True
+            if nxt[2] == "numeric_const":
+                kinds.add("$1")
+                name = f"p{int(nxt[3])}"
+            else:
+                kinds.add("$name")
+                name = nxt[3]
+                if not _PARAM_NAME.match(name):
+                    raise WarehouseError(f"parameter name {name!r} is not valid in BigQuery "
+                                         "(letters, digits, underscores)")
+            if name not in names:
+                names.append(name)
+            out = "@" + name
+        elif kind == "string_const":
+            out = _string_literal(text)
+        elif kind == "operator" and text == "(":
+            states.append(None)
+        elif kind == "operator" and text == ")":
+            if len(states) > 1:
+                states.pop()
+            if states[-1] == "table":
+                states[-1] = "after"  # a subquery in FROM acts as a table
+        elif ((kind == "operator" and text == "," and states[-1] == "after")
+              or (kind == "keyword" and upper in _FROM_STARTERS)):
+            states[-1] = "table"  # FROM a, b / JOIN b: a table name may come next
+        elif kind == "keyword" and upper in _JOIN_CONDITIONS:
+            states[-1] = "after"
+        elif kind == "keyword" and upper in _CLAUSE_KEYWORDS:
+            states[-1] = None
+        elif kind == "identifier":
+            name = _unquote(text)
+            if states[-1] == "table":
+                states[-1] = "after"
+                if nxt is not None and nxt[3] == ".":
+                    raise WarehouseError(f"write table names unqualified ({name}.<table>); the "
+                                         "warehouse qualifies them with its project.dataset")
+                if name.lower() in table_ids and name.lower() not in ctes:
+                    out = _backtick(table_ids[name.lower()])
+                elif text.startswith('"'):
+                    out = _backtick(name)
+            elif text.startswith('"'):
+                out = _backtick(name)
+        parts.append(out)
+    parts.append(sql[cursor:])
+    if len(kinds) > 1 and "$name" in kinds:
+        raise WarehouseError("use either named ($name) or positional (? / $1) parameters, "
+                             "not both")
+    if "?" in kinds and "$1" in kinds:
+        raise WarehouseError("use either ? or $1-style positional parameters, not both")
+    return Translated("".join(parts), tuple(names), positional="$name" not in kinds and
+                      bool(kinds))
+
+
+def _param_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "BOOL"
+    if isinstance(value, int):
+        return "INT64"
+    if isinstance(value, float):
+        return "FLOAT64"
+    if isinstance(value, decimal.Decimal):
+        return "NUMERIC"
+    if isinstance(value, str):
+        return "STRING"
+    if isinstance(value, bytes):
+        return "BYTES"
+    if isinstance(value, dt.datetime):
+        return "TIMESTAMP" if value.tzinfo is not None else "DATETIME"
+    if isinstance(value, dt.date):
+        return "DATE"
+    raise WarehouseError(f"cannot pass {type(value).__name__} {value!r} as a query parameter; "
+                         "use str, int, float, bool, Decimal, bytes, date or datetime")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()  # numpy scalars
+    return value
+
+
+def query_parameters(translated: Translated, params: Mapping[str, Any] | Sequence[Any] | None
+                     ) -> list[Any]:
+    """``ScalarQueryParameter``s for the placeholders of ``translated`` (DuckDB's rules:
+    a dict for ``$name``, a list for ``?`` / ``$1``)."""
+    from google.cloud.bigquery import ScalarQueryParameter
+
+    if not translated.names:
+        if params:
+            raise WarehouseError("parameters were given but the query has no placeholders")
+        return []
+    if params is None:
+        raise WarehouseError(f"the query has placeholders {list(translated.names)} but no "
+                             "parameters were given")
+    if translated.positional:
+        if isinstance(params, (Mapping, str, bytes)):
+            raise WarehouseError("positional placeholders (? / $1) need a list of values")
+        values = {f"p{i}": v for i, v in enumerate(params, start=1)}
+    else:
+        if not isinstance(params, Mapping):
+            raise WarehouseError("named placeholders ($name) need a dict of values")
+        values = dict(params)
+    missing = [n for n in translated.names if n not in values]
+    if missing:
+        raise WarehouseError(f"no value for query parameters {missing}")
+    extra = sorted(set(values) - set(translated.names))
+    if extra:
+        raise WarehouseError(f"values given for parameters the query does not use: {extra}")
+    out = []
+    for name in translated.names:
+        value = _plain(values[name])
+        if value is None or value is pd.NA:
+            raise WarehouseError(f"parameter {name!r} is null; BigQuery needs a typed value "
+                                 "(write IS NULL in the SQL instead)")
+        out.append(ScalarQueryParameter(name, _param_type(value), value))
+    return out
+
+
+# --- the warehouse -------------------------------------------------------------------------------
+
+class BigQueryWarehouse:
+    """Runs' tables in a BigQuery dataset; same interface as ``DuckDBWarehouse``.
+
+    ``client`` is a ``google.cloud.bigquery.Client`` (injected in tests); without one it
+    is built on first use from the Airflow connection ``gcp_conn_id`` (optionally
+    impersonating ``impersonation_chain``) with the Google provider's BigQueryHook, or
+    from Application Default Credentials when ``gcp_conn_id`` is None.
+    """
+
+    def __init__(self, project: str, dataset: str, *, client: Any = None,
+                 location: str | None = None, gcp_conn_id: str | None = "google_cloud_default",
+                 impersonation_chain: str | Sequence[str] | None = None,
+                 timeout_s: float = 600.0):
+        target = parse_uri(f"bigquery://{project}/{dataset}")
+        self.project, self.dataset = target.project, target.dataset
+        self.location = _check_location(location)
+        self.gcp_conn_id = gcp_conn_id
+        self.impersonation_chain = impersonation_chain or None
+        self.timeout_s = timeout_s
+        self._client = client
+        self._schema_ready = False
+        suffix = f"?location={self.location}" if self.location else ""
+        self.uri = f"bigquery://{self.project}/{self.dataset}{suffix}"
+
+    @classmethod
+    def from_uri(cls, uri: str, **options: Any) -> BigQueryWarehouse:
+        """The warehouse for ``bigquery://project/dataset[?location=..]``; ``options`` are
+        the keyword arguments of ``__init__`` (a ``location`` option wins over the URI's)."""
+        target = parse_uri(uri)
+        options.setdefault("location", target.location)
+        return cls(target.project, target.dataset, **options)
+
+    def __repr__(self) -> str:
+        return f"BigQueryWarehouse({self.uri!r})"
+
+    # -- plumbing --
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        if self.gcp_conn_id is None:
+            from google.cloud import bigquery
+
+            return bigquery.Client(project=self.project, location=self.location)
+        from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
+
+        # without a location of our own, the connection's extras may name one
+        extra = {"location": self.location} if self.location else {}
+        hook = BigQueryHook(gcp_conn_id=self.gcp_conn_id, use_legacy_sql=False,
+                            impersonation_chain=self.impersonation_chain, **extra)
+        return hook.get_client(project_id=self.project, location=hook.location)
+
+    @property
+    def dataset_id(self) -> str:
+        return f"{self.project}.{self.dataset}"
+
+    def table_id(self, table: str) -> str:
+        return f"{self.dataset_id}.{_check_table(table)}"
+
+    def _ref(self, table: str) -> str:
+        return _backtick(self.table_id(table))
+
+    @contextlib.contextmanager
+    def _explained(self, doing: str, reading: bool = False) -> Iterator[None]:
+        """Google API errors leave as BigQueryWarehouseError with a message that says why."""
+        try:
+            yield
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            from caio_operators.hooks.errors import explain_google_error, http_status
+
+            status = http_status(exc)
+            if status is None:
+                raise
+            text = f"{doing} in {self.uri}: {explain_google_error(exc, 'bigquery')}"
+            if reading and status == 404:
+                text += (" If the warehouse is new, harvest a run into it first "
+                         "(that creates the dataset and tables).")
+            raise BigQueryWarehouseError(text, status) from exc
+
+    def _run_query(self, sql: str, parameters: Sequence[Any] = ()) -> Any:
+        """Run one GoogleSQL statement with parameters; the finished rows iterator."""
+        from google.cloud import bigquery
+
+        config = bigquery.QueryJobConfig(query_parameters=list(parameters),
+                                         use_legacy_sql=False, labels=dict(JOB_LABELS))
+        job = self.client.query(sql, job_config=config, location=self.location,
+                                job_id_prefix=JOB_ID_PREFIX)
+        return job.result(timeout=self.timeout_s)
+
+    # -- schema --
+
+    def _bq_schema(self, table: str) -> list[Any]:
+        from google.cloud import bigquery
+
+        types = sc.sql_types(table, "bigquery")
+        return [bigquery.SchemaField(col.name, types[col.name], mode="NULLABLE",
+                                     description=col.description)
+                for col in sc.TABLES[table]]
+
+    def _table_spec(self, table: str) -> Any:
+        from google.cloud import bigquery
+
+        spec = bigquery.Table(self.table_id(table), schema=self._bq_schema(table))
+        spec.description = f"caio-bench: {sc.TABLE_DOCS[table]}"
+        spec.time_partitioning = bigquery.TimePartitioning(
+            type_=bigquery.TimePartitioningType.DAY, field=PARTITION_FIELDS[table])
+        spec.clustering_fields = list(CLUSTER_FIELDS)
+        return spec
+
+    def _check_existing(self, table: str, existing: Any) -> None:
+        have = {f.name: _LEGACY_TYPES.get(f.field_type, f.field_type) for f in existing.schema}
+        wanted = sc.sql_types(table, "bigquery")
+        missing = [n for n in wanted if n not in have]
+        wrong = {n: have[n] for n in wanted if n in have and have[n] != wanted[n]}
+        if missing or wrong:
+            fix = "; ".join(f"ALTER TABLE {self._ref(table)} ADD COLUMN {n} {wanted[n]}"
+                            for n in missing)
+            raise WarehouseError(
+                f"table {self.table_id(table)} predates this schema: missing columns "
+                f"{missing}, wrong types {wrong} (expected {wanted}). "
+                + (f"Add them with: {fix}, or use a new dataset." if fix else
+                   "Use a new dataset or migrate the table."))
+
+    def ensure_schema(self) -> None:
+        """Create the dataset and the three tables when missing (existing ones are kept,
+        after checking they have the schema's columns)."""
+        from google.api_core.exceptions import NotFound
+        from google.cloud import bigquery
+
+        client = self.client
+        with self._explained("creating the warehouse dataset"):
+            try:
+                client.get_dataset(self.dataset_id)
+            except NotFound:
+                dataset = bigquery.Dataset(self.dataset_id)
+                if self.location:
+                    dataset.location = self.location
+                dataset.description = "caio-bench results (runs, timeseries, requests)"
+                client.create_dataset(dataset, exists_ok=True)
+                log.info("created BigQuery dataset %s", self.dataset_id)
+        for table in TABLES:
+            with self._explained(f"creating table {table}"):
+                try:
+                    existing = client.get_table(self.table_id(table))
+                except NotFound:
+                    # exists_ok: a parallel harvest may have created it since the lookup
+                    existing = client.create_table(self._table_spec(table), exists_ok=True)
+                    log.info("created BigQuery table %s", self.table_id(table))
+            self._check_existing(table, existing)
+        self._schema_ready = True
+
+    # -- writes --
+
+    def replace_run(self, tables: Mapping[str, pd.DataFrame], run_id: str) -> dict[str, int]:
+        """Replace everything stored for ``run_id`` with ``tables``.
+
+        Deletes the run's rows from every table (``runs`` first), then appends the given
+        frames with load jobs (``runs`` last). Returns the rows loaded per table.
+        """
+        from google.cloud import bigquery
+
+        if not run_id:
+            raise WarehouseError("replace_run needs a run_id")
+        payloads = {}
+        for name, frame in tables.items():
+            _check_table(name)
+            _check_one_run(name, frame, run_id)
+            payloads[name] = sc.to_arrow(name, frame)
+        if not self._schema_ready:
+            self.ensure_schema()
+        run_param = [bigquery.ScalarQueryParameter("run_id", "STRING", run_id)]
+        for table in DELETE_ORDER:
+            with self._explained(f"deleting run {run_id!r} from {table}"):
+                self._run_query(f"DELETE FROM {self._ref(table)} "  # noqa: S608 (allow-listed)
+                                "WHERE run_id = @run_id", run_param)
+        counts: dict[str, int] = {}
+        for table in LOAD_ORDER:
+            if table not in payloads:
+                continue
+            data = payloads[table]
+            counts[table] = data.num_rows
+            if data.num_rows:
+                self._load(table, data)
+        log.info("stored run %s in %s: %s", run_id, self.uri, counts)
+        return {name: counts[name] for name in tables}
+
+    def _load(self, table: str, data: Any) -> None:
+        import pyarrow.parquet as pq
+        from google.cloud import bigquery
+
+        buffer = io.BytesIO()
+        pq.write_table(data, buffer, compression="zstd")
+        buffer.seek(0)
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.PARQUET,
+            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+            create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
+            schema=self._bq_schema(table), labels=dict(JOB_LABELS))
+        with self._explained(f"loading {data.num_rows} rows into {table}"):
+            job = self.client.load_table_from_file(
+                buffer, self.table_id(table), job_config=config, location=self.location,
+                job_id_prefix=JOB_ID_PREFIX, size=buffer.getbuffer().nbytes)
+            job.result(timeout=self.timeout_s)
+        loaded = getattr(job, "output_rows", None)
+        if loaded is not None and loaded != data.num_rows:
+            raise WarehouseError(f"loading {table} wrote {loaded} rows, expected "
+                                 f"{data.num_rows}; replace the run again")
+
+    # -- reads --
+
+    def read_run(self, run_id: str) -> dict[str, pd.DataFrame]:
+        """Every table's rows for ``run_id``, schema dtypes (empty frames for unknown runs)."""
+        from google.cloud import bigquery
+
+        run_param = [bigquery.ScalarQueryParameter("run_id", "STRING", run_id)]
+        out = {}
+        for table in TABLES:
+            cols = ", ".join(_backtick(c) for c in sc.columns(table))
+            sql = (f"SELECT {cols} FROM {self._ref(table)} "  # noqa: S608 (allow-listed)
+                   f"WHERE run_id = @run_id{READ_ORDER[table]}")
+            with self._explained(f"reading run {run_id!r} from {table}", reading=True):
+                data = self._run_query(sql, run_param).to_arrow()
+            out[table] = sc.conform(table, data.to_pandas())
+        return out
+
+    def to_bigquery(self, sql: str) -> Translated:
+        """``sql`` (DuckDB dialect, as the analysis writes it) checked and translated."""
+        import duckdb
+
+        con = duckdb.connect(":memory:", config={"enable_external_access": False})
+        try:
+            _check_select(con, sql)
+            ctes = _cte_names(con, sql)
+        finally:
+            con.close()
+        shadowed = sorted(ctes & set(TABLES))
+        if shadowed:
+            raise WarehouseError(f"CTE names {shadowed} shadow warehouse tables; rename them")
+        return translate(sql, {t: self.table_id(t) for t in TABLES}, frozenset(ctes))
+
+    def query(self, sql: str, params: Mapping[str, Any] | Any = None) -> pd.DataFrame:
+        """Run one read-only SELECT over the allow-listed tables, with query parameters.
+
+        Same contract as ``DuckDBWarehouse.query``: ``params`` is a dict for ``$name``
+        placeholders or a list for ``?``; the SQL is DuckDB's dialect, translated.
+        """
+        translated = self.to_bigquery(sql)
+        parameters = query_parameters(translated, params)
+        with self._explained("query failed", reading=True):
+            rows = self._run_query(translated.sql, parameters)
+            return rows.to_arrow().to_pandas()
+
+
+def _cte_names(con: Any, sql: str) -> set[str]:
+    import json
+
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for entry in (node.get("cte_map") or {}).get("map", []):
+                names.add(str(entry.get("key")).lower())
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(tree)
+    return names
