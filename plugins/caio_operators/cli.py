@@ -17,6 +17,8 @@ _START = re.compile(
     r"^\d{4}-\d\d-\d\dT(?P<hms>\d\d:\d\d:\d\d)\S*\s+\[(?P<level>\w+)\s*\]\s+(?P<msg>.*)$"
 )
 _LOGGER = re.compile(r"\s+\[(?P<logger>[\w.]+)\](?:\s+\S+=\S*)*\s*$")
+# Native TensorFlow/absl chatter on stderr (no timestamp of Airflow's): never continuation.
+_NATIVE = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d|WARNING: All log messages before absl)")
 _TASK = re.compile(r"\[DAG TEST\] (?P<what>starting|end task) task_id=(?P<task>\S+)")
 
 
@@ -35,7 +37,7 @@ def _records(lines: Iterable[str]) -> Iterator[tuple[str, str, list[str], str]]:
             body = []
         if start:
             hms, level, body = start["hms"], start["level"], [start["msg"]]
-        else:
+        elif not _NATIVE.match(line):
             body.append(line)
     if body:
         yield _finish(hms, level, body)
@@ -69,8 +71,11 @@ def filter_progress(lines: Iterable[str]) -> Iterator[str]:
 
 
 def _progress(_: argparse.Namespace) -> int:
-    for line in filter_progress(sys.stdin):
-        print(line, flush=True)
+    try:
+        for line in filter_progress(sys.stdin):
+            print(line, flush=True)
+    except BrokenPipeError:  # the reader (e.g. `head`) went away: not an error
+        sys.stderr.close()
     return 0
 
 

@@ -30,8 +30,8 @@ def export(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
         spec.model_source, spec.model_uri,
         labels_uri=spec.labels_uri or None, test_images_uri=spec.images_uri,
     )
-    log.info("exported in %.1fs (%s); check: %s", info.get("export_seconds", 0),
-             info.get("weights"), info.get("check"))
+    log.info("weights: %s; both signatures checked on %s images", info.get("weights"),
+             (info.get("check") or {}).get("images"))
     return info
 
 
@@ -85,8 +85,8 @@ def run_load(
     The outcome (``load/result.json``) is written whatever happens, so harvest can tell
     a failed load from one that never ran.
     """
-    from caio_operators.loadgen.launch import build_config, build_launch
-    from caio_operators.loadgen.local import LocalLauncher
+    from caio_operators.loadgen.launch import build_config, write_config
+    from caio_operators.loadgen.local import LocalLauncher, build_launch
     from caio_operators.loadgen.payload import write_payload
 
     layout = spec.layout
@@ -95,9 +95,8 @@ def run_load(
     try:
         write_payload(spec.images_uri, layout.payload_uri, spec.signature,
                       spec.instances_per_request)
-        config = build_config(spec, deployment)
-        storage.write_text(layout.config_uri, json.dumps(config, indent=2))
-        launcher = LocalLauncher(build_launch(spec, deployment), log=log)
+        write_config(layout.config_uri, build_config(spec, deployment))
+        launcher = LocalLauncher(build_launch(spec), log=log)
         if on_launcher is not None:
             on_launcher(launcher)
         result = launcher.run(timeout_s=spec.duration_s + 120)
@@ -146,16 +145,15 @@ def harvest(spec: RunSpec, export_info: dict[str, Any] | None = None,
 
     meta = run_meta(spec, export_info)
     out = harvest_run(spec.layout, meta, spec.warehouse)
-    log.info("harvested run %s (%s): %s", spec.run_id, meta["status"],
-             {k: v for k, v in out.items() if not isinstance(v, dict | list)})
-    return out
+    log.info("run status: %s %s", meta["status"], meta["reason"])
+    return {"run_id": spec.run_id, "status": meta["status"], "counts": out["counts"],
+            "tables": out["tables"]}
 
 
 def analyse(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
     from caio_operators.analysis.report import analyse_run
 
-    out = analyse_run(spec.warehouse, spec.run_id, spec.layout)
-    log.info("summary of run %s\n%s", spec.run_id, out["summary_text"])
+    out = analyse_run(spec.warehouse, spec.run_id, spec.layout)  # logs the summary table
     log.info("report: %s", out["report_uri"])
     status = out["summary"].get("status")
     if status == "failed":

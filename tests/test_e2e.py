@@ -1,0 +1,165 @@
+"""End to end: real `airflow dags test caio_load_test` runs on the local target.
+
+Each run gets its own Airflow home, bucket and warehouse under tmp_path, and starts real
+processes: TensorFlow export, the model server replicas, a Locust master and workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, our_processes
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("airflow")
+    env = _env(home)
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    return home
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "CAIO_HOME": str(home / "caio"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def dags_test(home: Path, conf: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [AIRFLOW, "dags", "test", "caio_load_test", "--conf", json.dumps(conf)],
+        env=_env(home), capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def _query(warehouse: Path, sql: str, *params):
+    import duckdb
+
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return con.execute(sql, list(params)).fetchall()
+
+
+def _tail(proc: subprocess.CompletedProcess) -> str:
+    return (proc.stdout + proc.stderr)[-6000:]
+
+
+def test_local_run_end_to_end(airflow_home, tmp_path):
+    import pyarrow.parquet as pq
+
+    bucket, warehouse = tmp_path / "bucket", tmp_path / "wh.duckdb"
+    conf = {
+        "model_name": "tiny", "model_version": "e2e", "model_source": "builtin:tiny",
+        "replicas": 2, "workers": 2, "load_shape": "staircase", "users": 4,
+        "step_users": 2, "step_duration_s": 6, "duration_s": 12,
+        "bucket": f"file://{bucket}", "warehouse": f"duckdb://{warehouse}",
+    }
+    proc = dags_test(airflow_home, conf)
+    assert proc.returncode == 0, _tail(proc)
+
+    (run_id, status, requests, failures, p99, server_p50, replicas), = _query(
+        warehouse, "SELECT run_id, status, requests, failures, p99_ms, server_p50_ms, replicas "
+                   "FROM runs")
+    assert status == "success" and replicas == 2
+    assert requests > 100 and failures == 0
+    assert p99 > 0 and server_p50 > 0
+    sources = dict(_query(warehouse, "SELECT source, count(*) FROM requests GROUP BY source"))
+    assert sources["client"] == requests
+    assert abs(sources["server"] - requests) <= max(2, requests // 100)  # one record each side
+    # both replicas took load and were sampled
+    served = dict(_query(warehouse, "SELECT origin, count(*) FROM requests "
+                                    "WHERE source = 'server' GROUP BY origin"))
+    assert set(served) == {"replica-0", "replica-1"} and min(served.values()) > 0
+    metrics = {m for (m,) in _query(warehouse, "SELECT DISTINCT metric FROM timeseries")}
+    assert {"cpu_utilization_pct", "memory_mb", "request_rate_rps", "users",
+            "client_latency_p95_ms", "server_latency_p50_ms"} <= metrics
+    users = [v for (v,) in _query(warehouse, "SELECT value FROM timeseries WHERE metric = "
+                                             "'users' ORDER BY ts")]
+    assert max(users) == 4 and 2 in users  # the staircase: 2 users, then 4
+
+    run_dir = bucket / "runs" / run_id
+    for table in ("runs", "timeseries", "requests"):
+        assert pq.read_table(run_dir / "tables" / f"{table}.parquet").num_rows > 0
+    assert (run_dir / "load" / "locust_stats_history.csv").exists()
+    assert (run_dir / "load" / "locust_report.html").exists()
+    report = (run_dir / "report" / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 5
+    assert run_id in report
+    assert not our_processes(), "processes left after the run"
+
+    # Re-running the harvest task of that DAG run replaces its rows, never duplicates them.
+    before = _query(warehouse, "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM "
+                               "requests), (SELECT count(*) FROM timeseries)")
+    runs = subprocess.run([AIRFLOW, "dags", "list-runs", "caio_load_test", "-o", "json"],
+                          env=_env(airflow_home), capture_output=True, text=True, timeout=120,
+                          check=True)
+    listing = next(line for line in runs.stdout.splitlines() if line.startswith("["))
+    dag_run_id = next(r["run_id"] for r in json.loads(listing)
+                      if run_id.endswith(r["run_id"].lower().replace(":", "-")
+                                         .replace("+", "-").replace(".", "-")
+                                         .replace("__", "-")))
+    rerun = subprocess.run([AIRFLOW, "tasks", "test", "caio_load_test", "harvest", dag_run_id],
+                           env=_env(airflow_home), capture_output=True, text=True, timeout=300,
+                           check=False)
+    assert rerun.returncode == 0, _tail(rerun)
+    assert "harvested run" in rerun.stdout + rerun.stderr
+    after = _query(warehouse, "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM "
+                              "requests), (SELECT count(*) FROM timeseries)")
+    assert after == before
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_failed_load_is_stored_and_fails_the_run(airflow_home, tmp_path):
+    """An endpoint that refuses every connection: the run is harvested, marked failed, and
+    the DAG run fails with the reason."""
+    bucket, warehouse = tmp_path / "bucket", tmp_path / "wh.duckdb"
+    url = f"http://127.0.0.1:{_closed_port()}/v1/models/m:predict"
+    conf = {
+        "model_name": "tiny", "model_version": "down", "model_source": "builtin:tiny",
+        "target": "endpoint", "endpoint_url": url, "protocol": "tfserving",
+        "load_shape": "constant", "users": 2, "duration_s": 5,
+        "bucket": f"file://{bucket}", "warehouse": f"duckdb://{warehouse}",
+    }
+    proc = dags_test(airflow_home, conf)
+    assert proc.returncode != 0
+    (status, reason, requests, failures), = _query(
+        warehouse, "SELECT status, reason, requests, failures FROM runs")
+    assert status == "failed" and requests > 0 and failures == requests
+    assert "all" in reason and "requests failed" in reason
+    assert "requests failed" in proc.stdout + proc.stderr
+    reports = list((bucket / "runs").glob("*/report/report.html"))
+    assert len(reports) == 1
+    assert not our_processes()
+
+
+def test_bad_params_fail_validation_and_create_nothing(airflow_home, tmp_path):
+    bucket = tmp_path / "bucket"
+    conf = {"users": 2, "workers": 3, "model_version": "v1;rm",
+            "bucket": f"file://{bucket}", "warehouse": f"duckdb://{tmp_path}/wh.duckdb"}
+    proc = dags_test(airflow_home, conf, timeout=300)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "model_version" in out
+    assert not bucket.exists() and not (tmp_path / "wh.duckdb").exists()
+    shutil.rmtree(tmp_path, ignore_errors=True)
