@@ -76,12 +76,12 @@ RUNS: tuple[Column, ...] = (
     _c("dag_id", S, "Airflow DAG that ran it (or 'cli')"),
     _c("status", S, "'success' | 'failed' | 'degraded'"),
     _c("reason", S, "why the run failed or degraded; empty when successful"),
-    _c("target", S, "where the model was served: 'local' | 'endpoint' (cloud targets later)"),
+    _c("target", S, "where the model was served: 'local' | 'endpoint' | 'vertex' | 'caip'"),
     _c("protocol", S, "request protocol: 'caip' | 'vertex' | 'tfserving'"),
     _c("model_name", S, "model name"),
     _c("model_version", S, "model version"),
-    _c("model_source", S, "where the model came from (e.g. keras.applications.MobileNetV2)"),
-    _c("weights", S, "weights used ('imagenet', 'random', a URI...)"),
+    _c("model_source", S, "model_source param: builtin:<arch>, hub:<handle> or savedmodel:<uri>"),
+    _c("weights", S, "what the weights are (untrained offline architecture, TF Hub, existing)"),
     _c("signature", S, "serving signature driven ('serving_default' | 'serving_preprocess')"),
     _c("load_shape", S, "'constant' | 'staircase'"),
     _c("users", I64, "peak simulated users"),
@@ -114,7 +114,8 @@ TIMESERIES: tuple[Column, ...] = (
     _c("run_id", S, "run key"),
     _c("ts", UTC_TS, "interval start (UTC), aligned to multiples of interval_s on the epoch"),
     _c("metric", S, "metric name, unit in the name (see the metric list)"),
-    _c("dimension", S, "'all', a signature, or 'replica-<i>'"),
+    _c("dimension", S, "'all', a signature, 'replica-<i>'; cloud: a latency type "
+                       "(model/overhead/total), 'code-<http code>', 'log:<signature>'"),
     _c("value", F64, "the value for that interval"),
 )
 
