@@ -17,12 +17,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 CONF ?= {}
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-faults lint bench bench-loadgen lock clean
+.PHONY: help setup demo test lint lock clean
 
 help:
 	@echo "make demo   run caio_load_test end to end on this machine (local target)"
 	@echo "make test   lint + the test suite"
-	@echo "make lint | bench | lock | clean"
+	@echo "make lint | lock | clean"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,17 +48,8 @@ demo: setup
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-faults: setup
-	$(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
-
 lint: $(STAMP)
 	$(BIN)/ruff check .
-
-bench: setup
-	$(BIN)/python bench/run.py all
-
-bench-loadgen: setup
-	$(BIN)/python bench/run.py loadgen
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --no-header requirements.in -o requirements.txt

@@ -125,7 +125,7 @@ def test_serving_preprocess_on_every_route(session, served, protocol, version):
 def test_named_inputs_and_plain_string_b64(session, served):
     response = session.post(route(served, "tfserving"), json={
         "signature_name": "serving_preprocess",
-        "instances": [{"bytes": protocols.b64(solid_image(BLUE))}]})
+        "instances": [{"image_bytes": protocols.b64(solid_image(BLUE))}]})
     assert response.status_code == 200, response.text
     assert response.json()["predictions"][0]["labels"][0] == "blue"
 
@@ -243,11 +243,14 @@ def test_every_replica_serves(served):
     for index, port in enumerate(ready["replica_admin_ports"]):
         response = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
         assert response.json()["replica"] == index
-    seen = set()
-    for _ in range(40):  # fresh connections: the kernel spreads them over the replicas
-        response = requests.get(served["health_url"], timeout=10,
-                                headers={"Connection": "close"})
-        seen.add(response.headers["X-Caio-Replica"])
+    # Connections held open together: each goes to the replica holding fewer connections.
+    sessions = [requests.Session() for _ in range(4)]
+    try:
+        seen = {s.get(served["health_url"], timeout=10).headers["X-Caio-Replica"]
+                for s in sessions}
+    finally:
+        for s in sessions:
+            s.close()
     assert seen == {"0", "1"}
 
 

@@ -2,7 +2,7 @@
 
 ``serving_default``: ``images`` float32 [None, 224, 224, 3] -> ``logits`` [None, 10], the
 mean colour times a fixed matrix (so the tests can compute the expected logits).
-``serving_preprocess``: ``bytes`` string [None] (JPEG/PNG) -> decode, central crop, resize,
+``serving_preprocess``: ``image_bytes`` string [None] (JPEG/PNG) -> decode, central crop, resize,
 then ``labels`` string [None, 5] and ``probabilities`` float32 [None, 5]: a red image's top
 label is "red", a green one's "green", a blue one's "blue".
 
@@ -43,13 +43,13 @@ def build(out_dir: str) -> None:
             return {"logits": tf.reduce_mean(images, axis=[1, 2]) @ self.weights + self.bias}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-        def serving_preprocess(self, bytes):  # the argument names the signature's input
+        def serving_preprocess(self, image_bytes):  # the argument names the input
             def one(data):
                 image = tf.io.decode_image(data, channels=3, expand_animations=False)
                 image = tf.image.central_crop(tf.cast(image, tf.float32) / 255.0, 0.875)
                 return tf.image.resize(image, [224, 224])
 
-            images = tf.map_fn(one, bytes,
+            images = tf.map_fn(one, image_bytes,
                                fn_output_signature=tf.TensorSpec([224, 224, 3], tf.float32))
             logits = tf.reduce_mean(images, axis=[1, 2]) @ self.weights + self.bias
             top = tf.math.top_k(tf.nn.softmax(logits), k=5)

@@ -14,31 +14,42 @@ Serve an exported model and probe it (the ready file tells the port when ``--por
 (``python -m caio_operators.targets.local_server`` is the same command.) The predict routes
 of AI Platform Prediction, Vertex AI and TF Serving are all served; see ``protocols.py``.
 
-How it works: the supervisor binds one listening socket per replica on the same port
-(SO_REUSEPORT; 127.0.0.1 by default; port 0 picks a free one) plus one private admin socket
-each, and starts the replicas with them inherited. Each replica loads the model once (TF
-intra-op threads = cores // replicas by default, inter-op 1) and accepts connections on its
-socket; the kernel spreads new connections over the replicas. When every replica
-answers ``/healthz`` on its admin socket, the supervisor writes the ready file (JSON:
-pid, port, base_url, replica_pids...). It then samples each replica's CPU% and RSS every
-second into ``--samples-dir``. SIGTERM/SIGINT, or ``--max-lifetime-s`` elapsed, stop the
-replicas (which flush their request records) and end it with status 0. A replica that
-dies is logged, not restarted; replicas stop by themselves when the supervisor dies.
+How it works: the supervisor owns the server's one listening socket (127.0.0.1 by default;
+port 0 picks a free one) and starts the replicas, each with a private admin socket and a
+channel to the supervisor (a Unix socketpair). Each replica loads the model once (TF
+intra-op threads = cores // replicas by default, inter-op 1). When every replica answers
+``/healthz`` on its admin socket, the supervisor starts accepting: it hands each new
+connection's file descriptor to the live replica with the fewest open connections (ties
+round-robin) over that replica's channel (SCM_RIGHTS), then closes its own copy; the
+replica serves the connection itself, keep-alive included, and reports back when it closes
+it. The supervisor is on the connect path only, never on the request path. (Replicas
+sharing the port with SO_REUSEPORT would let the kernel hash each connection to a replica:
+a few long-lived keep-alive connections, as a load test opens, can then all land on one
+replica while another idles. Counting connections spreads them evenly, deterministically.)
+Then the supervisor writes the ready file (JSON: pid, port, base_url, replica_pids...) and
+samples each replica's CPU% and RSS every second into ``--samples-dir``. SIGTERM/SIGINT,
+or ``--max-lifetime-s`` elapsed, stop the replicas (which flush their request records) and
+end it with status 0. A replica that dies is logged, not restarted: its connections fail
+and new ones go to the others. Replicas stop by themselves when the supervisor dies.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import logging
 import os
+import select
+import selectors
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +64,10 @@ STOP_GRACE_S = 10.0
 SAMPLE_INTERVAL_S = 1.0
 SAMPLE_FLUSH_INTERVAL_S = 2.0
 LISTEN_BACKLOG = 1024
+CHANNEL_BUFFER_BYTES = 2**20  # ~2,700 connections in flight per channel (if the kernel allows)
+ACCEPT_BURST = 64  # connections accepted in a row before reading the replicas' reports
+HANDOFF_WAIT_S = 5.0  # how long a connection waits for a replica whose channel is full
+ACCEPT_RETRY_S = 0.5  # pause after an accept error such as EMFILE, instead of spinning
 
 
 class ModelDirError(ValueError):
@@ -111,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "need Keras to load)")
     # Internal: how the supervisor starts a replica.
     parser.add_argument("--replica-index", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--channel-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--admin-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--supervisor-pid", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -132,6 +147,43 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.threads_per_replica < 0:
         parser.error(f"--threads-per-replica must be 0 (auto) or more, "
                      f"got {args.threads_per_replica}")
+
+
+# Signals ----------------------------------------------------------------------------------
+
+_wakeup: list[socket.socket] = []  # the wakeup socketpair lives as long as the process
+
+
+def stop_on_signals(stop: threading.Event, announce: bool = True) -> None:
+    """Set ``stop`` on SIGTERM or SIGINT (from the main thread only).
+
+    Python runs a signal handler in the main thread between two bytecodes, possibly while
+    that thread holds ``stop``'s own lock inside ``stop.wait()``; a handler calling
+    ``stop.set()`` can then wait for that lock forever (seen with two SIGTERMs in a row).
+    So the handlers do nothing: the signal's number reaches a thread through Python's
+    wakeup fd, and that thread sets ``stop``.
+    """
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    _wakeup.extend((reader, writer))
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _noted_by_the_wakeup_fd)
+
+    def wait_for_signal() -> None:
+        while True:
+            number = reader.recv(1)[0]
+            if number in (signal.SIGTERM, signal.SIGINT):
+                break
+        if announce:
+            log.info("received %s; stopping", signal.Signals(number).name)
+        stop.set()
+
+    threading.Thread(target=wait_for_signal, name="signals", daemon=True).start()
+
+
+def _noted_by_the_wakeup_fd(signum, frame) -> None:
+    pass
 
 
 # Supervisor -------------------------------------------------------------------------------
@@ -159,12 +211,198 @@ def _health_ok(port: int, timeout: float = 1.0) -> bool:
         conn.close()
 
 
-def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG,
-                                reuse_port=reuse_port)
-    sock.set_inheritable(True)
-    return sock
+    return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
+
+
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """(supervisor end, replica end) of a replica's channel.
+
+    SOCK_SEQPACKET keeps messages apart: one message carries one connection (one byte and
+    its descriptor) one way, and one "closed" report the other way.
+    """
+    ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for end in ends:
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_BUFFER_BYTES)
+    return ends
+
+
+def pick_replica(open_counts: Sequence[int], usable: Sequence[bool], start: int) -> int | None:
+    """The replica for a new connection: the usable one with the fewest open connections.
+
+    Ties go to the first one at or after ``start`` (the caller passes the one after its
+    last pick: round-robin). None when no replica is usable.
+    """
+    best = None
+    for step in range(len(open_counts)):
+        index = (start + step) % len(open_counts)
+        if usable[index] and (best is None or open_counts[index] < open_counts[best]):
+            best = index
+    return best
+
+
+class ConnectionBalancer:
+    """Accepts connections on the server's listening socket and hands them to the replicas.
+
+    One thread, one selector: the listening socket, and each replica's channel for its
+    "closed" reports (one byte per connection it closed). A connection goes to the replica
+    with the fewest open connections, as its file descriptor (SCM_RIGHTS); the supervisor's
+    copy is closed at once. A channel that breaks (end of file, EPIPE: the replica died)
+    takes its replica out for good; one that is full (the replica is not picking up) is
+    skipped for that connection.
+    """
+
+    def __init__(self, listener: socket.socket, stopping: threading.Event | None = None) -> None:
+        self.listener = listener
+        self.stopping = stopping or threading.Event()  # set: replicas leaving is expected
+        self.channels: list[socket.socket | None] = []  # None once the replica is out
+        self.open: list[int] = []  # connections each replica holds now
+        self.handed: list[int] = []  # connections each replica was given, in all
+        self._cursor = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_reader, self._wake_writer = socket.socketpair()  # ends select() at once
+        self._warned_none = False
+
+    def add(self, channel: socket.socket) -> None:
+        """Add the next replica's channel (supervisor end); before ``start()`` only."""
+        self.channels.append(channel)
+        self.open.append(0)
+        self.handed.append(0)
+
+    def start(self) -> None:
+        self.listener.setblocking(False)
+        self._selector.register(self.listener, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, -1)
+        for index, channel in enumerate(self.channels):
+            channel.setblocking(False)
+            self._selector.register(channel, selectors.EVENT_READ, index)
+        self._thread = threading.Thread(target=self._run, name="accept", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop_accepting(self) -> None:
+        """Stop the accept loop and close the listening socket: new connections are refused."""
+        self._stop.set()
+        if self._thread is not None:
+            with contextlib.suppress(OSError):
+                self._wake_writer.send(b"\0")
+            self._thread.join(timeout=5)
+            self._thread = None
+            log.info("connections handed to replicas: %s",
+                     ", ".join(f"{i}: {n}" for i, n in enumerate(self.handed)))
+        self.listener.close()
+
+    def close(self) -> None:
+        """`stop_accepting()`, then close the channels too; idempotent."""
+        self.stop_accepting()
+        self._selector.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+        for channel in self.channels:
+            if channel is not None:
+                channel.close()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                for key, _ in self._selector.select():
+                    if key.data is None:
+                        self._accept()
+                    elif key.data >= 0:
+                        self._read_reports(key.data)
+        except Exception:  # the supervise loop sees the thread gone and stops the server
+            log.exception("the accept loop failed")
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BURST):
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while it waited in the backlog
+            except OSError as exc:  # EMFILE and the like: pause instead of spinning
+                log.warning("cannot accept a connection: %s; retrying in %.1f s",
+                            exc, ACCEPT_RETRY_S)
+                self._stop.wait(ACCEPT_RETRY_S)
+                return
+            with conn:  # the replica has its own copy once sent
+                self._hand_off(conn)
+
+    def _hand_off(self, conn: socket.socket) -> None:
+        full: set[int] = set()
+        deadline = None
+        while True:
+            usable = [c is not None and i not in full for i, c in enumerate(self.channels)]
+            index = pick_replica(self.open, usable, self._cursor)
+            if index is None:
+                if not full or not self._wait_writable(full, deadline):
+                    self._give_up(bool(full))
+                    return
+                full.clear()
+                continue
+            try:
+                socket.send_fds(self.channels[index], [b"\0"], [conn.fileno()])
+            except BlockingIOError:
+                full.add(index)
+                deadline = deadline or time.monotonic() + HANDOFF_WAIT_S
+                continue
+            except OSError:
+                self._drop(index)
+                continue
+            self.open[index] += 1
+            self.handed[index] += 1
+            self._cursor = (index + 1) % len(self.channels)
+            self._warned_none = False
+            return
+
+    def _wait_writable(self, indexes: set[int], deadline: float | None) -> bool:
+        """Wait until one of these channels can take a message again, until ``deadline``."""
+        channels = [self.channels[i] for i in indexes if self.channels[i] is not None]
+        timeout = HANDOFF_WAIT_S if deadline is None else deadline - time.monotonic()
+        if not channels or timeout <= 0 or self._stop.is_set():
+            return False
+        woken, writable, _ = select.select([self._wake_reader], channels, [], timeout)
+        return bool(writable) and not woken
+
+    def _give_up(self, busy: bool) -> None:
+        if not self._warned_none:
+            self._warned_none = True
+            why = (f"no replica took a connection within {HANDOFF_WAIT_S:.0f} s" if busy
+                   else "no replica is left to take connections")
+            log.error("%s; closing new connections", why)
+
+    def _read_reports(self, index: int) -> None:
+        channel = self.channels[index]
+        if channel is None:
+            return
+        try:
+            while True:
+                report = channel.recv(64)
+                if not report:  # end of file: the replica is gone
+                    self._drop(index)
+                    return
+                self.open[index] = max(0, self.open[index] - len(report))
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(index)
+
+    def _drop(self, index: int) -> None:
+        channel = self.channels[index]
+        if channel is None:
+            return
+        self._selector.unregister(channel)
+        channel.close()
+        self.channels[index] = None
+        self.open[index] = 0
+        log.log(logging.INFO if self.stopping.is_set() else logging.WARNING,
+                "replica %d takes no more connections (its channel closed)", index)
 
 
 class Supervisor:
@@ -176,12 +414,9 @@ class Supervisor:
         self.replicas: list[Replica] = []
         self.port = 0
         self.samples = None
+        self.balancer: ConnectionBalancer | None = None
 
     # lifecycle ---------------------------------------------------------------------------
-
-    def request_stop(self, signum, frame) -> None:
-        log.info("received %s; stopping", signal.Signals(signum).name)
-        self.stop.set()
 
     def run(self) -> int:
         args = self.args
@@ -193,19 +428,26 @@ class Supervisor:
             log.error("%s", exc)
             return 2
         try:
-            try:
-                self._spawn(str(model_dir))
-            except OSError as exc:
-                log.error("cannot listen on %s:%d: %s; pick another --port or --host",
-                          args.host, self.port or args.port, exc.strerror or exc)
-                return 2
+            listener = _listen(args.host, args.port)
+        except OSError as exc:
+            log.error("cannot listen on %s:%d: %s; pick another --port or --host",
+                      args.host, args.port, exc.strerror or exc)
+            return 2
+        self.balancer = ConnectionBalancer(listener, stopping=self.stop)
+        self.port = listener.getsockname()[1]
+        try:
+            self._spawn(str(model_dir))
             if not self._wait_ready():
                 stopped = self.stop.is_set() or time.time() >= self.deadline
                 return 0 if stopped else 1
+            # Connections that came early wait in the backlog until now.
+            self.balancer.start()
             self._write_ready_file()
             return self._supervise()
         finally:
+            self.balancer.stop_accepting()
             self._stop_replicas()
+            self.balancer.close()  # after the replicas: they take its end of file for a fault
             if self.samples is not None:
                 self.samples.close()
             if args.ready_file:
@@ -213,38 +455,37 @@ class Supervisor:
             log.info("stopped")
 
     def _spawn(self, model_dir: str) -> None:
-        """Start the replicas, each with its own listening socket on the shared port.
+        """Start the replicas, each with a private admin socket and a channel for connections.
 
-        The sockets share the port through SO_REUSEPORT, so the kernel spreads connections
-        evenly over the replicas (a single shared accept queue favours whichever replica
-        wakes first). The supervisor keeps no copy: a dead replica's share is refused, not
-        left hanging.
+        The supervisor keeps the channels' other ends (in the balancer) and nothing else:
+        each replica's admin socket and channel end live in that replica only, so a dead
+        replica's channel reads as closed.
         """
         args = self.args
         intra = threads_per_replica(args.replicas, args.threads_per_replica)
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         for index in range(args.replicas):
-            listener = _listen(args.host, self.port or args.port, reuse_port=True)
-            self.port = listener.getsockname()[1]
-            admin = _listen("127.0.0.1", 0)
-            argv = [
-                sys.executable, "-m", MODULE, "--replica-index", str(index),
-                "--model-dir", model_dir, "--model-name", args.model_name,
-                "--model-version", args.model_version,
-                "--listen-fd", str(listener.fileno()), "--admin-fd", str(admin.fileno()),
-                "--supervisor-pid", str(os.getpid()), "--deadline", repr(self.deadline + 30),
-                "--intra-threads", str(intra), "--inter-threads", "1",
-                "--records-dir", args.records_dir, "--max-body-bytes", str(args.max_body_bytes),
-            ]
-            if args.import_keras:
-                argv.append("--import-keras")
-            process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                       pass_fds=(listener.fileno(), admin.fileno()))
-            self.replicas.append(Replica(index, process, admin.getsockname()[1]))
-            listener.close()
-            admin.close()
-        log.info("started %d replica(s) on %s:%d (pids %s; %d intra-op threads each)",
+            ours, theirs = channel_pair()
+            self.balancer.add(ours)
+            with theirs, _listen("127.0.0.1", 0) as admin:
+                argv = [
+                    sys.executable, "-m", MODULE, "--replica-index", str(index),
+                    "--model-dir", model_dir, "--model-name", args.model_name,
+                    "--model-version", args.model_version,
+                    "--channel-fd", str(theirs.fileno()), "--admin-fd", str(admin.fileno()),
+                    "--supervisor-pid", str(os.getpid()),
+                    "--deadline", repr(self.deadline + 30),
+                    "--intra-threads", str(intra), "--inter-threads", "1",
+                    "--records-dir", args.records_dir,
+                    "--max-body-bytes", str(args.max_body_bytes),
+                ]
+                if args.import_keras:
+                    argv.append("--import-keras")
+                process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                           pass_fds=(theirs.fileno(), admin.fileno()))
+                self.replicas.append(Replica(index, process, admin.getsockname()[1]))
+        log.info("started %d replica(s) for %s:%d (pids %s; %d intra-op threads each)",
                  len(self.replicas), args.host, self.port,
                  ", ".join(str(r.process.pid) for r in self.replicas), intra)
 
@@ -314,6 +555,9 @@ class Supervisor:
             next_sample += SAMPLE_INTERVAL_S
             if self._expired():
                 return 0
+            if not self.balancer.alive():
+                log.error("the server no longer accepts connections; stopping")
+                return 1
             alive = self._check_replicas()
             if not alive:
                 log.error("no replica is left serving; stopping")
@@ -396,8 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(parser, args)
     _configure_logging("supervisor")
     supervisor = Supervisor(args)
-    signal.signal(signal.SIGTERM, supervisor.request_stop)
-    signal.signal(signal.SIGINT, supervisor.request_stop)
+    stop_on_signals(supervisor.stop)
     return supervisor.run()
 
 

@@ -1,9 +1,12 @@
 """One replica of the local model server: loads the SavedModel once and serves HTTP.
 
-Started by the supervisor in `local_server.py` (never by hand). It accepts connections on
-an inherited listening socket that shares the server port with the other replicas
-(SO_REUSEPORT) and on a private admin socket that the supervisor probes for readiness.
-Every request that is not a probe is recorded into `<records-dir>/replica-<i>-<seq>.csv`.
+Started by the supervisor in `local_server.py` (never by hand). The supervisor accepts the
+server's connections and passes each one (its file descriptor, over an inherited Unix
+socketpair: the channel) to the replica with the fewest open connections; the replica
+serves it directly, keep-alive included, and sends one byte back on the channel when it
+closes it, so that the supervisor's counts stay true. It also accepts connections on a
+private admin socket that the supervisor probes for readiness. Every request that is not a
+probe is recorded into `<records-dir>/replica-<i>-<seq>.csv`.
 It stops on SIGTERM/SIGINT, when the supervisor disappears, or past its deadline,
 flushing the records first.
 """
@@ -11,6 +14,7 @@ flushing the records first.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib.machinery
 import logging
@@ -35,6 +39,8 @@ IDLE_TIMEOUT_S = 120  # an idle keep-alive connection is closed after this
 DRAIN_LIMIT = 64 * 2**20  # read and drop an oversized body up to this size to answer it cleanly
 FLUSH_INTERVAL_S = 2.0
 ERROR_TEXT_LIMIT = 200
+# Received descriptors are close-on-exec like any socket Python opens.
+RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 
 # Model ------------------------------------------------------------------------------------
@@ -119,10 +125,18 @@ def warm_up(infos: dict[str, SignatureInfo], predict) -> None:
 # HTTP -------------------------------------------------------------------------------------
 
 
-class SocketServer(ThreadingHTTPServer):
-    """A threading HTTP server on an already listening socket."""
-
+class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return  # the client went away; nothing to answer
+        log.exception("unexpected error with client %s", client_address)
+
+
+class SocketServer(_Server):
+    """A threading HTTP server on an already listening socket."""
 
     def __init__(self, sock: socket.socket, handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(sock.getsockname()[:2], handler, bind_and_activate=False)
@@ -130,11 +144,66 @@ class SocketServer(ThreadingHTTPServer):
         self.socket = sock
         self.server_name, self.server_port = sock.getsockname()[:2]
 
-    def handle_error(self, request, client_address) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, ConnectionError | TimeoutError):
-            return  # the client went away; nothing to answer
-        log.exception("unexpected error with client %s", client_address)
+
+class HandoffServer(_Server):
+    """A threading HTTP server for the connections that the supervisor hands over.
+
+    It listens on nothing: `receive_forever()` takes each connection's descriptor off the
+    channel and serves it like an accepted one (a thread per connection); closing it sends
+    a "closed" report back. `stop()` ends `receive_forever()` from another thread.
+    """
+
+    def __init__(self, channel: socket.socket, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("", 0), handler, bind_and_activate=False)
+        self.socket.close()  # the supervisor listens; this server only serves
+        self.channel = channel
+        self._stopping = False
+
+    def receive_forever(self) -> None:
+        while True:
+            try:
+                message, fds, _, _ = socket.recv_fds(self.channel, 1, 1, RECV_FLAGS)
+            except OSError as exc:
+                if not self._stopping:
+                    log.error("cannot receive connections from the supervisor: %s", exc)
+                return
+            if not message and not fds:  # end of file: the supervisor closed it, or stop()
+                if not self._stopping:
+                    log.warning("the supervisor closed the connection channel")
+                return
+            for fd in fds:
+                self._serve(fd)
+
+    def _serve(self, fd: int) -> None:
+        try:
+            conn = socket.socket(fileno=fd)
+        except OSError:  # not a socket: cannot happen, but never leak the descriptor
+            os.close(fd)
+            self._report_closed()
+            return
+        try:
+            address = conn.getpeername()
+        except OSError:  # the client already left; the handler sees the end of file
+            address = ("", 0)
+        try:
+            self.process_request(conn, address)
+        except Exception:  # no thread for it (out of memory, say): drop this connection
+            self.handle_error(conn, address)
+            self.shutdown_request(conn)
+
+    def shutdown_request(self, request) -> None:
+        super().shutdown_request(request)
+        self._report_closed()
+
+    def _report_closed(self) -> None:
+        with contextlib.suppress(OSError):  # the supervisor is gone: no one counts any more
+            self.channel.send(b"\0")
+
+    def stop(self) -> None:
+        """Make `receive_forever()` return (connections being served carry on)."""
+        self._stopping = True
+        with contextlib.suppress(OSError):  # the supervisor closed it first
+            self.channel.shutdown(socket.SHUT_RDWR)
 
 
 def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int):
@@ -263,6 +332,12 @@ def _too_large(length: int, limit: int) -> str:
 # Process ----------------------------------------------------------------------------------
 
 
+def _channel_socket(fd: int) -> socket.socket:
+    channel = socket.socket(fileno=fd)
+    channel.setblocking(True)  # the receiving thread waits on it; reports are tiny
+    return channel
+
+
 def _listening_socket(fd: int) -> socket.socket:
     sock = socket.socket(fileno=fd)
     # Non-blocking accept: a spurious wake-up returns to the loop instead of blocking
@@ -287,12 +362,9 @@ def run(args: argparse.Namespace) -> int:
     """Serve until told to stop; the exit status for the supervisor's log."""
     index = args.replica_index
     stop = threading.Event()
-    state = {"serving": False}
 
     def on_signal(signum, frame) -> None:
-        if not state["serving"]:
-            raise SystemExit(0)  # nothing to flush yet
-        stop.set()
+        raise SystemExit(0)  # still starting: nothing to flush yet
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -325,21 +397,31 @@ def run(args: argparse.Namespace) -> int:
         os.makedirs(args.records_dir, exist_ok=True)
     recorder = CsvBatchWriter(args.records_dir, f"replica-{index}", SERVER_RECORD_COLUMNS)
     handler = make_handler(app, recorder, args.max_body_bytes)
-    servers = [SocketServer(_listening_socket(fd), handler)
-               for fd in (args.listen_fd, args.admin_fd)]
+    admin = SocketServer(_listening_socket(args.admin_fd), handler)
+    handoff = HandoffServer(_channel_socket(args.channel_fd), handler)
     recorder.start(FLUSH_INTERVAL_S)
-    for server in servers:
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                         name=f"serve-{server.server_port}", daemon=True).start()
-    state["serving"] = True
-    log.info("serving (admin port %d)", servers[1].server_port)
+    threads = [
+        threading.Thread(target=admin.serve_forever, kwargs={"poll_interval": 0.2},
+                         name="serve-admin", daemon=True),
+        threading.Thread(target=handoff.receive_forever, name="receive-connections",
+                         daemon=True)]
+    for thread in threads:
+        thread.start()
+    from caio_operators.targets.local_server import stop_on_signals
+
+    stop_on_signals(stop, announce=False)  # from now on a signal stops the serving cleanly
+    log.info("serving (admin port %d)", admin.server_port)
 
     while not stop.wait(0.5):
         pass
     log.info("stopping")
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    handoff.stop()
+    admin.shutdown()
+    for thread in threads:
+        thread.join(timeout=5)
+    admin.server_close()
+    handoff.server_close()
+    handoff.channel.close()
     recorder.close()
     log.info("records flushed; bye")
     return 0
