@@ -65,18 +65,23 @@ with DAG(
         task_id="deploy", spec=spec, execution_timeout=timedelta(minutes=30),
     )
     prepare = CreateLocustMetricsOperator(
-        task_id="prepare_metrics", spec=spec, execution_timeout=timedelta(minutes=10),
+        task_id="prepare_metrics", spec=spec, deployment=deploy.output,
+        execution_timeout=timedelta(minutes=10),
     )
     load = RunLoadTestOperator(
         task_id="load", spec=spec, deployment=deploy.output,
         execution_timeout=timedelta(hours=25),
     )
     undeploy = UndeployModelOperator(
-        task_id="undeploy", deployment=deploy.output, execution_timeout=timedelta(minutes=30),
+        task_id="undeploy", deployment=deploy.output, spec=spec,
+        execution_timeout=timedelta(minutes=30),
     )
     harvest = HarvestMetricsOperator(
-        task_id="harvest", spec=spec, export_info=export.output, trigger_rule="all_done",
-        execution_timeout=timedelta(hours=1),
+        task_id="harvest", spec=spec, export_info=export.output,
+        # Pulled by template, not as deploy.output: a setup's direct downstream tasks must
+        # use all_success, and harvest runs all_done (also when deploy failed: then null).
+        deployment="{{ ti.xcom_pull(task_ids='deploy') | tojson }}",
+        trigger_rule="all_done", execution_timeout=timedelta(hours=1),
     )
     analyse = AnalyseRunOperator(
         task_id="analyse", spec=spec, execution_timeout=timedelta(minutes=30),

@@ -1,8 +1,9 @@
-"""The locustfile's plain-Python half: test config, URI I/O, request bodies, raw records.
+"""The locustfile's plain-Python half: test config, URI I/O, request bodies, raw records,
+the Cloud Logging entries of a cloud run and the publication of Locust's own files.
 
 Nothing here imports locust or gevent, so tests (and the Airflow side) can load this file by
-path. google-auth / google-cloud-storage are imported only when a ``gs://`` URI or a Google
-API host needs them.
+path. google-auth / google-cloud-storage / google-cloud-logging are imported only when a
+``gs://`` URI, a Google API host or a ``cloud_logging`` config needs them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ PROTOCOLS = ("caip", "vertex", "tfserving")
 SIGNATURES = ("serving_default", "serving_preprocess")
 RECORD_HEADER = ("ts", "latency_ms", "ok", "status_code", "signature", "worker", "bytes", "error")
 MAX_ERROR_CHARS = 300
+REQUEST_NAME_PREFIX = "predict:"  # Locust's name of a predict request: predict:<signature>
+
+PUBLISH_ENV = "CAIO_PUBLISH_URI"  # set by the GKE launcher on the master pod
+LOCUST_CSV_SUFFIXES = ("_stats.csv", "_stats_history.csv", "_failures.csv", "_exceptions.csv")
+LOGGING_SCOPES = ("https://www.googleapis.com/auth/logging.write",)
+MIN_LOG_INTERVAL_S = 1.0
+_PROJECT = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
 
 _DEFAULTS: dict[str, Any] = {
     "test_id": "",
@@ -148,7 +156,29 @@ def parse_config(raw: Mapping[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config.{name} is {value!r}; it must be a number >= {minimum}")
     cfg["shape"] = dict(shape)
     cfg["instances_per_request"] = int(cfg["instances_per_request"])
+    if cfg.get("cloud_logging") is not None:
+        cfg["cloud_logging"] = parse_cloud_logging(cfg["cloud_logging"])
     return cfg
+
+
+def parse_cloud_logging(raw: Any) -> dict[str, Any]:
+    """``config.cloud_logging``: ``{"project", "log_name"?, "interval_s"?}``, checked."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("config.cloud_logging must be an object with project, log_name, "
+                          "interval_s")
+    out = {"log_name": "locust", "interval_s": 5.0, **raw}
+    project, log_name, interval = out.get("project"), out["log_name"], out["interval_s"]
+    if not isinstance(project, str) or not re.fullmatch(_PROJECT, project):
+        raise ConfigError(f"config.cloud_logging.project is {project!r}; it must be a Google "
+                          "Cloud project id")
+    if not isinstance(log_name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", log_name):
+        raise ConfigError(f"config.cloud_logging.log_name is {log_name!r}; use letters, digits "
+                          "and _ . - only")
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or \
+            interval < MIN_LOG_INTERVAL_S:
+        raise ConfigError(f"config.cloud_logging.interval_s is {interval!r}; it must be a "
+                          f"number >= {MIN_LOG_INTERVAL_S:g}")
+    return {"project": project, "log_name": log_name, "interval_s": float(interval)}
 
 
 def load_config(uri: str) -> dict[str, Any]:
@@ -302,3 +332,79 @@ def encode_records(rows: Sequence[Sequence[Any]]) -> bytes:
     writer.writerow(RECORD_HEADER)
     writer.writerows(rows)
     return buf.getvalue().encode("utf-8")
+
+
+# ---------------------------------------------------------------- Locust's own files
+
+
+def locust_outputs(csv_prefix: str | None, html_path: str | None) -> list[Path]:
+    """Locust's CSVs (``<prefix>_stats.csv``...) and HTML report that exist locally."""
+    candidates = [Path(csv_prefix + suffix) for suffix in LOCUST_CSV_SUFFIXES] if csv_prefix \
+        else []
+    if html_path:
+        candidates.append(Path(html_path))
+    return [path for path in candidates if path.is_file()]
+
+
+def publish_outputs(publish_uri: str, csv_prefix: str | None,
+                    html_path: str | None) -> list[str]:
+    """Upload Locust's CSVs and HTML report to the folder ``publish_uri`` (one whole object
+    each, named as locally); returns the URIs written. Call it once Locust has closed them."""
+    written = []
+    for path in locust_outputs(csv_prefix, html_path):
+        kind = "text/html" if path.suffix == ".html" else "text/csv"
+        written.append(write_uri(join(publish_uri, path.name), path.read_bytes(), kind))
+    return written
+
+
+# ---------------------------------------------------------------- Cloud Logging
+
+
+def signature_of(request_name: str) -> str | None:
+    """The signature in a Locust request name ``predict:<signature>``; None for others."""
+    if not request_name.startswith(REQUEST_NAME_PREFIX):
+        return None
+    return request_name[len(REQUEST_NAME_PREFIX):] or None
+
+
+def log_payloads(*, test_id: str, model: str, user_count: int,
+                 stats: Sequence[tuple[str, float | None, int, int]]) -> list[dict[str, Any]]:
+    """One jsonPayload per signature, the contract of the log-based metrics
+    (``caio_operators.metrics.log_metrics``).
+
+    ``stats``: ``(signature, p95 latency ms over Locust's window or None, requests since
+    start, failures since start)``. ``latency`` is left out when there is no value yet, so
+    the latency metric (which only reads entries that have it) records no fake zero.
+    """
+    payloads = []
+    for signature, p95_ms, requests, failures in stats:
+        payload: dict[str, Any] = {"test_id": test_id, "signature": signature, "model": model}
+        if p95_ms is not None:
+            payload["latency"] = round(float(p95_ms), 3)
+        payload.update(user_count=int(user_count), num_requests=int(requests),
+                       num_failures=int(failures))
+        payloads.append(payload)
+    return payloads
+
+
+def log_entries_request(project: str, log_name: str,
+                        payloads: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A ``WriteLogEntriesRequest`` (as a dict) writing ``payloads`` in one batch to
+    ``projects/<project>/logs/<log_name>`` on the ``global`` resource."""
+    return {
+        "log_name": f"projects/{project}/logs/{log_name}",
+        "resource": {"type": "global", "labels": {"project_id": project}},
+        "labels": {"app": "caio-bench"},
+        "entries": [{"json_payload": dict(payload), "severity": "INFO"}
+                    for payload in payloads],
+    }
+
+
+def make_logging_client() -> Any:
+    """google-cloud-logging's ``LoggingServiceV2Client`` with Application Default
+    Credentials (the pod's Workload Identity, the Airflow worker's service account)."""
+    import google.auth
+    from google.cloud.logging_v2.services.logging_service_v2 import LoggingServiceV2Client
+
+    credentials, _ = google.auth.default(scopes=list(LOGGING_SCOPES))
+    return LoggingServiceV2Client(credentials=credentials)

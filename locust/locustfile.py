@@ -12,12 +12,23 @@ and body read only); a listener on that same event keeps every request as a raw 
 flushed as ``<output_uri>/requests/worker-<id>-<seq>.csv`` every ``flush_interval_s`` and when
 the test stops, so the raw records and Locust's totals count the same requests.
 
-Standalone on purpose: stdlib, locust and gevent only (google-auth / google-cloud-storage when
-a Google API host or ``gs://`` needs them); no Airflow, TensorFlow or caio_operators imports.
+Cloud runs, on the master only (the process that holds the aggregated stats):
+
+- with ``CAIO_PUBLISH_URI`` set (the GKE launcher sets it), Locust's CSVs and HTML report are
+  uploaded there when the process exits (Locust writes the HTML and closes the CSVs only
+  then, so this runs from ``atexit``);
+- with a ``cloud_logging`` config (``{"project", "log_name", "interval_s"}``), a greenlet writes
+  one Cloud Logging entry per signature every ``interval_s`` in one batch: the source of the
+  log-based metrics and the live dashboard. Its errors are logged, never raised.
+
+Standalone on purpose: stdlib, locust and gevent only (google-auth / google-cloud-storage /
+google-cloud-logging when a Google API host, ``gs://`` or Cloud Logging needs them); no
+Airflow, TensorFlow or caio_operators imports.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import itertools
 import json
@@ -28,8 +39,9 @@ import time
 from typing import Any
 
 import gevent
+import gevent.event
 from locust.contrib.fasthttp import FastHttpUser
-from locust.runners import MasterRunner
+from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
 from locust import LoadTestShape, constant, events, task
 
@@ -41,6 +53,7 @@ import shapes
 log = logging.getLogger("caio")
 
 TOKEN_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+INIT_TIMEOUT_S = 120.0  # how long a user waits for its worker's init to load the payload
 
 
 class _State:
@@ -51,6 +64,10 @@ class _State:
     records: caio_load.RecordBuffer | None = None
     token: TokenRefresher | None = None
     users = itertools.count()
+    # Set when a worker has its request bodies. A worker is connected to the master before
+    # its init runs, and reading a gs:// payload yields to other greenlets: the master's
+    # spawn message can start users before init is done.
+    ready = gevent.event.Event()
 
 
 STATE = _State()
@@ -121,6 +138,8 @@ def _on_init(environment, **_: Any) -> None:
         PredictUser.host = environment.host
     log.info("caio: test %s: %s %s signature=%s shape=%s", cfg["test_id"], cfg["protocol"],
              cfg["predict_url"], cfg["signature"], shapes.steps(cfg["shape"]))
+    if not isinstance(environment.runner, WorkerRunner):
+        _start_cloud_reporting(environment, cfg)
     if isinstance(environment.runner, MasterRunner):
         return  # the master only runs the shape; workers send requests
     try:
@@ -133,8 +152,98 @@ def _on_init(environment, **_: Any) -> None:
         STATE.token = TokenRefresher()
         STATE.token.start()
     gevent.spawn(_flush_loop, float(cfg["flush_interval_s"]))
+    STATE.ready.set()
     log.info("caio: worker %s ready: %d request bodies, records to %s",
              STATE.records.worker, len(STATE.bodies), cfg["output_uri"])
+
+
+def _start_cloud_reporting(environment, cfg: dict[str, Any]) -> None:
+    """Master (or standalone) only: publish Locust's files at exit, stats to Cloud Logging."""
+    publish_uri = os.environ.get(caio_load.PUBLISH_ENV, "")
+    options = environment.parsed_options
+    if publish_uri and options is not None:
+        atexit.register(_publish_at_exit, publish_uri, options)
+        log.info("caio: Locust's CSV/HTML go to %s at exit", publish_uri)
+    if cfg.get("cloud_logging"):
+        gevent.spawn(_cloud_log_loop, environment, cfg, cfg["cloud_logging"])
+
+
+def _publish_at_exit(publish_uri: str, options: Any) -> None:
+    # Options are read now: Locust may rewrite html_file (name templates) when saving it.
+    try:
+        written = caio_load.publish_outputs(publish_uri, getattr(options, "csv_prefix", None),
+                                            getattr(options, "html_file", None))
+        log.info("caio: published %d Locust files to %s", len(written), publish_uri)
+    except Exception as exc:
+        log.error("caio: cannot publish Locust's files to %s (%s: %s)", publish_uri,
+                  type(exc).__name__, exc)
+
+
+def _signature_stats(stats) -> list[tuple[str, float | None, int, int]]:
+    """(signature, p95 ms over Locust's ~10 s window, requests, failures) per signature."""
+    out = []
+    for (name, _method), entry in list(stats.entries.items()):
+        signature = caio_load.signature_of(name)
+        if signature is None:
+            continue
+        p95 = None
+        if entry.num_requests:
+            try:
+                p95 = entry.get_current_response_time_percentile(0.95)
+            except ValueError:  # no response-times cache in this process
+                p95 = None
+            if p95 is None:  # the window is not filled yet: since the start
+                p95 = entry.get_response_time_percentile(0.95)
+        out.append((signature, p95, entry.num_requests, entry.num_failures))
+    return out
+
+
+def _logging_client() -> Any:
+    # gRPC must cooperate with gevent, or each write would block every greenlet (as
+    # locust.contrib.milvus does); this has to run before the first gRPC channel exists.
+    try:
+        import grpc.experimental.gevent as grpc_gevent
+
+        grpc_gevent.init_gevent()
+    except ImportError:
+        log.warning("caio: grpc's gevent support is missing; Cloud Logging writes may block")
+    return caio_load.make_logging_client()
+
+
+def _cloud_log_loop(environment, cfg: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Every ``interval_s`` while users run, one batch of entries (one per signature)."""
+    interval = float(settings["interval_s"])
+    client = None
+    written = 0
+    while True:
+        gevent.sleep(interval)
+        runner = environment.runner
+        if runner is None or runner.state not in (STATE_SPAWNING, STATE_RUNNING):
+            continue
+        try:
+            if client is None:
+                client = _logging_client()
+        except Exception as exc:
+            log.error("caio: Cloud Logging is off for this run: cannot create the client "
+                      "(%s: %s); the load goes on without log-based metrics",
+                      type(exc).__name__, exc)
+            return
+        try:
+            payloads = caio_load.log_payloads(
+                test_id=cfg["test_id"], model=cfg.get("model", ""),
+                user_count=runner.user_count, stats=_signature_stats(environment.stats))
+            if not payloads:
+                continue
+            request = caio_load.log_entries_request(settings["project"], settings["log_name"],
+                                                    payloads)
+            client.write_log_entries(request=request, timeout=max(interval, 5.0))
+            written += len(payloads)
+            if written == len(payloads):
+                log.info("caio: writing Locust stats to Cloud Logging %s every %.0f s",
+                         request["log_name"], interval)
+        except Exception as exc:  # a lost entry is a gap in a chart, never a failed test
+            log.warning("caio: cannot write to Cloud Logging (%s: %s); retrying in %.0f s",
+                        type(exc).__name__, exc, interval)
 
 
 def _describe(exc: Exception) -> str:
@@ -207,6 +316,8 @@ class PredictUser(FastHttpUser):
     connection_timeout = 30.0
 
     def on_start(self) -> None:
+        if not STATE.ready.wait(timeout=INIT_TIMEOUT_S):
+            raise RuntimeError(f"caio: init did not load the payload within {INIT_TIMEOUT_S:.0f} s")
         cfg = STATE.cfg
         assert cfg is not None and STATE.bodies, "caio: init did not load the test config"
         self.url = cfg["predict_url"]

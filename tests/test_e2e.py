@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, our_processes
+from caio_testing import REPO, our_processes
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
+from caio_testing import REPO
 
 from caio_operators.results.schema import schema_markdown
 from caio_operators.spec import param_schema

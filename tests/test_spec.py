@@ -78,6 +78,28 @@ def test_run_id_is_bounded_and_stable():
         ({"min_replicas": 3, "max_replicas": 2}, "max_replicas", ">= min_replicas"),
         ({"impersonation_chain": "sa@x.iam; id"}, "impersonation_chain", "emails"),
         ({"locust_image": "img $(id)"}, "locust_image", "an image like"),
+        # cloud targets, BigQuery and GKE
+        ({"target": "mars"}, "target", "local, endpoint, vertex, caip"),
+        ({"target": "vertex", "project": "proj-123"}, "bucket",
+         "target=vertex serves the model from Cloud Storage (accepted: gs://bucket/prefix)"),
+        ({"target": "caip", "bucket": "gs://bench-1/x"}, "project",
+         "required for cloud targets"),
+        ({"target": "vertex", "bucket": "gs://bench-1/x", "project": "proj-123", "region": ""},
+         "region", "required with target=vertex (accepted: a region like us-central1)"),
+        ({"warehouse": "bigquery://proj-123"}, "warehouse", "bigquery://project/dataset"),
+        ({"warehouse": "bigquery://Bad_Proj/ds", "project": "proj-123"}, "warehouse",
+         "is not a project id"),
+        ({"warehouse": "bigquery://proj-123/my-ds", "project": "proj-123"}, "warehouse",
+         "is not a dataset name"),
+        ({"warehouse": "bigquery://proj-123/ds?region=EU", "project": "proj-123"}, "warehouse",
+         "only ?location=... is accepted"),
+        ({"warehouse": "bigquery://proj-123/ds"}, "project", "bigquery://"),
+        ({"load_runner": "ssh"}, "load_runner", "local, gke"),
+        ({"load_runner": "gke", "project": "proj-123", "gke_location": "us-central1",
+          "gke_cluster": "bench", "locust_image": "img:1"}, "load_runner",
+         "GKE pods cannot reach"),
+        ({"load_runner": "gke", "target": "vertex", "bucket": "gs://bench-1/x",
+          "project": "proj-123"}, "gke_cluster", "required with load_runner=gke"),
     ],
 )
 def test_bad_values_name_the_field(schema, params, field, hint):
@@ -92,3 +114,24 @@ def test_all_problems_reported_at_once(schema):
     with pytest.raises(SpecError) as err:
         check(schema, users=0, replicas=99, target="nowhere")
     assert len(err.value.problems) == 3
+
+
+def test_cloud_run_makes_a_spec(schema):
+    spec = check(schema, target="vertex", bucket="gs://bench-1/caio", project="proj-123",
+                 region="europe-west4", warehouse="bigquery://proj-123/bench?location=EU",
+                 impersonation_chain="a@proj-123.iam.gserviceaccount.com,b@x.iam",
+                 load_runner="gke", gke_location="europe-west4-a", gke_cluster="bench",
+                 locust_image="europe-docker.pkg.dev/proj-123/caio/caio-locust:2.47.0")
+    assert (spec.target, spec.load_runner) == ("vertex", "gke")
+    assert spec.model_uri == "gs://bench-1/caio/models/resnet101/v1"
+    assert spec.impersonation == ["a@proj-123.iam.gserviceaccount.com", "b@x.iam"]
+
+
+def test_caip_with_local_load_and_duckdb_is_fine(schema):
+    spec = check(schema, target="caip", bucket="gs://bench-1", project="proj-123")
+    assert spec.target == "caip" and spec.warehouse.startswith("duckdb://")
+
+
+def test_the_form_offers_the_cloud_choices(schema):
+    assert schema["target"]["enum"] == ["local", "endpoint", "vertex", "caip"]
+    assert schema["load_runner"]["enum"] == ["local", "gke"]

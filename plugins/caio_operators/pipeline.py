@@ -1,45 +1,113 @@
 """The stages of one run as plain functions: RunSpec in, adapter call, small dict out.
 
 Operators are thin wrappers around these; tests and the CLI call them directly. Heavy
-imports (TensorFlow, pandas, duckdb) happen inside the adapters a stage uses.
+imports (TensorFlow, pandas, duckdb, Google clients) happen inside the adapters a stage
+uses. The same stages serve every target: the RunSpec picks the adapters (local server or
+Vertex AI / AI Platform, local Locust or GKE, DuckDB or BigQuery, file:// or gs://).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from caio_operators import storage
-from caio_operators.spec import RunSpec
+from caio_operators.spec import CLOUD_TARGETS, RunSpec
 
 _log = logging.getLogger(__name__)
+
+#: how often the Locust master writes its stats to Cloud Logging (log-based metrics)
+CLOUD_LOG_INTERVAL_S = 5
 
 
 class RunFailed(RuntimeError):
     """The benchmark ran but failed (its rows and report are stored); the message says why."""
 
 
+def is_cloud(spec: RunSpec) -> bool:
+    """Served by a Google Cloud product (Vertex AI, AI Platform Prediction)."""
+    return spec.target in CLOUD_TARGETS
+
+
+def warehouse_options(spec: RunSpec) -> dict[str, Any]:
+    """``open_warehouse`` options: BigQuery uses the run's connection (DuckDB ignores them)."""
+    return {"gcp_conn_id": spec.gcp_conn_id, "impersonation_chain": spec.impersonation}
+
+
+def cloud_spec_like(spec: RunSpec, deployment: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The RunSpec merged with the deploy output, as the cloud metrics adapters read it.
+
+    The connection comes from the spec. For AI Platform, Cloud Monitoring knows the
+    deployment by its resource ids (the model and the run's version), not by the names
+    the user gave, so those replace ``model_name`` / ``model_version``.
+    """
+    like = {**spec.to_dict(), **dict(deployment or {})}
+    like.update(gcp_conn_id=spec.gcp_conn_id, impersonation_chain=spec.impersonation)
+    if spec.target == "caip" and deployment and deployment.get("version"):
+        like.update(model_name=deployment["model"], model_version=deployment["version"])
+    return like
+
+
 def export(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
     from caio_operators.model.export import export_serving_model
 
     log.info("exporting %s to %s", spec.model_source, spec.model_uri)
-    info = export_serving_model(
-        spec.model_source, spec.model_uri,
-        labels_uri=spec.labels_uri or None, test_images_uri=spec.images_uri,
-    )
+    options = {"labels_uri": spec.labels_uri or None, "test_images_uri": spec.images_uri}
+    if storage.is_local(spec.model_uri):
+        info = export_serving_model(spec.model_source, spec.model_uri, **options)
+    else:
+        # Export and check on local disk, then upload file by file through the bucket
+        # adapter: TensorFlow's own GCS filesystem talks only to storage.googleapis.com
+        # (it ignores STORAGE_EMULATOR_HOST) and would be a second GCS client to configure.
+        with tempfile.TemporaryDirectory(prefix=f"caio-export-{spec.run_id}-") as tmp:
+            local = Path(tmp) / "model"
+            info = export_serving_model(spec.model_source, str(local), **options)
+            files = upload_tree(local, spec.model_uri)
+        info["model_uri"] = spec.model_uri
+        log.info("uploaded %d files to %s", len(files), spec.model_uri)
     log.info("weights: %s; both signatures checked on %s images", info.get("weights"),
              (info.get("check") or {}).get("images"))
     return info
+
+
+def upload_tree(local_dir: str | Path, uri: str) -> list[str]:
+    """Replace the folder ``uri`` with the files of ``local_dir``; returns the new URIs.
+
+    ``saved_model.pb`` goes last, so a reader that finds it finds a complete SavedModel.
+    Each file is one whole-object upload; a re-export replaces the old files.
+    """
+    root = Path(local_dir)
+    files = sorted((p for p in root.rglob("*") if p.is_file()),
+                   key=lambda p: (p.name == "saved_model.pb", str(p)))
+    storage.remove_tree(uri)
+    return [storage.put_file(path, storage.join(uri, *path.relative_to(root).parts))
+            for path in files]
 
 
 def deploy(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
     from caio_operators.targets.base import get_target
 
     target = get_target(spec.target)
-    if spec.target == "local":
+    if spec.target == "vertex":
+        from caio_operators.targets import vertex
+
+        deployment = target.deploy(**vertex.spec_kwargs(spec))
+        if spec.signature != "serving_default":
+            # Vertex's :predict accepts only {instances, parameters} and serves the default
+            # signature; :rawPredict passes the TF Serving body (with signature_name) through.
+            deployment["predict_url"] = deployment["predict_url"].replace(
+                ":predict", ":rawPredict")
+    elif spec.target == "caip":
+        from caio_operators.targets import caip
+
+        deployment = target.deploy(**caip.spec_kwargs(spec))
+    elif spec.target == "local":
         # The server stops itself after this, even if the teardown never runs.
         lifetime = spec.duration_s + 1800
         deployment = target.deploy(
@@ -50,28 +118,68 @@ def deploy(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
         )
     else:
         deployment = target.deploy(url=spec.endpoint_url, protocol=spec.protocol)
-    log.info("deployed: %s", {k: deployment.get(k) for k in ("target", "predict_url",
-                                                               "replicas", "pid")})
+    log.info("deployed: %s", {k: deployment[k] for k in (
+        "target", "predict_url", "replicas", "pid", "model", "endpoint", "version")
+        if deployment.get(k)})
     return dict(deployment)
 
 
-def undeploy(deployment: dict[str, Any] | None, log: logging.Logger = _log) -> None:
+def teardown_stub(spec: RunSpec | None) -> dict[str, Any] | None:
+    """What a cloud target's undeploy needs to find the run's resources by their labels
+    (``caio_run`` = run id) when the deploy task returned nothing (killed, timed out);
+    None for the other targets."""
+    if spec is None or not is_cloud(spec):
+        return None
+    return {"target": spec.target, "project": spec.project, "region": spec.region,
+            "run_id": spec.run_id, "model_name": spec.model_name,
+            "model_version": spec.model_version, "gcp_conn_id": spec.gcp_conn_id,
+            "impersonation_chain": spec.impersonation}
+
+
+def undeploy(deployment: dict[str, Any] | None, log: logging.Logger = _log,
+             spec: RunSpec | None = None) -> None:
+    """Undo ``deployment``. Without one, a cloud run is still cleaned up by its run id."""
     from caio_operators.targets.base import get_target
 
     if not deployment:
-        log.info("nothing to undeploy")
-        return
+        deployment = teardown_stub(spec)
+        if deployment is None:
+            log.info("nothing to undeploy")
+            return
+        log.info("no deployment from the deploy task: looking for %s resources labelled "
+                 "with run %s to delete", deployment["target"], deployment["run_id"])
     get_target(deployment["target"]).undeploy(deployment)
-    log.info("undeployed %s", deployment.get("predict_url"))
+    log.info("undeployed %s", deployment.get("predict_url") or deployment.get("run_id"))
 
 
-def prepare_metrics(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
+def prepare_metrics(spec: RunSpec, deployment: Mapping[str, Any] | None = None,
+                    log: logging.Logger = _log) -> dict[str, Any]:
+    """The warehouse schema; for cloud targets also the Locust log-based metrics and the
+    deployment's Monitoring dashboard (``deployment``: the deploy task's output)."""
     from caio_operators.results.warehouse import open_warehouse
 
-    warehouse = open_warehouse(spec.warehouse)
+    warehouse = open_warehouse(spec.warehouse, **warehouse_options(spec))
     warehouse.ensure_schema()
     log.info("warehouse schema ready: %s", spec.warehouse)
-    return {"warehouse": spec.warehouse}
+    result: dict[str, Any] = {"warehouse": spec.warehouse}
+    if is_cloud(spec):
+        from caio_operators.metrics.cloud import prepare_cloud_metrics
+
+        cloud = prepare_cloud_metrics(cloud_spec_like(spec, deployment))
+        log.info("log-based metrics: %s; dashboard: %s", cloud.get("log_metrics"),
+                 cloud.get("dashboard"))
+        result.update(cloud)
+    return result
+
+
+def cloud_logging_config(spec: RunSpec) -> dict[str, Any] | None:
+    """The locustfile's ``cloud_logging`` config: the master writes its stats to Cloud
+    Logging (the log-based metrics' source) for cloud targets and GKE runs."""
+    if not (is_cloud(spec) or spec.load_runner == "gke") or not spec.project:
+        return None
+    from caio_operators.metrics.log_metrics import LOG_NAME
+
+    return {"project": spec.project, "log_name": LOG_NAME, "interval_s": CLOUD_LOG_INTERVAL_S}
 
 
 def run_load(
@@ -79,14 +187,16 @@ def run_load(
     deployment: dict[str, Any],
     log: logging.Logger = _log,
     on_launcher: Callable[[Any], None] | None = None,
+    try_number: int = 1,
 ) -> dict[str, Any]:
-    """Write payload and config, run Locust locally, record the outcome in the bucket.
+    """Write payload and config, run Locust (local processes or GKE pods), record the
+    outcome in the bucket.
 
     The outcome (``load/result.json``) is written whatever happens, so harvest can tell
-    a failed load from one that never ran.
+    a failed load from one that never ran. ``try_number`` labels the GKE objects, so a
+    retry re-attaches to the pods of the try before instead of starting a second test.
     """
     from caio_operators.loadgen.launch import build_config, write_config
-    from caio_operators.loadgen.local import LocalLauncher, build_launch
     from caio_operators.loadgen.payload import write_payload
 
     layout = spec.layout
@@ -95,11 +205,30 @@ def run_load(
     try:
         write_payload(spec.images_uri, layout.payload_uri, spec.signature,
                       spec.instances_per_request)
-        write_config(layout.config_uri, build_config(spec, deployment))
-        launcher = LocalLauncher(build_launch(spec), log=log)
-        if on_launcher is not None:
-            on_launcher(launcher)
-        result = launcher.run(timeout_s=spec.duration_s + 120)
+        config = build_config(spec, deployment)
+        cloud_logging = cloud_logging_config(spec)
+        if cloud_logging:
+            config["cloud_logging"] = cloud_logging
+        write_config(layout.config_uri, config)
+        with contextlib.ExitStack() as stack:
+            if spec.load_runner == "gke":
+                from caio_operators.loadgen.gke import GkeLauncher
+
+                launcher = GkeLauncher.for_run(spec, try_number=try_number, log=log)
+                timeout_s = None  # its own: pod start-up + the shape + the grace to stop
+            else:
+                from caio_operators.loadgen.local import LocalLauncher, build_launch
+
+                work_dir = None
+                if not storage.is_local(layout.load_dir):
+                    # Locust's CSV/HTML and logs, copied to the bucket by the launcher
+                    work_dir = stack.enter_context(tempfile.TemporaryDirectory(
+                        prefix=f"caio-load-{spec.run_id}-"))
+                launcher = LocalLauncher(build_launch(spec, work_dir=work_dir), log=log)
+                timeout_s = spec.duration_s + 120
+            if on_launcher is not None:
+                on_launcher(launcher)
+            result = launcher.run(timeout_s=timeout_s)
     except Exception as exc:
         result.update(status="failed", reason=f"{type(exc).__name__}: {exc}")
         raise
@@ -112,7 +241,20 @@ def run_load(
     return result
 
 
-def run_meta(spec: RunSpec, export_info: dict[str, Any] | None) -> dict[str, Any]:
+def _protocol(spec: RunSpec, deployment: Mapping[str, Any] | None) -> str:
+    if deployment and deployment.get("protocol"):
+        return str(deployment["protocol"])
+    return {"endpoint": spec.protocol, "vertex": "vertex"}.get(spec.target, "caip")
+
+
+def _replicas(spec: RunSpec, deployment: Mapping[str, Any] | None) -> int:
+    if deployment and deployment.get("replicas"):
+        return int(deployment["replicas"])
+    return spec.min_replicas if is_cloud(spec) else spec.replicas
+
+
+def run_meta(spec: RunSpec, export_info: dict[str, Any] | None,
+             deployment: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The fields of the ``runs`` row known before harvest."""
     from caio_operators import provenance
 
@@ -127,33 +269,74 @@ def run_meta(spec: RunSpec, export_info: dict[str, Any] | None) -> dict[str, Any
                          ("base_model", "weights", "num_classes", "tf_version")}
     return {
         "run_id": spec.run_id, "dag_id": spec.dag_id, "target": spec.target,
-        "protocol": spec.protocol if spec.target == "endpoint" else "caip",
+        "protocol": _protocol(spec, deployment),
         "model_name": spec.model_name, "model_version": spec.model_version,
         "model_source": spec.model_source,
         "weights": (export_info or {}).get("weights", "unknown"),
         "signature": spec.signature, "load_shape": spec.load_shape, "users": spec.users,
-        "workers": spec.workers, "replicas": spec.replicas,
+        "workers": spec.workers, "replicas": _replicas(spec, deployment),
         "status": load.get("status", "failed"), "reason": load.get("reason") or "",
         "started_at": load.get("started_at"), "ended_at": load.get("ended_at"),
         "provenance": prov, "params": spec.params(),
     }
 
 
+def cloud_timeseries(spec: RunSpec, deployment: Mapping[str, Any] | None,
+                     meta: Mapping[str, Any],
+                     log: logging.Logger = _log) -> tuple[Any, list[str]]:
+    """Cloud Monitoring rows of the run window, and the problems that kept rows out.
+
+    Never raises for a Monitoring error: the client records must be stored anyway, and
+    the problem marks the run degraded instead.
+    """
+    from caio_operators.results import schema as sc
+
+    if not deployment:
+        log.info("no deployment: nothing to read from Cloud Monitoring")
+        return None, []
+    start, end = meta.get("started_at"), meta.get("ended_at")
+    if start is None or end is None:
+        log.info("the load never started: nothing to read from Cloud Monitoring")
+        return None, []
+    from caio_operators.metrics.cloud import harvest_cloud_metrics
+
+    try:
+        rows = harvest_cloud_metrics(cloud_spec_like(spec, deployment), start, end,
+                                     sc.DEFAULT_INTERVAL_S)
+    except Exception as exc:
+        problem = f"Cloud Monitoring harvest failed, server-side metrics are missing: {exc}"
+        log.error("%s (the client records are stored anyway)", problem)
+        return None, [problem]
+    log.info("Cloud Monitoring: %d timeseries rows for the run window", len(rows))
+    return rows, []
+
+
 def harvest(spec: RunSpec, export_info: dict[str, Any] | None = None,
-            log: logging.Logger = _log) -> dict[str, Any]:
+            log: logging.Logger = _log,
+            deployment: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Raw records (+ Cloud Monitoring for cloud targets) -> the tables, Parquet + warehouse.
+
+    ``deployment`` is the deploy task's output (None when deploy failed).
+    """
     from caio_operators.results.harvest import harvest_run
 
-    meta = run_meta(spec, export_info)
-    out = harvest_run(spec.layout, meta, spec.warehouse)
-    log.info("run status: %s %s", meta["status"], meta["reason"])
-    return {"run_id": spec.run_id, "status": meta["status"], "counts": out["counts"],
+    meta = run_meta(spec, export_info, deployment)
+    extra, problems = None, []
+    if is_cloud(spec):
+        extra, problems = cloud_timeseries(spec, deployment, meta, log)
+    out = harvest_run(spec.layout, meta, spec.warehouse, extra_timeseries=extra,
+                      problems=problems, **warehouse_options(spec))
+    status, reason = out["figures"]["status"], out["figures"]["reason"]
+    log.info("run status: %s %s", status, reason)
+    return {"run_id": spec.run_id, "status": status, "counts": out["counts"],
             "tables": out["tables"]}
 
 
 def analyse(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
     from caio_operators.analysis.report import analyse_run
 
-    out = analyse_run(spec.warehouse, spec.run_id, spec.layout)  # logs the summary table
+    # logs the summary table
+    out = analyse_run(spec.warehouse, spec.run_id, spec.layout, **warehouse_options(spec))
     log.info("report: %s", out["report_uri"])
     status = out["summary"].get("status")
     if status == "failed":

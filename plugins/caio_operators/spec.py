@@ -21,13 +21,14 @@ from urllib.parse import urlparse
 
 from caio_operators.layout import RunLayout, model_uri
 
-TARGETS = ("local", "endpoint")
+TARGETS = ("local", "endpoint", "vertex", "caip")
+CLOUD_TARGETS = ("vertex", "caip")
 PROTOCOLS = ("caip", "vertex", "tfserving")
 SIGNATURES = ("serving_preprocess", "serving_default")
 LOAD_SHAPES = ("constant", "staircase")
-LOAD_RUNNERS = ("local",)  # "gke" joins with the GKE launcher
+LOAD_RUNNERS = ("local", "gke")
 BUCKET_SCHEMES = ("file", "gs")
-WAREHOUSE_SCHEMES = ("duckdb",)
+WAREHOUSE_SCHEMES = ("duckdb", "bigquery")
 
 # AI Platform / Vertex identifiers: a letter, then letters, digits and underscores.
 _IDENT = r"^[A-Za-z][A-Za-z0-9_]{0,62}$"
@@ -91,7 +92,9 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "default": "local", "type": "string", "enum": list(TARGETS), "section": deploy,
             "title": "Target",
             "description": "local: a model server on this machine. endpoint: an existing "
-                           "endpoint URL (nothing is deployed).",
+                           "endpoint URL (nothing is deployed). vertex: a Vertex AI endpoint. "
+                           "caip: an AI Platform Prediction version. Cloud targets need a "
+                           "gs:// bucket, a project and a region.",
         },
         "endpoint_url": {
             "default": "", "type": "string", "section": deploy, "title": "Endpoint URL",
@@ -367,7 +370,8 @@ def _accepted(prop: dict[str, Any]) -> str:
 def _uri_problems(name: str, value: str, schemes: tuple[str, ...]) -> list[str]:
     parsed = urlparse(value)
     form = {"file": "file:///absolute/path", "gs": "gs://bucket/prefix",
-            "duckdb": "duckdb:///absolute/path.duckdb"}
+            "duckdb": "duckdb:///absolute/path.duckdb",
+            "bigquery": "bigquery://project/dataset[?location=EU]"}
     accepted = " or ".join(form[s] for s in schemes)
     if parsed.scheme not in schemes:
         return [f"{name}={value!r}: unsupported scheme {parsed.scheme or '(none)'!r} "
@@ -384,6 +388,15 @@ def _uri_problems(name: str, value: str, schemes: tuple[str, ...]) -> list[str]:
     if parsed.scheme == "gs" and not _GCS_BUCKET.match(parsed.netloc or ""):
         return [f"{name}={value!r}: {parsed.netloc!r} is not a valid bucket name "
                 f"(accepted: {accepted})"]
+    if parsed.scheme == "bigquery":
+        # pure URI parsing (no Google library), imported here to keep DAG parsing light
+        from caio_operators.results.bigquery import parse_uri
+        from caio_operators.results.warehouse import WarehouseError
+
+        try:
+            parse_uri(value)
+        except WarehouseError as exc:
+            return [f"{name}={value!r}: {exc} (accepted: {accepted})"]
     return []
 
 
@@ -458,7 +471,19 @@ def _cloud_problems(p: Mapping[str, Any]) -> list[str]:
     if needs_project and not p["project"]:
         problems.append("project: required for cloud targets, gke and bigquery:// "
                         "(accepted: a project id like my-project-123)")
+    if p["target"] in CLOUD_TARGETS:
+        target = p["target"]
+        if not p["bucket"].startswith("gs://"):
+            problems.append(f"bucket={p['bucket']!r}: target={target} serves the model from "
+                            "Cloud Storage (accepted: gs://bucket/prefix)")
+        if not p["region"]:
+            problems.append(f"region: required with target={target} "
+                            "(accepted: a region like us-central1)")
     if p["load_runner"] == "gke":
+        if p["target"] == "local":
+            problems.append("load_runner='gke': target=local serves on 127.0.0.1 of the Airflow "
+                            "worker, which GKE pods cannot reach (accepted with gke: target "
+                            "vertex, caip or endpoint)")
         for name in ("gke_location", "gke_cluster", "locust_image"):
             if not p[name]:
                 problems.append(f"{name}: required with load_runner=gke")

@@ -12,7 +12,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import DATASET, PROJECT, FakeBigQuery
+from bq_fakes import DATASET, PROJECT, FakeBigQuery
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
 from raw_run import META, write_small_run

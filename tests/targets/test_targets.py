@@ -24,7 +24,7 @@ def test_registry_builds_known_targets_and_names_them_on_error():
     assert isinstance(get_target("endpoint"), EndpointTarget)
     assert isinstance(get_target("local"), Target)
     with pytest.raises(ValueError, match="unknown deploy target 'gke'; known targets: "
-                                         "endpoint, local"):
+                                         "caip, endpoint, local, vertex"):
         get_target("gke")
 
 

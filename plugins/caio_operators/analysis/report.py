@@ -156,12 +156,14 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
 """
 
 
-def analyse_run(warehouse_uri: str, run_id: str, layout: RunLayout) -> dict[str, Any]:
+def analyse_run(warehouse_uri: str, run_id: str, layout: RunLayout,
+                **warehouse_options: Any) -> dict[str, Any]:
     """Summarise ``run_id`` from the warehouse; write the HTML report and summary.json.
 
+    ``warehouse_options`` go to ``open_warehouse`` (``gcp_conn_id``, ``impersonation_chain``).
     Returns ``{summary, summary_text, report_uri, summary_uri}`` (small, XCom-safe).
     """
-    tables = open_warehouse(warehouse_uri).read_run(run_id)
+    tables = open_warehouse(warehouse_uri, **warehouse_options).read_run(run_id)
     if tables["runs"].empty:
         raise ValueError(f"run {run_id!r} is not in the warehouse {warehouse_uri}; "
                          "harvest it first")

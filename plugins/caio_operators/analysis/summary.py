@@ -198,7 +198,8 @@ def summary_text(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def latest_run_summary(warehouse_uri: str, run_id: str | None = None) -> str:
+def latest_run_summary(warehouse_uri: str, run_id: str | None = None,
+                       **warehouse_options: Any) -> str:
     """Summary text of ``run_id`` (default: the latest run) from the warehouse, plus the
     report's location when the run's params name its bucket.
 
@@ -209,7 +210,7 @@ def latest_run_summary(warehouse_uri: str, run_id: str | None = None) -> str:
     from caio_operators.layout import RunLayout
     from caio_operators.results.warehouse import WarehouseError, open_warehouse
 
-    warehouse = open_warehouse(warehouse_uri)
+    warehouse = open_warehouse(warehouse_uri, **warehouse_options)
     try:
         if run_id is None:
             latest = warehouse.query(

@@ -75,10 +75,11 @@ class ManifestError(ValueError):
 
 
 def default_manifests_dir() -> Path:
-    """``$CAIO_MANIFESTS`` or the repository's ``locust/manifests``."""
+    """``$CAIO_MANIFESTS``, the repository's ``locust/manifests``, or the packaged copy."""
+    from caio_operators import resources
+
     explicit = os.environ.get(MANIFESTS_ENV)
-    path = Path(explicit) if explicit else Path(__file__).resolve().parents[3] / "locust" / (
-        "manifests")
+    path = Path(explicit) if explicit else resources.find("locust", "manifests")
     if not (path / "kustomization.yaml").is_file():
         raise ManifestError(
             f"no kustomization.yaml in {path}; set {MANIFESTS_ENV} to the path of "

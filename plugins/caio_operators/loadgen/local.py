@@ -30,10 +30,11 @@ _TAIL_BYTES = 16384
 
 
 def default_locustfile() -> Path:
-    """``$CAIO_LOCUSTFILE`` or the repository's ``locust/locustfile.py``."""
+    """``$CAIO_LOCUSTFILE``, the repository's ``locust/locustfile.py``, or the packaged copy."""
+    from caio_operators import resources
+
     explicit = os.environ.get("CAIO_LOCUSTFILE")
-    path = Path(explicit) if explicit else Path(__file__).resolve().parents[3] / "locust" / (
-        "locustfile.py")
+    path = Path(explicit) if explicit else resources.find("locust", "locustfile.py")
     if not path.is_file():
         raise FileNotFoundError(
             f"locustfile {path} not found; set CAIO_LOCUSTFILE to the path of "

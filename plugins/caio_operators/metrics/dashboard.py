@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from caio_operators import resources
 from caio_operators.hooks.errors import explained
 from caio_operators.metrics import api_schema
 from caio_operators.metrics.families import FAMILIES, field, monitored_target
@@ -26,7 +27,8 @@ from caio_operators.metrics.log_metrics import LOG_METRICS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "dashboards" / "monitoring-template.json"
+# the repository's dashboards/ in a checkout, else the copy packaged in the wheel
+DEFAULT_TEMPLATE = resources.find("dashboards", "monitoring-template.json")
 DISPLAY_NAME_PREFIX = "caio-bench"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _METRIC_TYPE = re.compile(r'metric\.type\s*=\s*"([^"]+)"')

@@ -7,6 +7,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from caio_operators.operators.base import SpecOperator
+from caio_operators.spec import RunSpec
 
 
 class DeployModelOperator(SpecOperator):
@@ -25,16 +26,24 @@ class DeployModelOperator(SpecOperator):
 
 
 class UndeployModelOperator(BaseOperator):
-    """Undo a deployment (stop servers / delete versions). Gone already counts as success."""
+    """Undo a deployment (stop servers / delete versions). Gone already counts as success.
 
-    template_fields = ("deployment",)
+    ``deployment`` is the deploy task's output. When it is empty (the deploy task was
+    killed or timed out before returning), ``spec`` lets a cloud target still find and
+    delete what the run created, by the run id on its labels.
+    """
+
+    template_fields = ("deployment", "spec")
     ui_color = "#f4e1e1"
 
-    def __init__(self, *, deployment: dict[str, Any] | Any, **kwargs: Any) -> None:
+    def __init__(self, *, deployment: dict[str, Any] | Any,
+                 spec: dict[str, Any] | Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.deployment = deployment
+        self.spec = spec
 
     def execute(self, context) -> None:
         from caio_operators import pipeline
 
-        pipeline.undeploy(self.deployment, log=self.log)
+        spec = RunSpec.from_dict(self.spec) if self.spec else None
+        pipeline.undeploy(self.deployment, log=self.log, spec=spec)

@@ -10,7 +10,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -54,9 +54,30 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _with_problems(runs: pd.DataFrame, problems: Sequence[str]) -> pd.DataFrame:
+    runs = runs.copy()
+    note = "; ".join(problems)
+    status, reason = runs.at[0, "status"], runs.at[0, "reason"] or ""
+    if status == "success":
+        runs.at[0, "status"], runs.at[0, "reason"] = "degraded", note
+    else:
+        runs.at[0, "reason"] = f"{reason}; {note}" if reason else note
+    return sc.conform("runs", runs)
+
+
 def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
-                interval_s: float = sc.DEFAULT_INTERVAL_S) -> dict[str, Any]:
+                interval_s: float = sc.DEFAULT_INTERVAL_S, *,
+                extra_timeseries: pd.DataFrame | None = None,
+                problems: Sequence[str] = (),
+                **warehouse_options: Any) -> dict[str, Any]:
     """Read the run's raw files, build the tables, store them as Parquet and in the warehouse.
+
+    ``extra_timeseries``: more ``timeseries`` rows of this run (e.g. from Cloud Monitoring),
+    added to those built from the raw files. ``problems``: why the stored data is
+    incomplete (e.g. a metrics backend that failed); a successful run becomes ``degraded``
+    with them as its reason, a failed or degraded one gets them added to its reason.
+    ``warehouse_options`` go to ``open_warehouse`` (``gcp_conn_id``,
+    ``impersonation_chain`` for BigQuery).
 
     Returns a small dict: run_id, row counts, table URIs, key figures, skipped files and
     the seconds spent.
@@ -69,10 +90,20 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
     t_read = time.perf_counter()
     tables = build_tables(meta, raw.client, raw.server, raw.samples, raw.locust_history,
                           interval_s=interval_s)
+    if extra_timeseries is not None and len(extra_timeseries):
+        extra = sc.conform("timeseries", extra_timeseries)
+        others = set(extra["run_id"]) - {layout.run_id}
+        if others:
+            raise ValueError(f"extra_timeseries holds rows of other runs {sorted(others)[:5]}, "
+                             f"not only {layout.run_id!r}")
+        tables["timeseries"] = sc.conform(
+            "timeseries", pd.concat([tables["timeseries"], extra], ignore_index=True))
+    if problems:
+        tables["runs"] = _with_problems(tables["runs"], problems)
     t_build = time.perf_counter()
     uris = write_tables(layout, tables)
     t_parquet = time.perf_counter()
-    warehouse = open_warehouse(warehouse_uri)
+    warehouse = open_warehouse(warehouse_uri, **warehouse_options)
     warehouse.ensure_schema()
     counts = warehouse.replace_run(tables, layout.run_id)
     t_done = time.perf_counter()

@@ -62,6 +62,8 @@ class Target(Protocol):
 _TARGETS: dict[str, str] = {
     "local": "caio_operators.targets.local:LocalTarget",
     "endpoint": "caio_operators.targets.endpoint:EndpointTarget",
+    "vertex": "caio_operators.targets.vertex:VertexTarget",
+    "caip": "caio_operators.targets.caip:CaipTarget",
 }
 
 
