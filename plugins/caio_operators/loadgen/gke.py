@@ -23,474 +23,88 @@ CoreV1Api/BatchV1Api-like objects.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
-import math
 import os
 import posixpath
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
-
-import yaml
 
 from caio_operators import storage
 from caio_operators.hooks.gke import api_message, api_status, connect, explain_api_error
-from caio_operators.loadgen.launch import LaunchSpec, build_launch_spec
+
+# gke is the public entry of the GKE runner: its building blocks are re-exported here.
+from caio_operators.loadgen.gke_manifests import (
+    COMPONENT_LABEL,
+    CONTAINER,
+    DAG_LABEL,
+    LOCUST_COMMAND,
+    MANIFESTS_ENV,
+    MAX_BASE_NAME,
+    NAME_PREFIX,
+    PUBLISH_ENV,
+    RUN_LABEL,
+    TRY_LABEL,
+    GkeError,
+    LocustBase,
+    ManifestError,
+    base_name,
+    container_of,
+    default_manifests_dir,
+    label_value,
+    load_base,
+    render_base,
+)
+from caio_operators.loadgen.gke_objects import (
+    GkeObjects,
+    GkeTarget,
+    build_gke_launch,
+    build_objects,
+    gke_launch_spec,
+    pod_args,
+    with_owner,
+)
+from caio_operators.loadgen.launch import LaunchSpec
 from caio_operators.loadgen.local import format_progress
 
+__all__ = [
+    "COMPONENT_LABEL",
+    "CONTAINER",
+    "DAG_LABEL",
+    "LOCUST_COMMAND",
+    "MANIFESTS_ENV",
+    "MAX_BASE_NAME",
+    "NAME_PREFIX",
+    "PUBLISH_ENV",
+    "RUN_LABEL",
+    "TRY_LABEL",
+    "GkeError",
+    "GkeLauncher",
+    "GkeObjects",
+    "GkeTarget",
+    "LocustBase",
+    "ManifestError",
+    "base_name",
+    "build_gke_launch",
+    "build_objects",
+    "container_of",
+    "default_manifests_dir",
+    "exit_code",
+    "gke_launch_spec",
+    "job_state",
+    "label_value",
+    "load_base",
+    "parse_master_log",
+    "pod_args",
+    "pod_state",
+    "render_base",
+    "summarize_pods",
+    "with_owner",
+]
+
 logger = logging.getLogger(__name__)
-
-MANIFESTS_ENV = "CAIO_MANIFESTS"
-CONTAINER = "locust"
-LOCUST_COMMAND = ("locust",)  # the image's ENTRYPOINT (locust/Dockerfile)
-PUBLISH_ENV = "CAIO_PUBLISH_URI"  # read by the locustfile on the master
-
-RUN_LABEL = "caio.dev/run-id"
-DAG_LABEL = "caio.dev/dag-id"
-TRY_LABEL = "caio.dev/try-number"
-COMPONENT_LABEL = "app.kubernetes.io/component"
-NAME_PREFIX = "caio-locust-"
-MAX_BASE_NAME = 56  # + "-worker" = 63, the longest Job name Kubernetes accepts
-
-_KUSTOMIZE_KEYS = {"apiVersion", "kind", "resources", "images", "configMapGenerator"}
-
-
-class GkeError(RuntimeError):
-    """A Kubernetes call failed or an object is not what this run expects; the message says
-    what and what to do."""
-
-
-class ManifestError(ValueError):
-    """locust/manifests cannot be rendered or lacks what GkeLauncher derives from it."""
-
-
-# ---------------------------------------------------------------- the Kustomize base
-
-
-def default_manifests_dir() -> Path:
-    """``$CAIO_MANIFESTS``, the repository's ``locust/manifests``, or the packaged copy."""
-    from caio_operators import resources
-
-    explicit = os.environ.get(MANIFESTS_ENV)
-    path = Path(explicit) if explicit else resources.find("locust", "manifests")
-    if not (path / "kustomization.yaml").is_file():
-        raise ManifestError(
-            f"no kustomization.yaml in {path}; set {MANIFESTS_ENV} to the path of "
-            "caio-bench's locust/manifests")
-    return path
-
-
-def render_base(manifests_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """The objects ``kubectl kustomize <manifests_dir>`` prints, rendered in Python.
-
-    Supports what the base uses: ``resources`` (files), ``images`` and a
-    ``configMapGenerator`` of literals without a name hash. Anything else raises
-    ManifestError: put it in an overlay, which GkeLauncher does not read.
-    """
-    root = Path(manifests_dir) if manifests_dir else default_manifests_dir()
-    kustomization = yaml.safe_load((root / "kustomization.yaml").read_text()) or {}
-    extra = sorted(set(kustomization) - _KUSTOMIZE_KEYS)
-    if extra:
-        raise ManifestError(
-            f"{root / 'kustomization.yaml'} uses {', '.join(extra)}; GkeLauncher renders only "
-            f"{', '.join(sorted(_KUSTOMIZE_KEYS))}. Move the rest to an overlay.")
-    objects: list[dict[str, Any]] = []
-    for resource in kustomization.get("resources") or []:
-        path = root / resource
-        if not path.is_file():
-            raise ManifestError(f"resource {resource} of {root} is not a file")
-        objects.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
-    objects.extend(_generated_config_map(gen) for gen in
-                   kustomization.get("configMapGenerator") or [])
-    images = kustomization.get("images") or []
-    for obj in objects:
-        for container in _containers(obj):
-            container["image"] = _new_image(container.get("image", ""), images)
-    return objects
-
-
-def _generated_config_map(gen: Mapping[str, Any]) -> dict[str, Any]:
-    options = gen.get("options") or {}
-    extra = sorted(set(gen) - {"name", "literals", "options"}) + sorted(
-        set(options) - {"disableNameSuffixHash", "labels"})
-    if extra or not options.get("disableNameSuffixHash"):
-        raise ManifestError(
-            f"configMapGenerator {gen.get('name')!r}: GkeLauncher supports literals, "
-            "options.labels and options.disableNameSuffixHash: true only")
-    data = {}
-    for literal in gen.get("literals") or []:
-        key, sep, value = str(literal).partition("=")
-        if not sep:
-            raise ManifestError(f"configMapGenerator literal {literal!r} is not KEY=VALUE")
-        data[key] = value
-    metadata: dict[str, Any] = {"name": gen["name"]}
-    if options.get("labels"):
-        metadata["labels"] = dict(options["labels"])
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
-
-
-def _containers(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
-    spec = obj.get("spec") or {}
-    pod = (spec.get("template") or {}).get("spec") or spec
-    return [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]
-
-
-def _split_image(image: str) -> tuple[str, str, str]:
-    """(name, tag, digest) of an image reference."""
-    name, _, digest = image.partition("@")
-    slash = name.rfind("/")
-    colon = name.rfind(":")
-    tag = ""
-    if colon > slash:  # a colon after the last slash is a tag, not a registry port
-        name, tag = name[:colon], name[colon + 1:]
-    return name, tag, digest
-
-
-def _new_image(image: str, images: Sequence[Mapping[str, Any]]) -> str:
-    name, tag, digest = _split_image(image)
-    for rule in images:
-        if rule.get("name") != name:
-            continue
-        new = str(rule.get("newName") or name)
-        if rule.get("digest"):
-            return f"{new}@{rule['digest']}"
-        if rule.get("newTag") is not None:
-            return f"{new}:{rule['newTag']}"
-        return new + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
-    return image
-
-
-@dataclass(frozen=True)
-class LocustBase:
-    """The parts of the rendered base GkeLauncher derives its objects from."""
-
-    master: dict[str, Any]  # Deployment, component master
-    worker: dict[str, Any]  # Deployment, component worker
-    service: dict[str, Any]  # Service selecting the master
-
-    def check(self) -> None:
-        """Raise ManifestError now if anything GkeLauncher needs is missing."""
-        for value in (self.locustfile, self.master_port, self.work_dir):
-            assert value is not None
-        container_of(self.worker)
-
-    @property
-    def locustfile(self) -> str:
-        """Where the image holds the locustfile: the master's ``-f`` argument."""
-        args = list(container_of(self.master)["args"])
-        try:
-            return args[args.index("-f") + 1]
-        except (ValueError, IndexError):
-            raise ManifestError("the master container's args have no `-f <locustfile>`") from None
-
-    @property
-    def master_port_spec(self) -> dict[str, Any]:
-        for port in self.service["spec"].get("ports") or []:
-            if port.get("name") == "master":
-                return port
-        raise ManifestError("the master Service has no port named `master`")
-
-    @property
-    def master_port(self) -> int:
-        return int(self.master_port_spec["port"])
-
-    @property
-    def work_dir(self) -> str:
-        """A writable folder in the master pod (its emptyDir mount) for Locust's CSV/HTML."""
-        pod = self.master["spec"]["template"]["spec"]
-        empty = {v["name"] for v in pod.get("volumes") or [] if "emptyDir" in v}
-        for mount in container_of(self.master).get("volumeMounts") or []:
-            if mount["name"] in empty:
-                return mount["mountPath"]
-        raise ManifestError("the master container mounts no emptyDir volume for its files")
-
-
-def load_base(manifests_dir: str | os.PathLike | None = None) -> LocustBase:
-    """Render ``locust/manifests`` and pick the master/worker Deployments and the Service."""
-    objects = render_base(manifests_dir)
-
-    def pick(kind: str, component: str) -> dict[str, Any]:
-        found = [o for o in objects if o.get("kind") == kind and
-                 (o.get("metadata", {}).get("labels") or {}).get(COMPONENT_LABEL) == component]
-        if len(found) != 1:
-            raise ManifestError(f"locust/manifests must hold exactly one {kind} labelled "
-                                f"{COMPONENT_LABEL}={component}; found {len(found)}")
-        return found[0]
-
-    base = LocustBase(master=pick("Deployment", "master"), worker=pick("Deployment", "worker"),
-                      service=pick("Service", "master"))
-    base.check()
-    return base
-
-
-def container_of(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``locust`` container of a Deployment or Job."""
-    for container in obj["spec"]["template"]["spec"].get("containers") or []:
-        if container.get("name") == CONTAINER:
-            return container
-    raise ManifestError(f"{obj.get('kind')} {obj.get('metadata', {}).get('name')} has no "
-                        f"container named {CONTAINER!r}")
-
-
-# ---------------------------------------------------------------- names and labels
-
-
-def label_value(text: str) -> str:
-    """``text`` made a valid label value (63 chars of ``[A-Za-z0-9_.-]``, alphanumeric ends)."""
-    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text))[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
-
-
-def base_name(run_id: str) -> str:
-    """``caio-locust-<run id>``: a DNS-1035 label short enough for ``-master``/``-worker``,
-    the same for every try of a run."""
-    slug = re.sub(r"[^a-z0-9]+", "-", run_id.lower()).strip("-")
-    name = NAME_PREFIX + slug
-    if slug and len(name) <= MAX_BASE_NAME and slug == run_id:
-        return name
-    digest = hashlib.sha1(run_id.encode()).hexdigest()[:8]  # noqa: S324 (a name, not security)
-    keep = MAX_BASE_NAME - len(NAME_PREFIX) - 9
-    return f"{NAME_PREFIX}{slug[:keep].rstrip('-')}-{digest}".replace("--", "-")
-
-
-@dataclass(frozen=True)
-class GkeTarget:
-    """Where and as what the pods run: namespace, image, and the run they belong to."""
-
-    namespace: str
-    image: str
-    run_id: str
-    dag_id: str = ""
-    try_number: int = 1
-    service_account: str = ""  # Kubernetes service account (Workload Identity); "" = default
-
-    def __post_init__(self) -> None:
-        if not self.image:
-            raise ValueError("locust_image is empty; build locust/Dockerfile, push it and pass "
-                             "its reference")
-        if not self.run_id:
-            raise ValueError("run_id is empty")
-
-    @property
-    def service_name(self) -> str:
-        return base_name(self.run_id)
-
-    @property
-    def master_job(self) -> str:
-        return base_name(self.run_id) + "-master"
-
-    @property
-    def worker_job(self) -> str:
-        return base_name(self.run_id) + "-worker"
-
-    @property
-    def run_label(self) -> str:
-        return label_value(self.run_id)
-
-    @property
-    def selector(self) -> str:
-        """Label selector of every pod of this run."""
-        return f"{RUN_LABEL}={self.run_label}"
-
-    def labels(self) -> dict[str, str]:
-        labels = {RUN_LABEL: self.run_label, TRY_LABEL: str(int(self.try_number))}
-        if self.dag_id:
-            labels[DAG_LABEL] = label_value(self.dag_id)
-        return labels
-
-    def annotations(self) -> dict[str, str]:
-        return {RUN_LABEL: self.run_id, **({DAG_LABEL: self.dag_id} if self.dag_id else {})}
-
-
-# ---------------------------------------------------------------- launch spec and objects
-
-
-def gke_launch_spec(
-    *,
-    config: Mapping[str, Any],
-    config_uri: str,
-    target: GkeTarget,
-    workers: int,
-    publish_uri: str,
-    base: LocustBase | None = None,
-    grace_s: float = 30.0,
-    expect_workers_max_wait_s: int = 300,
-    csv_name: str = "locust",
-    html_name: str = "locust_report.html",
-) -> LaunchSpec:
-    """The LaunchSpec for pods: ``locust`` (the image's entrypoint) with the image's
-    locustfile, the master bound on all interfaces, workers pointed at the run's Service,
-    Locust's files in the master pod's scratch folder and published to ``publish_uri``.
-
-    ``expect_workers_max_wait_s`` covers worker pods that wait for a node or an image pull.
-    """
-    base = base or load_base()
-    work = base.work_dir.rstrip("/")
-    return build_launch_spec(
-        config=config,
-        config_uri=config_uri,
-        locust_cmd=LOCUST_COMMAND,
-        locustfile=base.locustfile,
-        workers=workers,
-        csv_prefix=posixpath.join(work, csv_name),
-        html_path=posixpath.join(work, html_name),
-        log_dir=posixpath.join(work, "logs"),
-        master_host=target.service_name,
-        bind_host="*",
-        master_port=base.master_port,
-        grace_s=grace_s,
-        expect_workers_max_wait_s=expect_workers_max_wait_s,
-        env={PUBLISH_ENV: publish_uri},
-        publish_uri=publish_uri,
-    )
-
-
-def build_gke_launch(spec: Any, target: GkeTarget, base: LocustBase | None = None,
-                     **kwargs: Any) -> LaunchSpec:
-    """The GKE LaunchSpec of a run (a RunSpec): the config already written at
-    ``layout.config_uri``; Locust's CSV/HTML published to the run's load folder under the
-    names the harvest reads (``layout.locust_csv_prefix``, ``layout.locust_html``)."""
-    layout = spec.layout
-    config = json.loads(storage.read_text(layout.config_uri))
-    return gke_launch_spec(
-        config=config, config_uri=layout.config_uri, target=target, workers=spec.workers,
-        publish_uri=layout.load_dir, base=base,
-        csv_name=posixpath.basename(layout.locust_csv_prefix),
-        html_name=posixpath.basename(layout.locust_html), **kwargs)
-
-
-def pod_args(argv: Sequence[str]) -> list[str]:
-    """LaunchSpec argv without the ``locust`` command the image's entrypoint supplies."""
-    n = len(LOCUST_COMMAND)
-    if tuple(argv[:n]) != LOCUST_COMMAND:
-        raise ValueError(f"argv starts with {list(argv[:n])!r}, not {list(LOCUST_COMMAND)!r}: "
-                         "build it with gke_launch_spec (pods run the image's `locust`)")
-    return list(argv[n:])
-
-
-@dataclass(frozen=True)
-class GkeObjects:
-    service: dict[str, Any]
-    master_job: dict[str, Any]
-    worker_job: dict[str, Any]
-
-    def all(self) -> list[dict[str, Any]]:
-        return [self.service, self.master_job, self.worker_job]
-
-
-def build_objects(launch: LaunchSpec, target: GkeTarget, base: LocustBase, *,
-                  active_deadline_s: float, ttl_after_finished_s: int = 3600) -> GkeObjects:
-    """The run's headless Service and its master and worker Jobs, derived from the base.
-
-    ``active_deadline_s`` bounds the Jobs even if nobody deletes them; the ownerReferences
-    to the master Job are added at creation (they need its uid).
-    """
-    port = int(launch.meta.get("master_port", base.master_port))
-    if port != base.master_port:
-        raise ValueError(f"LaunchSpec master port {port} differs from the manifests' "
-                         f"{base.master_port}; build it with gke_launch_spec")
-    deadline = max(1, math.ceil(active_deadline_s))
-    master = _job(base.master, target, name=target.master_job, args=pod_args(launch.master_argv),
-                  env=launch.env, deadline_s=deadline, ttl_s=ttl_after_finished_s,
-                  backoff_limit=0, parallelism=1, keep_ports=("master",))
-    workers = launch.workers
-    worker_argvs = {tuple(a) for a in launch.worker_argvs}
-    if len(worker_argvs) != 1:
-        raise ValueError("GKE workers share one pod template: every worker argv must be equal")
-    # a worker pod that dies (node preemption, OOM) is replaced, at most `workers` times
-    worker = _job(base.worker, target, name=target.worker_job,
-                  args=pod_args(launch.worker_argvs[0]), env=launch.env, deadline_s=deadline,
-                  ttl_s=ttl_after_finished_s, backoff_limit=workers, parallelism=workers,
-                  keep_ports=())
-    svc = base.service
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": target.service_name,
-            "namespace": target.namespace,
-            "labels": {**(svc["metadata"].get("labels") or {}), **target.labels()},
-            "annotations": target.annotations(),
-        },
-        "spec": {
-            # headless: workers resolve the master pod's IP directly, as soon as it has one
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,
-            "selector": {**(svc["spec"].get("selector") or {}), RUN_LABEL: target.run_label},
-            "ports": [copy.deepcopy(base.master_port_spec)],
-        },
-    }
-    return GkeObjects(service=service, master_job=master, worker_job=worker)
-
-
-def _job(deployment: Mapping[str, Any], target: GkeTarget, *, name: str, args: list[str],
-         env: Mapping[str, str], deadline_s: int, ttl_s: int, backoff_limit: int,
-         parallelism: int, keep_ports: Iterable[str]) -> dict[str, Any]:
-    template = copy.deepcopy(deployment["spec"]["template"])
-    meta = template.setdefault("metadata", {})
-    meta["labels"] = {**(meta.get("labels") or {}), **target.labels()}
-    meta["annotations"] = {**(meta.get("annotations") or {}), **target.annotations()}
-    pod = template["spec"]
-    pod["restartPolicy"] = "Never"
-    if target.service_account:
-        pod["serviceAccountName"] = target.service_account
-    container = container_of({"spec": {"template": template}})
-    container["image"] = target.image
-    container.pop("command", None)
-    container["args"] = list(args)
-    container.pop("envFrom", None)  # the interactive ConfigMap: the argv names the config
-    container["env"] = _merge_env(container.get("env") or [], env)
-    keep = set(keep_ports)
-    ports = [p for p in container.get("ports") or [] if p.get("name") in keep]
-    if ports:
-        container["ports"] = ports
-    else:
-        container.pop("ports", None)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": name,
-            "namespace": target.namespace,
-            "labels": {**(deployment["metadata"].get("labels") or {}), **target.labels()},
-            "annotations": target.annotations(),
-        },
-        "spec": {
-            "parallelism": parallelism,
-            "completions": parallelism,
-            "backoffLimit": backoff_limit,
-            "activeDeadlineSeconds": deadline_s,
-            "ttlSecondsAfterFinished": int(ttl_s),
-            "template": template,
-        },
-    }
-
-
-def _merge_env(base_env: list[dict[str, Any]], env: Mapping[str, str]) -> list[dict[str, Any]]:
-    out = [dict(e) for e in base_env if e.get("name") not in env]
-    out.extend({"name": k, "value": str(v)} for k, v in env.items())
-    return out
-
-
-def with_owner(obj: dict[str, Any], owner: Any) -> dict[str, Any]:
-    """``obj`` owned by the master Job (a V1Job): deleting or garbage-collecting the Job
-    deletes it too."""
-    out = copy.deepcopy(obj)
-    out["metadata"]["ownerReferences"] = [{
-        "apiVersion": "batch/v1", "kind": "Job", "name": owner.metadata.name,
-        "uid": owner.metadata.uid,
-    }]
-    return out
-
-
-# ---------------------------------------------------------------- reading the cluster
 
 
 def job_state(job: Any) -> tuple[str, str]:
