@@ -126,3 +126,18 @@ class PredictServer:
 def predict_server():
     with PredictServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def schedule_mod() -> ModuleType:
+    return load_locust_module("caio_schedule")
+
+
+@pytest.fixture(scope="session")
+def peak_mod() -> ModuleType:
+    return load_locust_module("caio_peak")
+
+
+@pytest.fixture(scope="session")
+def cpu_mod() -> ModuleType:
+    return load_locust_module("caio_cpu")
