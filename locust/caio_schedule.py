@@ -117,15 +117,27 @@ def spike_profile(
 def inverse_cumulative(profile: RateProfile, x: float) -> float | None:
     """The time ``t`` at which ``L(t) = x``, skipping zero-rate gaps (an arrival exactly at
     the end of a segment belongs to the next non-zero one); ``None`` past the end."""
-    done = 0.0
-    for start, end, rate in profile.spans():
-        if rate <= 0:
-            continue
-        span = (end - start) * rate
-        if x < done + span:
-            return start + (x - done) / rate
-        done += span
-    return None
+    return _Inverse(profile)(x)
+
+
+class _Inverse:
+    """``L^-1`` for increasing ``x``: a cursor over the segments makes each call O(1)
+    (a worker asks once per request, thousands of times a second)."""
+
+    def __init__(self, profile: RateProfile):
+        self.spans = [(s, e, r) for s, e, r in profile.spans() if r > 0]
+        self.i = 0
+        self.done = 0.0  # L at the start of span i
+
+    def __call__(self, x: float) -> float | None:
+        while self.i < len(self.spans):
+            start, end, rate = self.spans[self.i]
+            span = (end - start) * rate
+            if x < self.done + span:
+                return start + (x - self.done) / rate
+            self.done += span
+            self.i += 1
+        return None
 
 
 def intended_times(
@@ -140,16 +152,16 @@ def intended_times(
         raise ValueError(f"worker {worker!r} of {workers!r}: need workers >= 1, 0 <= worker < "
                          "workers")
     if arrivals == "constant":
-        k = worker
-        while (t := inverse_cumulative(profile, float(k))) is not None:
+        k, inverse = worker, _Inverse(profile)
+        while (t := inverse(float(k))) is not None:
             yield t
             k += workers
         return
     # Each worker its own stream, a function of (seed, worker) only, so reruns repeat.
     rng = random.Random(f"{seed}:{worker}")  # noqa: S311 - a schedule, not a secret
-    share = profile.scaled(1.0 / workers)
+    inverse = _Inverse(profile.scaled(1.0 / workers))
     x = rng.expovariate(1.0)
-    while (t := inverse_cumulative(share, x)) is not None:
+    while (t := inverse(x)) is not None:
         yield t
         x += rng.expovariate(1.0)
 

@@ -144,3 +144,17 @@ def test_a_slow_server_shows_up_as_lateness_and_drops_not_as_a_lower_rate(schedu
             ends.append(t + 0.049)
     assert limiter.counts["on_time"] == 40
     assert limiter.dropped == 60
+
+
+def test_an_hour_at_ten_thousand_per_second_is_generated_lazily(schedule_mod):
+    profile = schedule_mod.constant_profile(10_000, 3_600)
+    assert profile.expected_count() == 36_000_000
+    stream = schedule_mod.intended_times(profile, workers=4, worker=3)
+    assert list(itertools.islice(stream, 3)) == approx([0.0003, 0.0007, 0.0011])
+    # the cursor carries on across segments, so late arrivals cost no more than early ones
+    stairs = schedule_mod.staircase_profile(start_rate=100, step_rate=100, step_duration_s=1,
+                                            max_rate=10_000, duration_s=200)
+    times = list(schedule_mod.intended_times(stairs))
+    assert len(times) == round(stairs.expected_count())
+    assert times[-1] == approx(200 - 1 / 10_000)
+    assert schedule_mod.inverse_cumulative(stairs, 150.0) == approx(1.25)  # 100 + 50 of 200
