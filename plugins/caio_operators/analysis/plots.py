@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from caio_operators.analysis.summary import load_levels
 from caio_operators.results import schema as sc
 
 FIGSIZE = (8.0, 3.4)
@@ -172,7 +173,8 @@ def users_plot(timeseries: pd.DataFrame) -> bytes:
 
 
 def latency_vs_throughput_plot(timeseries: pd.DataFrame) -> bytes:
-    """Per-interval p50 and p95 latency against requests/s, coloured by users."""
+    """The latency-throughput curve: one point per users level (steady intervals only),
+    over the per-interval p50 and p95 points coloured by users."""
     fig, (ax,) = _figure(height=4.0)
     rows = timeseries[timeseries["dimension"] == sc.DIMENSION_ALL]
     wide = rows.pivot_table(index="ts", columns="metric", values="value", aggfunc="last") \
@@ -189,11 +191,22 @@ def latency_vs_throughput_plot(timeseries: pd.DataFrame) -> bytes:
     points = None
     for metric, marker, label in ((sc.CLIENT_LATENCY_P50_MS, "o", "p50"),
                                   (sc.CLIENT_LATENCY_P95_MS, "^", "p95")):
-        points = ax.scatter(wide[sc.REQUEST_RATE_RPS], wide[metric], marker=marker, s=18,
-                            alpha=0.8, label=label, **kwargs)
+        points = ax.scatter(wide[sc.REQUEST_RATE_RPS], wide[metric], marker=marker, s=14,
+                            alpha=0.35, label=f"{label} per interval", **kwargs)
     if colour is not None and points is not None:
         fig.colorbar(points, ax=ax, label="users")
-    ax.set_xlabel("requests/s (per interval)")
+    # Per-interval rates are whole numbers at low rates; the levels carry the curve.
+    levels = load_levels(timeseries)
+    if levels:
+        rates = [lv["throughput_rps"] for lv in levels]
+        for key, marker, label in (("p50_ms", "o", "p50"), ("p95_ms", "^", "p95")):
+            ax.plot(rates, [lv[key] for lv in levels], marker=marker, color="black",
+                    linewidth=1.2, markersize=7, label=f"{label} per users level")
+        for lv, rate in zip(levels, rates, strict=True):
+            ax.annotate(f"{lv['users']} users", (rate, lv["p95_ms"]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+        ax.legend(fontsize=7, loc="upper left")
+    ax.set_xlabel("successful requests/s")
     ax.set_ylabel("latency ms")
     ax.set_title("Latency vs throughput (o p50, ^ p95)", fontsize=10)
     ax.grid(True, alpha=0.3)
