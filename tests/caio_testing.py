@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import uuid
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "plugins") not in sys.path:
@@ -39,3 +41,22 @@ def our_processes() -> list:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return found
+
+
+LOCUST_DIR = REPO / "locust"
+
+
+def load_locust_module(name: str) -> ModuleType:
+    """Import ``locust/<name>.py`` by path (the folder name would clash with the locust
+    package); these helper modules never import locust or gevent."""
+    if name in sys.modules:
+        return sys.modules[name]
+    sys.path.insert(0, str(LOCUST_DIR))  # for their sibling imports
+    try:
+        spec = importlib.util.spec_from_file_location(name, LOCUST_DIR / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(LOCUST_DIR))
+    return module

@@ -10,41 +10,24 @@ pointing at a local folder.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from caio_testing import LOCUST_DIR, load_locust_module
 
-LOCUST_DIR = Path(__file__).resolve().parents[2] / "locust"
 LOCUSTFILE = LOCUST_DIR / "locustfile.py"
 PREDICT_PATH = "/v1/projects/p/models/m/versions/v1:predict"
 
 
-def _load(name: str) -> ModuleType:
-    """``locust/<name>.py`` by path (the folder name would clash with the locust package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    sys.path.insert(0, str(LOCUST_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location(name, LOCUST_DIR / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(LOCUST_DIR))
-    return module
-
-
 @pytest.fixture(scope="module")
 def cl() -> ModuleType:
-    _load("shapes")
-    return _load("caio_load")
+    load_locust_module("shapes")
+    return load_locust_module("caio_load")
 
 
 BASE = {

@@ -4,38 +4,18 @@ real loopback HTTP server speaking the AI Platform Prediction predict route."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
-import sys
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import ModuleType
 
 import pytest
+from caio_testing import LOCUST_DIR, load_locust_module
 
-REPO = Path(__file__).resolve().parents[2]
-LOCUST_DIR = REPO / "locust"
 LOCUSTFILE = LOCUST_DIR / "locustfile.py"
 PREDICT_PATH = "/v1/projects/p/models/m/versions/v1:predict"
-
-
-def load_locust_module(name: str) -> ModuleType:
-    """Import ``locust/<name>.py`` by path (the folder name would clash with the locust
-    package); these helper modules never import locust or gevent."""
-    if name in sys.modules:
-        return sys.modules[name]
-    sys.path.insert(0, str(LOCUST_DIR))  # for their sibling imports
-    try:
-        spec = importlib.util.spec_from_file_location(name, LOCUST_DIR / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(LOCUST_DIR))
-    return module
 
 
 @pytest.fixture(scope="session")
