@@ -17,11 +17,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 CONF ?= {}
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test lint lock clean
+.PHONY: help setup demo test lint lock clean bench-loadgen
 
 help:
 	@echo "make demo   run caio_load_test end to end on this machine (local target)"
 	@echo "make test   lint + the test suite"
+	@echo "make bench-loadgen   load-generator efficiency (bench/README.md; BENCH_ARGS='--seconds 15')"
 	@echo "make lint | lock | clean"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -47,6 +48,11 @@ demo: setup
 
 test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Uses nginx and wrk when they are on PATH (apt-get install -y nginx wrk); installs neither.
+BENCH_ARGS ?=
+bench-loadgen: $(STAMP)
+	$(BIN)/python bench/loadgen.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
