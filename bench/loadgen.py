@@ -561,8 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or min(args.seconds, args.users, args.rounds) < 1:
         parser.error(f"unknown clients {unknown} (use {','.join(ALL_CLIENTS)})" if unknown
                      else "--seconds, --users and --rounds must be >= 1")
-    command = [Path(sys.executable).name, "bench/loadgen.py", *(argv if argv is not None
-                                                                else sys.argv[1:])]
+    python = os.path.relpath(sys.executable, REPO)
+    python = python if not python.startswith("..") else sys.executable
+    command = [python, "bench/loadgen.py", *(argv if argv is not None else sys.argv[1:])]
     print(f"load-generator efficiency: {args.users} users, {args.seconds} s per client")
     result = run(args.seconds, args.users, args.signature, args.responder, names, args.rounds)
     result["command"] = " ".join(command)
