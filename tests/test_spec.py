@@ -36,6 +36,17 @@ def test_round_trips_through_xcom_dict(schema):
     assert "run_id" not in spec.params() and spec.params()["users"] == 3
 
 
+def test_open_rate_takes_rate_arrivals_and_max_in_flight(schema):
+    spec = check(schema, load_shape="open_rate", rate=250.5, arrivals="poisson",
+                 max_in_flight=64, workers=4, users=1)  # users does not bound workers here
+    assert (spec.load_shape, spec.rate, spec.arrivals, spec.max_in_flight) == (
+        "open_rate", 250.5, "poisson", 64)
+    assert spec.params()["rate"] == 250.5
+    defaults = check(schema)
+    assert (defaults.rate, defaults.arrivals, defaults.max_in_flight) == (10.0, "constant", 256)
+    assert "ignored" in schema["load_shape"]["description"]
+
+
 def test_run_id_is_bounded_and_stable():
     long = make_run_id("m" * 60, "v" * 60, RUN)
     assert len(long) <= 63 and long == make_run_id("m" * 60, "v" * 60, RUN)
@@ -50,7 +61,12 @@ def test_run_id_is_bounded_and_stable():
         ({"users": 10**7}, "users", "<= 10000"),
         ({"duration_s": 0}, "duration_s", ">= 5"),
         ({"target": "mars"}, "target", "local, endpoint"),
-        ({"load_shape": "zigzag"}, "load_shape", "constant, staircase"),
+        ({"load_shape": "zigzag"}, "load_shape", "constant, staircase, open_rate"),
+        ({"load_shape": "open_rate", "rate": 0}, "rate", "> 0"),
+        ({"load_shape": "open_rate", "rate": 200000}, "rate", "<= 100000"),
+        ({"load_shape": "open_rate", "arrivals": "bursty"}, "arrivals", "constant, poisson"),
+        ({"load_shape": "open_rate", "max_in_flight": 0}, "max_in_flight", ">= 1"),
+        ({"max_in_flight": 100001}, "max_in_flight", "<= 100000"),
         ({"protocol": "grpc"}, "protocol", "caip, vertex, tfserving"),
         ({"signature": "serving_other"}, "signature", "serving_preprocess"),
         ({"model_name": "../etc"}, "model_name", "letters, digits or underscores"),

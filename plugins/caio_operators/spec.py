@@ -25,7 +25,8 @@ TARGETS = ("local", "endpoint", "vertex", "caip")
 CLOUD_TARGETS = ("vertex", "caip")
 PROTOCOLS = ("caip", "vertex", "tfserving")
 SIGNATURES = ("serving_preprocess", "serving_default")
-LOAD_SHAPES = ("constant", "staircase")
+LOAD_SHAPES = ("constant", "staircase", "open_rate")
+ARRIVALS = ("constant", "poisson")
 LOAD_RUNNERS = ("local", "gke")
 BUCKET_SCHEMES = ("file", "gs")
 WAREHOUSE_SCHEMES = ("duckdb", "bigquery")
@@ -119,7 +120,27 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "default": "staircase", "type": "string", "enum": list(LOAD_SHAPES), "section": load,
             "title": "Load shape",
             "description": "constant: `users` users for duration_s. staircase: step_users more "
-                           "users every step_duration_s up to `users`.",
+                           "users every step_duration_s up to `users`. open_rate: requests "
+                           "sent at `rate` req/s whatever the server does (open loop: latency "
+                           "counted from each request's intended send time); users, "
+                           "spawn_rate and think_time_s are ignored.",
+        },
+        "rate": {
+            "default": 10.0, "type": "number", "exclusiveMinimum": 0, "maximum": 100000,
+            "section": load, "title": "Arrival rate (req/s)",
+            "description": "open_rate: target requests per second, split across the workers.",
+        },
+        "arrivals": {
+            "default": "constant", "type": "string", "enum": list(ARRIVALS), "section": load,
+            "title": "Arrivals",
+            "description": "open_rate: constant (evenly spaced sends) or poisson (random, "
+                           "exponential gaps at the same mean rate).",
+        },
+        "max_in_flight": {
+            "default": 256, "type": "integer", "minimum": 1, "maximum": 100000,
+            "section": load, "title": "Max in flight",
+            "description": "open_rate: requests in flight per worker (and its connection pool); "
+                           "a send that would exceed it is dropped and counted as a failure.",
         },
         "users": {
             "default": 8, "type": "integer", "minimum": 1, "maximum": 10000, "section": load,
@@ -293,6 +314,9 @@ class RunSpec:
     gke_cluster: str = ""
     gke_namespace: str = "default"
     locust_image: str = ""
+    rate: float = 10.0
+    arrivals: str = "constant"
+    max_in_flight: int = 256
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -437,7 +461,7 @@ def _rule_problems(p: Mapping[str, Any]) -> list[str]:
             problems.append(f"step_duration_s={p['step_duration_s']}: longer than "
                             f"duration_s={p['duration_s']} (accepted: <= duration_s)")
     problems += _cloud_problems(p)
-    if p["workers"] > p["users"]:
+    if p["load_shape"] != "open_rate" and p["workers"] > p["users"]:
         problems.append(f"workers={p['workers']}: more workers than users={p['users']} leaves "
                         "workers idle (accepted: workers <= users)")
     return problems
