@@ -12,6 +12,23 @@ and body read only); a listener on that same event keeps every request as a raw 
 flushed as ``<output_uri>/requests/worker-<id>-<seq>.csv`` every ``flush_interval_s`` and when
 the test stops, so the raw records and Locust's totals count the same requests.
 
+Open loop (``shape.kind == "open_rate"``): the shape runs one ``OpenRateUser`` per worker,
+whose task is the worker's scheduler: it walks the worker's share of the intended send times
+(``caio_schedule.intended_times``: ``rate`` req/s, constant or Poisson, split over
+``--caio-workers`` by ``--caio-worker-index`` or, in an Indexed GKE Job,
+``JOB_COMPLETION_INDEX``), sleeps until each, admits it through an ``InFlightLimiter``
+(``max_in_flight``) and sends it from its own greenlet on one FastHttpSession whose pool
+holds ``max_in_flight`` connections, so a stalled server never delays the next send. The
+request event it fires carries ``start_time`` = the intended send time and
+``response_time`` = latency from the intended send time (``latency_from_intended_ms``), so
+Locust's stats and the raw records' ``ts``/``latency_ms`` are open-loop figures; the latency
+from the actual send is kept in an in-memory histogram and logged at the end. A send that
+cannot start on time (in-flight cap reached, or more than 1 s late) is not sent: it is
+written as a raw record with ``ok=0``, no latency and error ``dropped: ...`` (a failure for
+harvest; Locust's own stats do not see it). Every request also goes into a per-second HDR
+histogram (``caio_hdr``), flushed with the raw records to
+``<output_uri>/histograms/worker-<id>-<seq>.jsonl``.
+
 Cloud runs, on the master only (the process that holds the aggregated stats):
 
 - with ``CAIO_PUBLISH_URI`` set (the GKE launcher sets it), Locust's CSVs and HTML report are
@@ -33,21 +50,25 @@ import datetime as dt
 import itertools
 import json
 import logging
+import math
 import os
 import sys
 import time
+import zlib
 from typing import Any
 
 import gevent
 import gevent.event
-from locust.contrib.fasthttp import FastHttpUser
+from locust.contrib.fasthttp import FastHttpSession, FastHttpUser
 from locust.runners import STATE_RUNNING, STATE_SPAWNING, MasterRunner, WorkerRunner
 
-from locust import LoadTestShape, constant, events, task
+from locust import LoadTestShape, User, constant, events, task
 
 # isort: split
 # siblings of this file: locust puts the locustfile's folder on sys.path while importing it
+import caio_hdr
 import caio_load
+import caio_schedule
 import shapes
 
 log = logging.getLogger("caio")
@@ -64,6 +85,10 @@ class _State:
     records: caio_load.RecordBuffer | None = None
     token: TokenRefresher | None = None
     users = itertools.count()
+    workers = 1
+    worker_index = 0
+    hists: caio_hdr.HistogramBuffer | None = None  # open_rate only
+    scheduling = False  # this worker's open_rate scheduler has started
     # Set when a worker has its request bodies. A worker is connected to the master before
     # its init runs, and reading a gs:// payload yields to other greenlets: the master's
     # spawn message can start users before init is done.
@@ -116,6 +141,28 @@ def _add_arguments(parser) -> None:
         "--caio-config", type=str, default="", env_var="CAIO_CONFIG",
         help="URI of the caio test config JSON (path, file:// or gs://)",
     )
+    parser.add_argument(
+        "--caio-workers", type=int, default=1, env_var="CAIO_WORKERS",
+        help="how many Locust workers share the open_rate schedule",
+    )
+    parser.add_argument(
+        "--caio-worker-index", type=int, default=-1, env_var="CAIO_WORKER_INDEX",
+        help="this worker's share (0..workers-1) of the open_rate schedule; default: "
+             "JOB_COMPLETION_INDEX (Indexed GKE Job) or 0",
+    )
+
+
+def _worker_slot(options: Any) -> tuple[int, int]:
+    """(workers, this worker's index). Read at init: the master's spawn message later
+    overwrites a worker's custom options with its own."""
+    workers = int(getattr(options, "caio_workers", 1) or 1)
+    index = int(getattr(options, "caio_worker_index", -1))
+    if index < 0:
+        index = int(os.environ.get("JOB_COMPLETION_INDEX", "0") or 0)
+    if workers < 1 or not 0 <= index < workers:
+        sys.exit(f"caio: worker index {index} of {workers} workers; pass --caio-workers N "
+                 "and --caio-worker-index 0..N-1")
+    return workers, index
 
 
 @events.init.add_listener
@@ -130,6 +177,7 @@ def _on_init(environment, **_: Any) -> None:
     except Exception as exc:  # a bad config must stop this process, not be logged and ignored
         sys.exit(f"caio: {_describe(exc)}")
     STATE.cfg = cfg
+    STATE.workers, STATE.worker_index = _worker_slot(options)
     PredictUser.wait_time = constant(cfg["think_time_s"])
     PredictUser.network_timeout = float(cfg["request_timeout_s"])
     PredictUser.connection_timeout = float(cfg["request_timeout_s"])
@@ -148,6 +196,8 @@ def _on_init(environment, **_: Any) -> None:
     except Exception as exc:
         sys.exit(f"caio: payload {cfg['payload_uri']}: {_describe(exc)}")
     STATE.records = caio_load.RecordBuffer(cfg["output_uri"], caio_load.worker_id())
+    if cfg["shape"]["kind"] == "open_rate":
+        STATE.hists = caio_hdr.HistogramBuffer(cfg["output_uri"], STATE.records.worker)
     if caio_load.needs_google_auth(cfg["predict_url"]):
         STATE.token = TokenRefresher()
         STATE.token.start()
@@ -253,17 +303,17 @@ def _describe(exc: Exception) -> str:
 
 
 def _flush(reason: str) -> None:
-    records = STATE.records
-    if records is None:
-        return
-    try:
-        uri = records.flush()
-    except Exception as exc:
-        log.error("caio: cannot write raw records under %s (%s: %s); kept for the next flush",
-                  records.output_uri, type(exc).__name__, exc)
-        return
-    if uri:
-        log.debug("caio: flushed records to %s (%s)", uri, reason)
+    for buffer in (STATE.records, STATE.hists):
+        if buffer is None:
+            continue
+        try:
+            uri = buffer.flush()
+        except Exception as exc:
+            log.error("caio: cannot write %s under %s (%s: %s); kept for the next flush",
+                      type(buffer).__name__, buffer.output_uri, type(exc).__name__, exc)
+            continue
+        if uri:
+            log.debug("caio: flushed to %s (%s)", uri, reason)
 
 
 def _flush_loop(interval_s: float) -> None:
@@ -282,15 +332,19 @@ def _record(request_type: str, name: str, response_time: float, response_length:
     error = None
     if exception is not None:
         error = str(exception) if status else f"{type(exception).__name__}: {exception}"
+    ts = start_time if start_time is not None else time.time() - response_time / 1000.0
+    signature = (context or {}).get("signature", "")
     STATE.records.add(
-        ts=start_time if start_time is not None else time.time() - response_time / 1000.0,
+        ts=ts,
         latency_ms=response_time,
         ok=exception is None,
         status_code=status,
-        signature=(context or {}).get("signature", ""),
+        signature=signature,
         nbytes=response_length or 0,
         error=error,
     )
+    if STATE.hists is not None:
+        STATE.hists.add(ts, signature, response_time, exception is None)
 
 
 @events.test_stop.add_listener
@@ -306,6 +360,10 @@ def _on_quitting(**_: Any) -> None:
         lost = f", {len(records.rows)} NOT written" if records.rows else ""
         log.info("caio: worker %s wrote %d records in %d files%s",
                  records.worker, records.written, records.seq, lost)
+    if STATE.hists is not None:
+        lost = f", {len(STATE.hists.intervals)} NOT written" if STATE.hists.intervals else ""
+        log.info("caio: worker %s wrote %d histogram lines in %d files%s",
+                 STATE.hists.worker, STATE.hists.written, STATE.hists.seq, lost)
 
 
 class PredictUser(FastHttpUser):
@@ -345,10 +403,125 @@ class PredictUser(FastHttpUser):
                 response.success()
 
 
-class ConfigShape(LoadTestShape):
-    """Constant or staircase users, read from the test config (see ``shapes.py``)."""
+class OpenRateUser(User):
+    """open_rate: one per worker; its task runs the worker's request scheduler once."""
 
-    def tick(self) -> shapes.Tick:
+    wait_time = constant(1)
+
+    def on_start(self) -> None:
+        if not STATE.ready.wait(timeout=INIT_TIMEOUT_S):
+            raise RuntimeError(f"caio: init did not load the payload within {INIT_TIMEOUT_S:.0f} s")
+
+    @task
+    def schedule(self) -> None:
+        if STATE.scheduling:  # a second user on this worker: the schedule is not its to run
+            return
+        STATE.scheduling = True
+        OpenLoop(self.environment, STATE.cfg).run()
+
+
+class OpenLoop:
+    """One worker's share of an open-loop schedule (see the module docstring)."""
+
+    def __init__(self, environment: Any, cfg: dict[str, Any]):
+        shape = cfg["shape"]
+        self.cfg = cfg
+        self.shape = shape
+        self.url = cfg["predict_url"]
+        self.label = f"predict:{cfg['signature']}"
+        self.context = {"signature": cfg["signature"]}
+        timeout = float(cfg["request_timeout_s"])
+        self.limiter = caio_schedule.InFlightLimiter(int(shape["max_in_flight"]))
+        # one pool of max_in_flight connections: a request waiting on a stalled server holds
+        # one connection, never the next send
+        self.session = FastHttpSession(
+            base_url=environment.host, request_event=environment.events.request, user=None,
+            network_timeout=timeout, connection_timeout=timeout, max_retries=0,
+            concurrency=int(shape["max_in_flight"]))
+        self.sent_hist = caio_hdr.new_histogram()  # latency from the actual send
+
+    def run(self) -> None:
+        shape = self.shape
+        profile = caio_schedule.constant_profile(float(shape["rate"]),
+                                                 float(shape["duration_s"]))
+        seed = zlib.crc32(str(self.cfg.get("test_id", "")).encode())
+        times = caio_schedule.intended_times(
+            profile, arrivals=shape["arrivals"], workers=STATE.workers,
+            worker=STATE.worker_index, seed=seed)
+        t0_perf, t0_wall = time.perf_counter(), time.time()
+        log.info("caio: open_rate worker %d of %d: %.3f req/s total, %s arrivals, at most %d "
+                 "in flight", STATE.worker_index, STATE.workers, float(shape["rate"]),
+                 shape["arrivals"], int(shape["max_in_flight"]))
+        for n, offset in enumerate(times):
+            intended = t0_perf + offset
+            delay = intended - time.perf_counter()
+            if delay > 0:
+                gevent.sleep(delay)
+            admission = self.limiter.admit(intended, time.perf_counter())
+            if admission.started:
+                gevent.spawn(self._send, intended, t0_wall + offset, n)
+            else:
+                self._dropped(t0_wall + offset, admission)
+        self._report()
+
+    def _send(self, intended_perf: float, intended_wall: float, n: int) -> None:
+        body = STATE.bodies[n % len(STATE.bodies)]
+        headers = {"Content-Type": "application/json"}
+        token = STATE.token.header if STATE.token is not None else None
+        if token:
+            headers["Authorization"] = token
+        try:
+            with self.session.post(self.url, data=body, headers=headers, name=self.label,
+                                   context=self.context, catch_response=True) as response:
+                meta = response.request_meta
+                sent_ms = meta.get("response_time")
+                if sent_ms is not None:
+                    caio_hdr.record_us(self.sent_hist, sent_ms)
+                # what the request event (Locust's stats, raw records, histograms) reports
+                meta["start_time"] = intended_wall
+                meta["response_time"] = caio_schedule.latency_from_intended_ms(
+                    intended_perf, time.perf_counter())
+                if response.status_code == 0:
+                    return  # connection error or timeout: Locust already holds the exception
+                error = caio_load.response_error(response.status_code, response.content)
+                if error:
+                    response.failure(error)
+                else:
+                    response.success()
+        finally:
+            self.limiter.finish()
+
+    def _dropped(self, intended_wall: float, admission: caio_schedule.Admission) -> None:
+        why = (f"dropped: {self.limiter.max_in_flight} requests already in flight"
+               if admission.outcome == caio_schedule.DROPPED_CAP
+               else f"dropped: could not start within {self.limiter.drop_after_ms:.0f} ms "
+                    f"(late by {admission.lateness_ms:.0f} ms)")
+        if STATE.records is not None:
+            STATE.records.add(ts=intended_wall, latency_ms=math.nan, ok=False, status_code=0,
+                              signature=self.cfg["signature"], nbytes=0, error=why)
+        if STATE.hists is not None:
+            STATE.hists.add(intended_wall, self.cfg["signature"], None, False)
+
+    def _report(self) -> None:
+        counts = self.limiter.counts
+        sent = self.sent_hist
+        p99 = sent.get_value_at_percentile(99.0) / 1000.0 if sent.get_total_count() else 0.0
+        log.info("caio: open_rate worker %d done: %s, max lateness %.1f ms; latency from the "
+                 "actual send p99 %.1f ms over %d responses so far", STATE.worker_index,
+                 ", ".join(f"{k} {v}" for k, v in counts.items()),
+                 self.limiter.max_lateness_ms, p99, sent.get_total_count())
+
+
+class ConfigShape(LoadTestShape):
+    """Constant or staircase users, or one open-loop scheduler per worker, read from the
+    test config (see ``shapes.py``)."""
+
+    def tick(self) -> tuple[int, float, list[type[User]]] | None:
         if STATE.cfg is None:
             return None
-        return shapes.tick(STATE.cfg["shape"], self.get_run_time())
+        shape = STATE.cfg["shape"]
+        tick = shapes.tick(shape, self.get_run_time(), workers=STATE.workers)
+        if tick is None:
+            return None
+        users = OpenRateUser if shape["kind"] == "open_rate" else PredictUser
+        return tick[0], tick[1], [users]

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-KINDS = ("constant", "staircase")
+KINDS = ("constant", "staircase", "open_rate")
+ARRIVALS = ("constant", "poisson")
 
 Tick = tuple[int, float] | None
 
@@ -38,9 +39,21 @@ def staircase_tick(
     return min(users, step_users * (step + 1)), spawn_rate
 
 
+def open_rate_tick(run_time: float, *, workers: int, duration_s: float,
+                   drain_s: float = 0.0) -> Tick:
+    """Open loop: one user per worker (it hosts that worker's request scheduler) from the
+    start until ``duration_s`` plus ``drain_s`` for the last requests to complete; all
+    spawned at once so the workers' schedules start together."""
+    if run_time >= duration_s + drain_s:
+        return None
+    return workers, float(max(workers, 100))
+
+
 def steps(shape: Mapping[str, Any]) -> list[tuple[float, int]]:
     """The planned ``(start_s, users)`` steps of a shape, e.g. for a report or a log line."""
     validate(shape)
+    if shape["kind"] == "open_rate":
+        return []  # no users to step: the rate is the shape
     if shape["kind"] == "constant":
         return [(0.0, int(shape["users"]))]
     out: list[tuple[float, int]] = []
@@ -54,8 +67,13 @@ def steps(shape: Mapping[str, Any]) -> list[tuple[float, int]]:
     return out
 
 
-def tick(shape: Mapping[str, Any], run_time: float) -> Tick:
-    """The tick of the shape described by a test config's ``shape`` mapping."""
+def tick(shape: Mapping[str, Any], run_time: float, workers: int = 1) -> Tick:
+    """The tick of the shape described by a test config's ``shape`` mapping (``workers``:
+    how many Locust workers there are, for open_rate)."""
+    if shape["kind"] == "open_rate":
+        return open_rate_tick(run_time, workers=workers,
+                              duration_s=float(shape["duration_s"]),
+                              drain_s=float(shape.get("drain_s", 0.0)))
     if shape["kind"] == "constant":
         return constant_tick(
             run_time,
@@ -78,7 +96,16 @@ def validate(shape: Mapping[str, Any]) -> None:
     kind = shape.get("kind")
     if kind not in KINDS:
         raise ValueError(f"shape.kind is {kind!r}; use one of {', '.join(KINDS)}")
+    if kind == "open_rate":
+        if shape.get("arrivals") not in ARRIVALS:
+            raise ValueError(f"shape.arrivals is {shape.get('arrivals')!r}; use one of "
+                             + ", ".join(ARRIVALS))
+        drain = shape.get("drain_s", 0.0)
+        if isinstance(drain, bool) or not isinstance(drain, int | float) or drain < 0:
+            raise ValueError(f"shape.drain_s is {drain!r}; it must be a number >= 0")
     required = ["users", "spawn_rate", "duration_s"]
+    if kind == "open_rate":
+        required = ["rate", "max_in_flight", "duration_s"]
     if kind == "staircase":
         required += ["step_users", "step_duration_s"]
     for name in required:

@@ -462,6 +462,10 @@ def test_run_creates_the_derived_objects_watches_and_cleans_up(base, load_dir, s
     assert container(master)["args"] == list(spec.master_argv[1:])
     assert container(worker)["args"] == list(spec.worker_argvs[0][1:])
     assert worker["spec"]["parallelism"] == worker["spec"]["completions"] == 3
+    # pods share one argv; the Indexed Job's JOB_COMPLETION_INDEX is each one's share
+    assert worker["spec"]["completionMode"] == "Indexed"
+    assert "--caio-worker-index" not in worker["spec"]["template"]["spec"]["containers"][0][
+        "args"]
     assert master["spec"]["parallelism"] == 1 and master["spec"]["backoffLimit"] == 0
     assert container(master)["image"] == container(worker)["image"] == target.image
     assert {"name": "CAIO_PUBLISH_URI", "value": load_dir} in container(master)["env"]

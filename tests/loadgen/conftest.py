@@ -121,3 +121,8 @@ def peak_mod() -> ModuleType:
 @pytest.fixture(scope="session")
 def cpu_mod() -> ModuleType:
     return load_locust_module("caio_cpu")
+
+
+@pytest.fixture(scope="session")
+def caio_hdr_mod() -> ModuleType:
+    return load_locust_module("caio_hdr")

@@ -42,6 +42,29 @@ def test_build_config_shape_and_defaults():
                                  "duration_s": 80.0}
 
 
+def test_open_rate_config_carries_rate_arrivals_and_max_in_flight(caio_load_mod):
+    cfg = _config(load_shape="open_rate", rate=120.0, arrivals="poisson", max_in_flight=32,
+                  duration_s=20, request_timeout_s=2)
+    assert cfg["shape"] == {"kind": "open_rate", "rate": 120.0, "arrivals": "poisson",
+                            "max_in_flight": 32, "duration_s": 20.0, "drain_s": 2.0}
+    assert caio_load_mod.parse_config(cfg)["shape"] == cfg["shape"]
+    spec = launch.build_launch_spec(
+        config=cfg, config_uri="gs://c.json", locust_cmd=["locust"], locustfile="f.py",
+        workers=2, csv_prefix="/o/l", html_path="/o/h", log_dir="/o/logs",
+        index_workers=False)
+    assert spec.worker_argvs[0] == spec.worker_argvs[1]  # GKE: one pod template
+    assert "--caio-worker-index" not in spec.worker_argvs[0]
+    assert spec.duration_s == 22.0  # the drain is part of the run
+    for bad, message in (({"rate": 0}, "rate is 0"), ({"arrivals": "burst"}, "arrivals is"),
+                         ({"max_in_flight": 0}, "max_in_flight is 0")):
+        with pytest.raises(ValueError, match=message):
+            _config(load_shape="open_rate", **bad)
+    with pytest.raises(caio_load_mod.ConfigError, match=r"shape\.arrivals"):
+        caio_load_mod.parse_config({**cfg, "shape": {**cfg["shape"], "arrivals": "x"}})
+    with pytest.raises(caio_load_mod.ConfigError, match=r"shape\.rate"):
+        caio_load_mod.parse_config({**cfg, "shape": {**cfg["shape"], "rate": -1}})
+
+
 def test_build_config_is_what_the_locustfile_accepts(caio_load_mod):
     for shape in ("constant", "staircase"):
         cfg = _config(load_shape=shape)
@@ -79,14 +102,16 @@ def test_master_and_worker_argv():
         "--master-bind-host", "0.0.0.0", "--master-bind-port", "5557",
         "--csv", "/out/locust", "--csv-full-history", "--html", "/out/locust_report.html",
         "--host", "http://127.0.0.1:8501", "--exit-code-on-error", "0", "--loglevel", "INFO",
-        "--caio-config", "gs://bkt/runs/r/load/config.json",
+        "--caio-workers", "3", "--caio-config", "gs://bkt/runs/r/load/config.json",
     ]
     assert spec.workers == 3
-    assert list(spec.worker_argvs[0]) == [
-        "locust", "-f", "/home/locust/locustfile.py", "--worker",
-        "--master-host", "locust-master.ns.svc", "--master-port", "5557",
-        "--loglevel", "INFO", "--caio-config", "gs://bkt/runs/r/load/config.json",
-    ]
+    for i in range(3):  # each worker knows its share of an open_rate schedule
+        assert list(spec.worker_argvs[i]) == [
+            "locust", "-f", "/home/locust/locustfile.py", "--worker",
+            "--master-host", "locust-master.ns.svc", "--master-port", "5557",
+            "--loglevel", "INFO", "--caio-workers", "3",
+            "--caio-config", "gs://bkt/runs/r/load/config.json", "--caio-worker-index", str(i),
+        ]
     assert spec.env["CAIO_CONFIG"] == "gs://bkt/runs/r/load/config.json"
     assert spec.requests_uri == "file:///b/runs/r/load/requests"
     assert spec.history_csv == "/out/locust_stats_history.csv"

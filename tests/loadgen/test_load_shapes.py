@@ -62,3 +62,17 @@ def test_steps_lists_the_plan(shapes_mod):
 def test_validate_names_the_bad_field(shapes_mod, shape, message):
     with pytest.raises(ValueError, match=message):
         shapes_mod.validate(shape)
+
+
+def test_open_rate_runs_one_user_per_worker_until_the_drain_ends(shapes_mod):
+    shape = {"kind": "open_rate", "rate": 50.0, "arrivals": "poisson", "max_in_flight": 8,
+             "duration_s": 10.0, "drain_s": 2.0}
+    shapes_mod.validate(shape)
+    assert shapes_mod.tick(shape, 0.0, workers=3) == (3, 100.0)
+    assert shapes_mod.tick(shape, 11.9, workers=3) == (3, 100.0)
+    assert shapes_mod.tick(shape, 12.0, workers=3) is None
+    assert shapes_mod.steps(shape) == []
+    with pytest.raises(ValueError, match=r"shape\.arrivals"):
+        shapes_mod.validate({**shape, "arrivals": "bursty"})
+    with pytest.raises(ValueError, match=r"shape\.max_in_flight"):
+        shapes_mod.validate({**shape, "max_in_flight": 0})

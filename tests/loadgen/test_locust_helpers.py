@@ -165,7 +165,8 @@ def test_record_buffer_keeps_rows_when_a_write_fails(caio_load_mod, tmp_path):
 
 def test_helpers_do_not_import_locust_or_gevent():
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import caio_load, shapes; "
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import caio_load, shapes, caio_hdr, caio_schedule; "
         "bad = [m for m in ('locust', 'gevent', 'google.cloud.storage') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
@@ -188,4 +189,4 @@ def test_locustfile_is_standalone():
     done = subprocess.run([sys.executable, "-c", code, str(LOCUSTFILE)],
                           capture_output=True, text=True, timeout=60, cwd=LOCUST_DIR.parent)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "['PredictUser'] ['ConfigShape']" in done.stdout
+    assert "['OpenRateUser', 'PredictUser'] ['ConfigShape']" in done.stdout

@@ -117,6 +117,7 @@ def gke_launch_spec(
         expect_workers_max_wait_s=expect_workers_max_wait_s,
         env={PUBLISH_ENV: publish_uri},
         publish_uri=publish_uri,
+        index_workers=False,  # one pod template: the Indexed Job numbers the pods
     )
 
 
@@ -177,6 +178,9 @@ def build_objects(launch: LaunchSpec, target: GkeTarget, base: LocustBase, *,
                   args=pod_args(launch.worker_argvs[0]), env=launch.env, deadline_s=deadline,
                   ttl_s=ttl_after_finished_s, backoff_limit=workers, parallelism=workers,
                   keep_ports=())
+    # each pod gets JOB_COMPLETION_INDEX 0..workers-1 (its open_rate share), kept by the
+    # pod that replaces it
+    worker["spec"]["completionMode"] = "Indexed"
     svc = base.service
     service = {
         "apiVersion": "v1",

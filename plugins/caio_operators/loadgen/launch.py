@@ -17,7 +17,8 @@ from caio_operators import storage
 
 PROTOCOLS = ("caip", "vertex", "tfserving")
 SIGNATURES = ("serving_default", "serving_preprocess")
-LOAD_SHAPES = ("constant", "staircase")
+LOAD_SHAPES = ("constant", "staircase", "open_rate")
+ARRIVALS = ("constant", "poisson")
 DEFAULT_MASTER_PORT = 5557
 
 
@@ -104,6 +105,7 @@ def master_argv(
         # failed requests are measurements, not a failed run: exit 0 unless Locust broke
         "--exit-code-on-error", "0",
         "--loglevel", loglevel,
+        "--caio-workers", str(workers),
         "--caio-config", config_uri,
     ]
 
@@ -116,16 +118,27 @@ def worker_argv(
     master_host: str,
     master_port: int = DEFAULT_MASTER_PORT,
     loglevel: str = "INFO",
+    workers: int = 1,
+    worker_index: int | None = None,
 ) -> list[str]:
-    return [
+    """A worker of ``workers``. ``worker_index`` (0..workers-1) picks its share of an
+    open_rate schedule; ``None`` leaves it to ``JOB_COMPLETION_INDEX`` (an Indexed GKE Job,
+    whose pods share one argv)."""
+    argv = [
         *locust_cmd,
         "-f", locustfile,
         "--worker",
         "--master-host", master_host,
         "--master-port", str(master_port),
         "--loglevel", loglevel,
+        "--caio-workers", str(workers),
         "--caio-config", config_uri,
     ]
+    if worker_index is not None:
+        if not 0 <= worker_index < workers:
+            raise ValueError(f"worker_index {worker_index} must be in 0..{workers - 1}")
+        argv += ["--caio-worker-index", str(worker_index)]
+    return argv
 
 
 def build_launch_spec(
@@ -145,24 +158,32 @@ def build_launch_spec(
     expect_workers_max_wait_s: int = 120,
     env: Mapping[str, str] | None = None,
     publish_uri: str | None = None,
+    index_workers: bool = True,
 ) -> LaunchSpec:
-    """Master and worker argv for ``config`` (the dict written at ``config_uri``)."""
+    """Master and worker argv for ``config`` (the dict written at ``config_uri``).
+
+    ``index_workers``: give each worker its index in its argv (local processes); ``False``
+    keeps every worker argv equal (GKE pods take it from the Indexed Job instead)."""
     common = {"locust_cmd": list(locust_cmd), "locustfile": locustfile, "config_uri": config_uri}
     master = master_argv(
         **common, predict_url=config["predict_url"], workers=workers, csv_prefix=csv_prefix,
         html_path=html_path, bind_host=bind_host, bind_port=master_port,
         expect_workers_max_wait_s=expect_workers_max_wait_s,
     )
-    worker = worker_argv(**common, master_host=master_host, master_port=master_port)
+    worker_argvs = tuple(
+        tuple(worker_argv(**common, master_host=master_host, master_port=master_port,
+                          workers=workers, worker_index=i if index_workers else None))
+        for i in range(workers))
+    shape = config["shape"]
     return LaunchSpec(
         master_argv=tuple(master),
-        worker_argvs=tuple(tuple(worker) for _ in range(workers)),
+        worker_argvs=worker_argvs,
         env={"PYTHONUNBUFFERED": "1", "CAIO_CONFIG": config_uri, **(env or {})},
         csv_prefix=csv_prefix,
         html_path=html_path,
         log_dir=log_dir,
         requests_uri=storage.join(config["output_uri"], "requests"),
-        duration_s=float(config["shape"]["duration_s"]),
+        duration_s=float(shape["duration_s"]) + float(shape.get("drain_s", 0.0)),
         grace_s=grace_s,
         publish_uri=publish_uri,
         meta={"test_id": config.get("test_id", ""), "master_port": master_port},
@@ -190,9 +211,17 @@ def make_config(
     flush_interval_s: float = 5.0,
     request_timeout_s: float = 30.0,
     instances_per_request: int = 1,
+    rate: float = 10.0,
+    arrivals: str = "constant",
+    max_in_flight: int = 256,
 ) -> dict[str, Any]:
     """The test config the locustfile reads (``--caio-config``). Raises ``ValueError`` naming
-    the first bad argument."""
+    the first bad argument.
+
+    ``load_shape="open_rate"`` sends ``rate`` req/s (``arrivals`` constant or poisson) with
+    at most ``max_in_flight`` requests in flight per worker; ``users``, ``spawn_rate`` and
+    ``think_time_s`` are then not used. Its shape gets ``drain_s`` (the request timeout, at
+    most 3 s) after ``duration_s`` for the last requests to complete."""
     origin(predict_url)
     _one_of("protocol", protocol, PROTOCOLS)
     _one_of("signature", signature, SIGNATURES)
@@ -207,8 +236,17 @@ def make_config(
             raise ValueError(f"{name} is {value!r}; it must be > 0")
     if think_time_s < 0:
         raise ValueError(f"think_time_s is {think_time_s!r}; it must be >= 0")
+    _one_of("arrivals", arrivals, ARRIVALS)
+    if not 0 < rate <= 100_000:
+        raise ValueError(f"rate is {rate!r}; it must be > 0 and <= 100000 req/s")
+    if not 1 <= max_in_flight <= 100_000:
+        raise ValueError(f"max_in_flight is {max_in_flight!r}; it must be 1..100000")
     shape: dict[str, Any] = {"kind": load_shape, "users": int(users),
                              "spawn_rate": float(spawn_rate), "duration_s": float(duration_s)}
+    if load_shape == "open_rate":
+        shape = {"kind": load_shape, "rate": float(rate), "arrivals": arrivals,
+                 "max_in_flight": int(max_in_flight), "duration_s": float(duration_s),
+                 "drain_s": min(float(request_timeout_s), 3.0)}
     if load_shape == "staircase":
         shape.update(step_users=int(step_users), step_duration_s=float(step_duration_s))
     return {
@@ -245,6 +283,7 @@ def build_config(spec: Any, deployment: Mapping[str, Any], **overrides: Any) -> 
         "spawn_rate": spec.spawn_rate, "duration_s": spec.duration_s,
         "step_users": spec.step_users, "step_duration_s": spec.step_duration_s,
         "think_time_s": spec.think_time_s, "instances_per_request": spec.instances_per_request,
+        "rate": spec.rate, "arrivals": spec.arrivals, "max_in_flight": spec.max_in_flight,
     }
     kwargs.update(overrides)
     return make_config(**kwargs)
