@@ -20,10 +20,12 @@ import pytest
 from PIL import Image
 
 from caio_operators import storage
+from caio_operators.layout import RunLayout
 from caio_operators.loadgen import launch
 from caio_operators.loadgen.local import LocalLauncher, local_launch_spec
 from caio_operators.loadgen.payload import write_payload
 from caio_operators.results import hdr
+from caio_operators.results.harvest import harvest_run
 
 PATH = "/v1/projects/p/models/m/versions/v1:predict"
 PERIOD_S, STALL_S, SERVICE_MS = 4.0, 1.0, 1.5
@@ -99,7 +101,7 @@ def run_load(tmp_path: Path, name: str, url: str, **shape) -> Path:
         images.mkdir()
         for i in range(3):
             Image.new("RGB", (40, 30), (80 * i, 120, 200)).save(images / f"img{i}.jpg")
-    load = tmp_path / name
+    load = storage.local_path(RunLayout(f"file://{tmp_path}/bucket", name).load_dir)
     payload_uri = write_payload(images, f"file://{load}/payload.json",
                                 "serving_preprocess")["payload_uri"]
     cfg = launch.make_config(
@@ -147,6 +149,13 @@ def test_open_loop_keeps_the_schedule_and_reports_the_true_tail(tmp_path):
     with (open_dir / "locust_stats.csv").open() as handle:
         locust = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
     assert int(locust["Request Count"]) == len(rows)
+
+    harvested = harvest_run(RunLayout(f"file://{tmp_path}/bucket", "open"),
+                            {"run_id": "open", "load_shape": "open_rate"},
+                            f"duckdb://{tmp_path}/warehouse.duckdb")
+    assert harvested["latency_source"] == "histograms"
+    assert harvested["figures"]["p99_ms"] == whole["p99_ms"]
+    assert harvested["figures"]["requests"] == len(rows)
 
     closed = raw_records(closed_dir)
     closed_p99 = nearest_rank([float(r["latency_ms"]) for r in closed if r["ok"] == "1"], 99)

@@ -107,3 +107,60 @@ def test_harvest_one_million_client_records(bucket, meta, warehouse_uri, capsys)
     with capsys.disabled():
         print(f"\nharvest of {n} client records in {chunks} files: {elapsed:.2f} s "
               f"{result['seconds']}")
+
+
+def write_histograms(layout: RunLayout) -> None:
+    """The small run's successful client latencies (10, 30, 40 ms at 1000 s; 20 at 1001;
+    50 at 1002; 60 at 1003) and its failures, as two workers' histogram files."""
+    from caio_operators.results import hdr
+
+    def line(ts, worker, ok_ms, failed):
+        hist = hdr.new_histogram()
+        hdr.record_many_ms(hist, ok_ms)
+        return hdr.record_line(ts=ts, interval_s=1.0, worker=worker,
+                               signature="serving_default", ok=len(ok_ms), failed=failed,
+                               hist=hist)
+
+    w1 = [line(1000.0, "1", [10.0, 30.0], 0), line(1001.0, "1", [20.0], 1)]
+    w2 = [line(1000.0, "2", [40.0], 0), line(1002.0, "2", [50.0], 0),
+          line(1003.0, "2", [60.0], 1)]
+    for worker, lines in (("1", w1), ("2", w2)):
+        storage.write_text(storage.join(hdr.histograms_dir(layout),
+                                        f"worker-{worker}-000000.jsonl"),
+                           "\n".join(lines) + "\n")
+
+
+def test_latency_percentiles_come_from_histograms_when_the_run_has_them(
+        small_run, meta, warehouse_uri):
+    plain = harvest_run(small_run, meta, warehouse_uri)
+    assert plain["latency_source"] == "records" and plain["figures"]["p50_ms"] == 30.0
+    write_histograms(small_run)
+    result = harvest_run(small_run, meta, warehouse_uri)
+    assert result["latency_source"] == "histograms" and result["skipped_files"] == []
+    # the top of the HDR bucket holding the exact value: 30 ms -> 30.079 ms (< 1% above)
+    figures = result["figures"]
+    assert (figures["p50_ms"], figures["p95_ms"], figures["p99_ms"]) == (30.079, 60.159, 60.159)
+    assert (figures["requests"], figures["failures"]) == (8, 2)  # counts: raw records
+    stored = open_warehouse(warehouse_uri).read_run("run-1")
+    runs = stored["runs"].iloc[0]
+    assert (runs["p90_ms"], runs["p999_ms"], runs["max_ms"]) == (60.159, 60.159, 60.159)
+    assert runs["mean_ms"] == pytest.approx(35.0)  # the exact mean of the records
+    series = stored["timeseries"]
+    p50 = series[(series["metric"] == sc.CLIENT_LATENCY_P50_MS)].sort_values("ts")
+    p99 = series[(series["metric"] == sc.CLIENT_LATENCY_P99_MS)].sort_values("ts")
+    assert p50["value"].tolist() == [30.079, 20.095, 50.175, 60.159]
+    assert p99["value"].tolist() == [40.191, 20.095, 50.175, 60.159]
+    assert [t.timestamp() for t in p50["ts"]] == [1000.0, 1001.0, 1002.0, 1003.0]
+    assert set(p50["dimension"]) == {"all"}
+    # other series are untouched
+    rate = series[series["metric"] == sc.REQUEST_RATE_RPS]
+    assert rate["value"].sum() == 8
+
+
+def test_a_corrupt_histogram_file_is_skipped(small_run, meta, warehouse_uri):
+    write_histograms(small_run)
+    bad = storage.join(small_run.load_dir, "histograms", "worker-3-000000.jsonl")
+    storage.write_text(bad, '{"ts": 1000.0, "hist": "nope"}\n')
+    result = harvest_run(small_run, meta, warehouse_uri)
+    assert result["skipped_files"] == [bad]
+    assert result["figures"]["p50_ms"] == 30.079

@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 
 from caio_operators import storage
 from caio_operators.layout import RunLayout
+from caio_operators.results import hdr
 from caio_operators.results import schema as sc
-from caio_operators.results.consolidate import build_tables
+from caio_operators.results.consolidate import apply_histograms, build_tables
 from caio_operators.results.readers import read_run_inputs
 from caio_operators.results.warehouse import open_warehouse
 
@@ -65,6 +66,20 @@ def _with_problems(runs: pd.DataFrame, problems: Sequence[str]) -> pd.DataFrame:
     return sc.conform("runs", runs)
 
 
+def read_histograms(layout: RunLayout, skipped: list[str]
+                    ) -> list[hdr.HistogramRecord]:
+    """The HDR histogram records the workers wrote (open_rate runs); a file that cannot be
+    read is logged, added to ``skipped`` and left out, like a raw record file."""
+    records: list[hdr.HistogramRecord] = []
+    for uri in storage.list_files(hdr.histograms_dir(layout), ".jsonl"):
+        try:
+            records += hdr.read_records([uri])
+        except (ValueError, storage.StorageError, UnicodeDecodeError) as exc:
+            log.warning("skipping unreadable histogram file %s: %s", uri, exc)
+            skipped.append(uri)
+    return records
+
+
 def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
                 interval_s: float = sc.DEFAULT_INTERVAL_S, *,
                 extra_timeseries: pd.DataFrame | None = None,
@@ -79,17 +94,24 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
     ``warehouse_options`` go to ``open_warehouse`` (``gcp_conn_id``,
     ``impersonation_chain`` for BigQuery).
 
-    Returns a small dict: run_id, row counts, table URIs, key figures, skipped files and
-    the seconds spent.
+    When the workers wrote HDR histograms (``<run>/load/histograms``, open_rate runs), the
+    client latency percentiles (runs figures and per-interval series) come from them
+    (``consolidate.apply_histograms``).
+
+    Returns a small dict: run_id, row counts, table URIs, key figures, skipped files,
+    ``latency_source`` ("histograms" or "records") and the seconds spent.
     """
     if meta.get("run_id") != layout.run_id:
         raise ValueError(f"meta run_id {meta.get('run_id')!r} does not match the layout's "
                          f"run_id {layout.run_id!r}")
     t0 = time.perf_counter()
     raw = read_run_inputs(layout)
+    histograms = read_histograms(layout, raw.skipped)
     t_read = time.perf_counter()
     tables = build_tables(meta, raw.client, raw.server, raw.samples, raw.locust_history,
                           interval_s=interval_s)
+    # when the workers wrote histograms, client latency percentiles come from them
+    tables = apply_histograms(tables, histograms, interval_s)
     if extra_timeseries is not None and len(extra_timeseries):
         extra = sc.conform("timeseries", extra_timeseries)
         others = set(extra["run_id"]) - {layout.run_id}
@@ -114,6 +136,7 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
         "tables": uris,
         "warehouse": warehouse_uri,
         "skipped_files": list(raw.skipped),
+        "latency_source": "histograms" if histograms else "records",
         "figures": {name: _plain(run[name]) for name in KEY_FIGURES},
         "seconds": {"read": round(t_read - t0, 3), "build": round(t_build - t_read, 3),
                     "parquet": round(t_parquet - t_build, 3),
