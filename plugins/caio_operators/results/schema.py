@@ -83,7 +83,7 @@ RUNS: tuple[Column, ...] = (
     _c("model_source", S, "model_source param: builtin:<arch>, hub:<handle> or savedmodel:<uri>"),
     _c("weights", S, "what the weights are (untrained offline architecture, TF Hub, existing)"),
     _c("signature", S, "serving signature driven ('serving_default' | 'serving_preprocess')"),
-    _c("load_shape", S, "'constant' | 'staircase'"),
+    _c("load_shape", S, "'constant' | 'staircase' | 'open_rate'"),
     _c("users", I64, "peak simulated users"),
     _c("workers", I64, "Locust worker processes / pods"),
     _c("replicas", I64, "serving replicas"),
