@@ -3,14 +3,22 @@
 A Locust worker is one gevent process: it can use one core. When it is near 100% of that
 core it sends late and times late, so its numbers describe the generator, not the target.
 A worker samples ``(time.time(), time.process_time())`` now and then; these functions turn
-the samples into CPU % of one core per window and a saturation verdict for the run.
+the samples into CPU % of one core per window and a saturation verdict for the run, and
+``CpuBuffer`` keeps the per-window rows and writes them beside the raw records as
+``<output_uri>/workers/worker-<id>-<seq:06d>.csv`` (``ts,worker,cpu_percent``).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import caio_load
+
+CPU_HEADER = ("ts", "worker", "cpu_percent")
 
 SATURATED_PERCENT = 90.0
 MAX_SATURATED_SHARE = 0.10
@@ -52,3 +60,57 @@ def saturation(percents: Sequence[float], *, threshold: float = SATURATED_PERCEN
     share = sum(1 for p in percents if p >= threshold) / len(percents)
     return Saturation(share > max_share, share, max(percents),
                       sum(percents) / len(percents), threshold, max_share)
+
+
+class CpuBuffer:
+    """One worker's CPU windows held in memory and written as one CSV file per flush.
+
+    ``sample(wall_s, cpu_s)`` takes ``(time.time(), time.process_time())``; each sample after
+    the first adds the row ``ts,worker,cpu_percent`` for the window that ends there (``ts``
+    = the window's start, so harvest bins it with the requests started then). Files are
+    ``<output_uri>/workers/worker-<id>-<seq:06d>.csv``, each whole; a failed write keeps
+    its rows for the next flush.
+    """
+
+    def __init__(self, output_uri: str, worker: str):
+        self.output_uri = output_uri
+        self.worker = worker
+        self.rows: list[tuple[str, str, str]] = []
+        self.seq = 0
+        self.written = 0
+        self.last: tuple[float, float] | None = None
+
+    def sample(self, wall_s: float, cpu_s: float) -> float | None:
+        """Record a sample; return the CPU % of the window it closes (None for the first
+        sample or a window of no wall time)."""
+        previous, self.last = self.last, (wall_s, cpu_s)
+        if previous is None:
+            return None
+        percents = cpu_percent([previous, (wall_s, cpu_s)])
+        if not percents:
+            return None
+        self.rows.append((f"{previous[0]:.3f}", self.worker, f"{percents[0]:.1f}"))
+        return percents[0]
+
+    def flush(self) -> str | None:
+        """Write the buffered rows to a new file; return its URI (None when nothing to do)."""
+        rows, self.rows = self.rows, []
+        if not rows:
+            return None
+        uri = caio_load.join(self.output_uri, "workers", f"worker-{self.worker}-{self.seq:06d}.csv")
+        try:
+            caio_load.write_uri(uri, encode_cpu_rows(rows))
+        except BaseException:
+            self.rows[:0] = rows
+            raise
+        self.seq += 1
+        self.written += len(rows)
+        return uri
+
+
+def encode_cpu_rows(rows: Sequence[Sequence[str]]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CPU_HEADER)
+    writer.writerows(rows)
+    return buf.getvalue().encode("utf-8")

@@ -29,6 +29,11 @@ harvest; Locust's own stats do not see it). Every request also goes into a per-s
 histogram (``caio_hdr``), flushed with the raw records to
 ``<output_uri>/histograms/worker-<id>-<seq>.jsonl``.
 
+Every process that sends requests (a worker, or a standalone run) also samples its own CPU
+(``time.process_time``) every second from a greenlet and writes CPU % of one core per
+second to ``<output_uri>/workers/worker-<id>-<seq>.csv`` with the same flushes
+(``caio_cpu.CpuBuffer``): a worker near 100% sends and times late, and harvest flags it.
+
 Cloud runs, on the master only (the process that holds the aggregated stats):
 
 - with ``CAIO_PUBLISH_URI`` set (the GKE launcher sets it), Locust's CSVs and HTML report are
@@ -66,6 +71,7 @@ from locust import LoadTestShape, User, constant, events, task
 
 # isort: split
 # siblings of this file: locust puts the locustfile's folder on sys.path while importing it
+import caio_cpu
 import caio_hdr
 import caio_load
 import caio_schedule
@@ -75,6 +81,7 @@ log = logging.getLogger("caio")
 
 TOKEN_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 INIT_TIMEOUT_S = 120.0  # how long a user waits for its worker's init to load the payload
+CPU_SAMPLE_S = 1.0  # a worker's CPU sampling period
 
 
 class _State:
@@ -88,6 +95,7 @@ class _State:
     workers = 1
     worker_index = 0
     hists: caio_hdr.HistogramBuffer | None = None  # open_rate only
+    cpu: caio_cpu.CpuBuffer | None = None  # this process's CPU per second
     scheduling = False  # this worker's open_rate scheduler has started
     # Set when a worker has its request bodies. A worker is connected to the master before
     # its init runs, and reading a gs:// payload yields to other greenlets: the master's
@@ -201,6 +209,8 @@ def _on_init(environment, **_: Any) -> None:
     if caio_load.needs_google_auth(cfg["predict_url"]):
         STATE.token = TokenRefresher()
         STATE.token.start()
+    STATE.cpu = caio_cpu.CpuBuffer(cfg["output_uri"], STATE.records.worker)
+    gevent.spawn(_cpu_loop, STATE.cpu)
     gevent.spawn(_flush_loop, float(cfg["flush_interval_s"]))
     STATE.ready.set()
     log.info("caio: worker %s ready: %d request bodies, records to %s",
@@ -303,7 +313,7 @@ def _describe(exc: Exception) -> str:
 
 
 def _flush(reason: str) -> None:
-    for buffer in (STATE.records, STATE.hists):
+    for buffer in (STATE.records, STATE.hists, STATE.cpu):
         if buffer is None:
             continue
         try:
@@ -314,6 +324,13 @@ def _flush(reason: str) -> None:
             continue
         if uri:
             log.debug("caio: flushed to %s (%s)", uri, reason)
+
+
+def _cpu_loop(buffer: caio_cpu.CpuBuffer) -> None:
+    # a late wake-up (a busy worker) only lengthens the window: CPU % divides by wall time
+    while True:
+        buffer.sample(time.time(), time.process_time())
+        gevent.sleep(CPU_SAMPLE_S)
 
 
 def _flush_loop(interval_s: float) -> None:
@@ -364,6 +381,10 @@ def _on_quitting(**_: Any) -> None:
         lost = f", {len(STATE.hists.intervals)} NOT written" if STATE.hists.intervals else ""
         log.info("caio: worker %s wrote %d histogram lines in %d files%s",
                  STATE.hists.worker, STATE.hists.written, STATE.hists.seq, lost)
+    if STATE.cpu is not None:
+        lost = f", {len(STATE.cpu.rows)} NOT written" if STATE.cpu.rows else ""
+        log.info("caio: worker %s wrote %d CPU samples in %d files%s",
+                 STATE.cpu.worker, STATE.cpu.written, STATE.cpu.seq, lost)
 
 
 class PredictUser(FastHttpUser):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 
+import pandas as pd
 import pytest
-from analysis_data import raw_staircase
+from analysis_data import T0, raw_staircase
+from PIL import Image
 
 from caio_operators import storage
 from caio_operators.analysis import plots
@@ -87,3 +90,33 @@ def test_rerun_overwrites_and_unknown_run_fails(stored_run, analysed):
         "report.html", "summary.json"]
     with pytest.raises(ValueError, match="not in the warehouse"):
         analyse_run(warehouse, "run-404", layout)
+
+
+def test_a_saturated_generator_warns_at_the_top_and_plots_worker_cpu(tmp_path):
+    warehouse = f"duckdb://{tmp_path}/wh.duckdb"
+    layout = RunLayout(storage.to_uri(tmp_path / "bucket"), "run-8")
+    # worker 0 calm; worker 1 at >= 90% in 20 of its 24 seconds
+    worker_cpu = pd.DataFrame(
+        [(T0 + s + 0.1, "0", 35.0) for s in range(24)]
+        + [(T0 + s + 0.2, "1", 99.0 if s >= 4 else 60.0) for s in range(24)],
+        columns=["ts", "worker", "cpu_percent"])
+    tables = build_tables({"run_id": "run-8", "status": "success"}, *raw_staircase(),
+                          worker_cpu=worker_cpu)
+    open_warehouse(warehouse).replace_run(tables, "run-8")
+    out = analyse_run(warehouse, "run-8", layout)
+    page = storage.read_text(out["report_uri"])
+    assert out["summary"]["status"] == "degraded"
+    assert out["summary"]["reason"] == (
+        "load generator saturated: worker 1 at 99% CPU in 83% of the run; add workers")
+    assert ("<p class='warning'>Warning: Load generator saturated (busiest worker at 99% of "
+            "its core)") in page
+    assert "Add workers and run again.</p>" in page
+    assert page.index("class='warning'") < page.index("<h2>Finding</h2>")
+    assert "<th>max CPU (busiest Locust worker)</th><td class='num'>99 % of a core</td>" in page
+    assert "WARNING     Load generator saturated" in out["summary_text"]
+    cpu_png = plots.cpu_plot(tables["timeseries"])
+    without = plots.cpu_plot(tables["timeseries"][
+        tables["timeseries"]["metric"] != "worker_cpu_pct"])
+    heights = [Image.open(io.BytesIO(png)).size[1] for png in (without, cpu_png)]
+    assert heights[1] > heights[0]  # a panel of its own for the workers
+    assert base64.b64encode(cpu_png).decode("ascii") in page

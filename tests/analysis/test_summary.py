@@ -104,6 +104,30 @@ def test_summarize_and_text_table():
     assert lines[-1].startswith("finding     Throughput saturates at about 19.0 req/s")
 
 
+def test_a_saturated_load_generator_is_a_visible_warning():
+    row = {**RUN, "status": "degraded", "max_worker_cpu_pct": 97.0, "generator_saturated": True,
+           "reason": "load generator saturated: worker w2 at 97% CPU in 75% of the run; "
+                     "add workers"}
+    summary = summarize(pd.DataFrame([row]), sc.empty_frame("timeseries"))
+    assert (summary["max_worker_cpu_pct"], summary["generator_saturated"]) == (97.0, True)
+    warning = ("Load generator saturated (busiest worker at 97% of its core): a Locust worker "
+               "was at 90% CPU or more in over 10% of the run, so it sent and timed requests "
+               "late; these figures describe the load generator, not the model, and are not "
+               "trustworthy. Add workers and run again.")
+    assert summary["warning"] == warning
+    lines = summary_text(summary).splitlines()
+    assert "load gen    max worker CPU 97 % of a core (busiest Locust worker)" in lines
+    assert f"WARNING     {warning}" in lines
+    calm = summarize(pd.DataFrame([{**RUN, "max_worker_cpu_pct": 41.0,
+                                    "generator_saturated": False}]), sc.empty_frame("timeseries"))
+    assert calm["warning"] is None
+    text = summary_text(calm)
+    assert "max worker CPU 41 % of a core" in text and "WARNING" not in text
+    # runs without worker samples (older rows) read as unknown, not as a warning
+    assert "max worker CPU - % of a core" in summary_text(
+        summarize(pd.DataFrame([RUN]), sc.empty_frame("timeseries")))
+
+
 def test_failed_run_summary_has_gaps_not_errors():
     row = {**RUN, "status": "failed", "reason": "locust exited 1", "requests": 0,
            "failures": 0, "error_rate": math.nan, "p50_ms": math.nan, "p95_ms": None,

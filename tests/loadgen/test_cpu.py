@@ -44,3 +44,31 @@ def test_a_busy_loop_reads_as_a_saturated_core(cpu_mod):
     assert len(percents) == 3
     # a shared machine may steal some of it, but a spinning process is far above idle
     assert all(p > 30 for p in percents)
+
+
+def test_cpu_buffer_writes_one_row_per_window_and_one_file_per_flush(cpu_mod, tmp_path):
+    buf = cpu_mod.CpuBuffer(f"file://{tmp_path}", "host-7")
+    assert buf.sample(100.0, 5.0) is None  # the first sample opens the first window
+    assert buf.sample(101.0, 5.25) == approx(25.0)
+    assert buf.sample(101.0, 5.25) is None  # no wall time: no window
+    assert buf.sample(103.0, 7.15) == approx(95.0)
+    first = buf.flush()
+    assert first == f"file://{tmp_path}/workers/worker-host-7-000000.csv"
+    assert (tmp_path / "workers/worker-host-7-000000.csv").read_text() == (
+        "ts,worker,cpu_percent\n100.000,host-7,25.0\n101.000,host-7,95.0\n")
+    assert buf.flush() is None  # nothing new
+    buf.sample(104.0, 8.15)
+    assert buf.flush().endswith("worker-host-7-000001.csv")
+    assert (buf.seq, buf.written) == (2, 3)
+    assert sorted(p.name for p in (tmp_path / "workers").iterdir()) == [
+        "worker-host-7-000000.csv", "worker-host-7-000001.csv"]
+
+
+def test_cpu_buffer_keeps_its_rows_when_a_write_fails(cpu_mod, tmp_path):
+    (tmp_path / "workers").write_text("a file where the folder should be")
+    buf = cpu_mod.CpuBuffer(f"file://{tmp_path}", "w")
+    buf.sample(0.0, 0.0)
+    buf.sample(1.0, 0.5)
+    with pytest.raises(OSError):
+        buf.flush()
+    assert buf.rows == [("0.000", "w", "50.0")] and buf.seq == 0

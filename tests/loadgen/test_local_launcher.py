@@ -159,6 +159,24 @@ def test_distributed_run_records_every_request(tmp_path, predict_server, caplog)
     assert result["started_at"] <= min(ts) <= max(ts) <= result["ended_at"]
     assert {r["signature"] for r in rows} == {"serving_preprocess"}
 
+    # every worker wrote its own CPU per second beside its records
+    cpu_files = sorted((load / "workers").glob("worker-*.csv"))
+    assert {f.name.rsplit("-", 1)[0] for f in cpu_files} == workers
+    cpu_rows = []
+    for path in cpu_files:
+        with path.open() as handle:
+            cpu_rows.extend(csv.DictReader(handle))
+    by_worker: dict[str, list[float]] = {}
+    for r in cpu_rows:
+        assert result["started_at"] - 5 <= float(r["ts"]) <= result["ended_at"], r
+        by_worker.setdefault(r["worker"], []).append(float(r["cpu_percent"]))
+    assert {f"worker-{w}" for w in by_worker} == workers
+    for percents in by_worker.values():
+        assert len(percents) >= 4  # one a second over a 6-s load
+        # one gevent process uses at most about one core; sending requests uses some of it
+        assert all(0.0 <= p <= 150.0 for p in percents), percents
+        assert max(percents) > 1.0, percents
+
     progress = [r.getMessage() for r in caplog.records if "elapsed" in r.getMessage()]
     assert progress and any("req/s" in line for line in progress)
 
@@ -166,7 +184,8 @@ def test_distributed_run_records_every_request(tmp_path, predict_server, caplog)
     wall = result["ended_at"] - result["started_at"]
     print(f"\nlocust vs loopback: {len(rows)} requests in {span:.1f} s = "
           f"{len(rows) / span:.0f} req/s (4 users, 2 workers), median "
-          f"{statistics.median(latencies):.1f} ms, whole run {wall:.1f} s")
+          f"{statistics.median(latencies):.1f} ms, whole run {wall:.1f} s; worker CPU % "
+          f"{ {w: max(p) for w, p in by_worker.items()} } (max)")
 
 
 def test_stop_mid_run_kills_everything(tmp_path, predict_server):

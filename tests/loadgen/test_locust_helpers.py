@@ -166,7 +166,7 @@ def test_record_buffer_keeps_rows_when_a_write_fails(caio_load_mod, tmp_path):
 def test_helpers_do_not_import_locust_or_gevent():
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); "
-        "import caio_load, shapes, caio_hdr, caio_schedule; "
+        "import caio_load, shapes, caio_hdr, caio_schedule, caio_cpu; "
         "bad = [m for m in ('locust', 'gevent', 'google.cloud.storage') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -14,7 +14,7 @@ RUNS_COLUMNS = [
     "replicas", "started_at", "ended_at", "duration_s", "requests", "failures", "error_rate",
     "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms",
     "server_p50_ms", "server_p99_ms", "peak_cpu_pct", "peak_memory_mb", "provenance",
-    "params", "harvested_at",
+    "params", "harvested_at", "max_worker_cpu_pct", "generator_saturated",
 ]
 
 

@@ -188,10 +188,30 @@ def test_a_failed_replace_changes_nothing(warehouse_uri, tables):
 
     wh = open_warehouse(warehouse_uri)
     wh.replace_run(tables, "run-1")
-    before = counts(wh, "run-1")
-    con = duckdb.connect(str(wh.path))  # an older warehouse: runs lacks a column
-    con.execute("ALTER TABLE runs DROP COLUMN harvested_at")
+    con = duckdb.connect(str(wh.path))  # the last table refuses the rows: a column we never fill
+    con.execute("CREATE TABLE r2 AS SELECT *, 0 AS extra FROM requests")
+    con.execute("DROP TABLE requests")
+    con.execute("ALTER TABLE r2 RENAME TO requests")
+    con.execute("ALTER TABLE requests ALTER extra SET NOT NULL")
     con.close()
-    with pytest.raises(WarehouseError, match=r"nothing changed.*harvested_at"):
+    before = counts(wh, "run-1")
+    with pytest.raises(WarehouseError, match=r"nothing changed.*extra"):
         wh.replace_run(tables, "run-1")
     assert counts(wh, "run-1") == before  # the deletes were rolled back
+
+
+def test_an_older_warehouse_gains_the_new_columns(warehouse_uri, tables):
+    import duckdb
+
+    wh = open_warehouse(warehouse_uri)
+    wh.replace_run(tables, "run-1")
+    con = duckdb.connect(str(wh.path))  # from before the load generator's CPU was kept
+    con.execute("ALTER TABLE runs DROP COLUMN generator_saturated")
+    con.execute("ALTER TABLE runs DROP COLUMN max_worker_cpu_pct")
+    con.close()
+    wh.replace_run(relabel(tables, "run-2"), "run-2")
+    got = wh.query("SELECT run_id, max_worker_cpu_pct, generator_saturated FROM runs "
+                   "ORDER BY run_id")
+    assert got["run_id"].tolist() == ["run-1", "run-2"]
+    assert got["generator_saturated"].isna().all()  # small_run has no worker CPU samples
+    assert list(wh.read_run("run-1")["runs"].columns) == sc.columns("runs")

@@ -15,6 +15,7 @@ import pandas as pd
 
 from caio_operators.analysis.summary import load_levels
 from caio_operators.results import schema as sc
+from caio_operators.results.stats import SATURATED_CPU_PCT
 
 FIGSIZE = (8.0, 3.4)
 DPI = 100
@@ -83,13 +84,15 @@ def _per_dimension(ax, timeseries, metric, t0, ylabel, title, empty) -> bool:
 
 
 def cpu_plot(timeseries: pd.DataFrame) -> bytes:
-    """CPU utilisation per replica over time, and GPU utilisation when there is any.
+    """CPU utilisation per replica over time, GPU utilisation when there is any, and the
+    Locust workers' CPU when they reported it (with the 90% saturation line).
 
     Without GPU series the figure says "no GPU metrics" rather than drawing an empty panel.
     """
     t0 = _t0(timeseries)
     has_gpu = bool((timeseries["metric"] == sc.GPU_UTILIZATION_PCT).any())
-    fig, axes = _figure(2 if has_gpu else 1)
+    has_workers = bool((timeseries["metric"] == sc.WORKER_CPU_PCT).any())
+    fig, axes = _figure(1 + has_gpu + has_workers)
     _per_dimension(axes[0], timeseries, sc.CPU_UTILIZATION_PCT, t0, "% of one core",
                    "CPU utilisation per replica", "no CPU samples")
     if has_gpu:
@@ -97,6 +100,13 @@ def cpu_plot(timeseries: pd.DataFrame) -> bytes:
                        "GPU utilisation per replica", "no GPU metrics")
     else:
         axes[0].set_title("CPU utilisation per replica (no GPU metrics)", fontsize=10)
+    if has_workers:
+        ax = axes[-1]
+        _per_dimension(ax, timeseries, sc.WORKER_CPU_PCT, t0, "% of one core",
+                       "Load generator CPU per Locust worker (a worker can use one core)",
+                       "no worker CPU samples")
+        ax.axhline(SATURATED_CPU_PCT, color="#c62828", linestyle="--", linewidth=1)
+        ax.set_ylim(0, 110)
     return _png(fig)
 
 
@@ -219,7 +229,7 @@ PLOTS: Sequence[tuple[str, str, Callable[[pd.DataFrame], bytes]]] = (
     ("rates", "Response rate and failures", rates_plot),
     ("users", "Users", users_plot),
     ("latency_vs_throughput", "Latency vs throughput", latency_vs_throughput_plot),
-    ("cpu", "CPU and GPU utilisation per replica", cpu_plot),
+    ("cpu", "CPU and GPU utilisation per replica; CPU per Locust worker", cpu_plot),
     ("memory", "Memory per replica", memory_plot),
 )
 

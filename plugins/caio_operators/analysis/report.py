@@ -16,7 +16,7 @@ from typing import Any
 
 from caio_operators import storage
 from caio_operators.analysis import plots
-from caio_operators.analysis.summary import summarize, summary_text
+from caio_operators.analysis.summary import generator_warning, summarize, summary_text
 from caio_operators.layout import RunLayout
 from caio_operators.results.warehouse import open_warehouse
 
@@ -33,6 +33,8 @@ h1 { font-size: 1.5rem; margin-bottom: 0.2rem; } h2 { font-size: 1.15rem; margin
 .success { background: #2e7d32; } .degraded { background: #ef6c00; }
 .failed { background: #c62828; }
 .finding { background: #f4f6fb; border-left: 4px solid #3f51b5; padding: 0.6rem 1rem; }
+.warning { background: #fff3e0; border-left: 4px solid #ef6c00; padding: 0.6rem 1rem;
+           font-weight: 600; }
 table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
 th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
@@ -84,6 +86,8 @@ def _figures_table(s: Mapping[str, Any]) -> str:
         ("duration", f"{_fmt(s.get('duration_s'))} s"),
         ("peak CPU (busiest replica)", f"{_fmt(s.get('peak_cpu_pct'), '{:.0f}')} % of a core"),
         ("peak memory", f"{_fmt(s.get('peak_memory_mb'), '{:.0f}')} MB"),
+        ("max CPU (busiest Locust worker)",
+         f"{_fmt(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core"),
     ]
     body = "".join(f"<tr><th>{_e(k)}</th><td class='num'>{_e(v)}</td></tr>" for k, v in rows)
     lat_keys = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")
@@ -125,6 +129,8 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
         f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
         f"<figcaption>{_e(titles.get(key, key))}</figcaption></figure>"
         for key, png in images.items())
+    warning = generator_warning(s)
+    warning_html = f"<p class='warning'>Warning: {_e(warning)}</p>\n" if warning else ""
     subtitle = (f"model {s.get('model_name')}:{s.get('model_version')} "
                 f"({s.get('model_source')}, weights {s.get('weights')}), "
                 f"signature {s.get('signature')}; target {s.get('target')} "
@@ -139,7 +145,7 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
 <body>
 <h1>Run {_e(s.get('run_id'))} <span class="badge {status_class}">{_e(status)}</span>{reason}</h1>
 <p class="sub">{_e(subtitle)}</p>
-<h2>Finding</h2>
+{warning_html}<h2>Finding</h2>
 <p class="finding">{_e(s.get('finding'))}</p>
 <h2>Key figures</h2>
 {_figures_table(s)}

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from caio_operators.results import schema as sc
+from caio_operators.results.stats import MAX_SATURATED_SHARE, SATURATED_CPU_PCT
 
 MIN_INTERVALS = 3
 GROWTH = 0.05
@@ -33,7 +34,8 @@ FIGURE_FIELDS = ("run_id", "dag_id", "status", "reason", "target", "protocol", "
                  "users", "workers", "replicas", "started_at", "ended_at", "duration_s",
                  "requests", "failures", "error_rate", "throughput_rps", "p50_ms", "p90_ms",
                  "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "server_p50_ms",
-                 "server_p99_ms", "peak_cpu_pct", "peak_memory_mb")
+                 "server_p99_ms", "peak_cpu_pct", "peak_memory_mb", "max_worker_cpu_pct",
+                 "generator_saturated")
 
 
 def plain(value: Any) -> Any:
@@ -140,6 +142,18 @@ def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} ms"
 
 
+def generator_warning(summary: Mapping[str, Any]) -> str | None:
+    """The warning for a run whose load generator was saturated (None otherwise)."""
+    if not summary.get("generator_saturated"):
+        return None
+    peak = summary.get("max_worker_cpu_pct")
+    at = f" (busiest worker at {peak:.0f}% of its core)" if peak is not None else ""
+    return (f"Load generator saturated{at}: a Locust worker was at {SATURATED_CPU_PCT:.0f}% "
+            f"CPU or more in over {MAX_SATURATED_SHARE:.0%} of the run, so it sent and timed "
+            "requests late; these figures describe the load generator, not the model, and are "
+            "not trustworthy. Add workers and run again.")
+
+
 def summarize(runs: pd.DataFrame | Mapping[str, Any], timeseries: pd.DataFrame,
               min_intervals: int = MIN_INTERVALS, growth: float = GROWTH) -> dict[str, Any]:
     """The run's key figures, its users levels and the saturation finding (JSON-friendly)."""
@@ -150,6 +164,7 @@ def summarize(runs: pd.DataFrame | Mapping[str, Any], timeseries: pd.DataFrame,
     out["levels"] = levels
     out["saturation"] = sat
     out["finding"] = sat["finding"]
+    out["warning"] = generator_warning(out)
     out["has_gpu_metrics"] = bool((timeseries["metric"] == sc.GPU_UTILIZATION_PCT).any()) \
         if not timeseries.empty else False
     return out
@@ -185,7 +200,12 @@ def summary_text(summary: Mapping[str, Any]) -> str:
         "",
         f"peak CPU    {_num(s.get('peak_cpu_pct'), '{:.0f}')} % of a core (busiest replica)  "
         f"peak memory {_num(s.get('peak_memory_mb'), '{:.0f}')} MB",
+        f"load gen    max worker CPU {_num(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core "
+        f"(busiest Locust worker)",
     ]
+    warning = generator_warning(s)
+    if warning:
+        lines += ["", f"WARNING     {warning}"]
     levels = s.get("levels") or []
     if levels:
         lines += ["", f"{'users':>7}{'intervals':>11}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}"

@@ -3,6 +3,11 @@
 ``meta`` carries what was known before harvest (see ``META_FIELDS``); the raw frames come
 from :mod:`caio_operators.results.readers` (or a cloud harvester producing the same
 columns). Any of them may be empty: a failed run still yields a ``runs`` row.
+
+The Locust workers' own CPU (``worker_cpu``: ``ts,worker,cpu_percent`` per second) gives
+the ``worker_cpu_pct`` series and the runs' ``max_worker_cpu_pct`` and
+``generator_saturated``; a saturated generator makes a successful run ``degraded``, since
+its latencies then describe the generator rather than the target.
 """
 
 from __future__ import annotations
@@ -32,17 +37,22 @@ _TS_COLS = ["ts", "metric", "dimension", "value"]
 
 def build_tables(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFrame,
                  samples: pd.DataFrame, locust_history: pd.DataFrame,
-                 interval_s: float = sc.DEFAULT_INTERVAL_S) -> dict[str, pd.DataFrame]:
-    """Build ``runs``, ``timeseries`` and ``requests`` for one run, exactly per the schema."""
+                 interval_s: float = sc.DEFAULT_INTERVAL_S, *,
+                 worker_cpu: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Build ``runs``, ``timeseries`` and ``requests`` for one run, exactly per the schema.
+
+    ``worker_cpu``: the Locust workers' CPU samples (``ts,worker,cpu_percent``), if any."""
     run_id = meta.get("run_id")
     if not run_id:
         raise ValueError("meta['run_id'] is required to build a run's tables")
     if interval_s <= 0:
         raise ValueError(f"interval_s must be > 0, got {interval_s}")
     client, server = _clean_records(client), _clean_records(server)
+    worker_cpu = _clean_worker_cpu(worker_cpu)
     requests = _requests_table(run_id, client, server)
-    timeseries = _timeseries_table(run_id, client, server, samples, locust_history, interval_s)
-    runs = _runs_table(meta, client, server, samples)
+    timeseries = _timeseries_table(run_id, client, server, samples, locust_history, interval_s,
+                                   worker_cpu)
+    runs = _runs_table(meta, client, server, samples, worker_cpu)
     return {
         "runs": sc.conform("runs", runs),
         "timeseries": sc.conform("timeseries", timeseries),
@@ -58,6 +68,19 @@ def _clean_records(df: pd.DataFrame) -> pd.DataFrame:
         return df
     out = df[df["ts"].notna()]
     return out.assign(ok=out["ok"].fillna(False).astype(bool))
+
+
+def _clean_worker_cpu(df: pd.DataFrame | None) -> pd.DataFrame:
+    """Samples with a time, a worker and a value (an empty frame when there are none)."""
+    if df is None or df.empty:
+        return pd.DataFrame({"ts": pd.Series([], dtype=float), "worker": pd.Series([], dtype=str),
+                             "cpu_percent": pd.Series([], dtype=float)})
+    return df[df["ts"].notna() & df["worker"].notna() & df["cpu_percent"].notna()]
+
+
+def worker_name(value: Any) -> str:
+    """A worker id -> its timeseries dimension 'worker-<id>'."""
+    return f"worker-{value}"
 
 
 def _utc(epoch_s: pd.Series | np.ndarray) -> pd.DatetimeIndex:
@@ -155,6 +178,15 @@ def _sample_series(samples: pd.DataFrame, interval_s: float) -> list[pd.DataFram
     return out
 
 
+def _worker_series(worker_cpu: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
+    if worker_cpu.empty:
+        return []
+    agg = stats.interval_aggregate(worker_cpu, "cpu_percent", interval_s, by="worker",
+                                   how="mean")
+    return [pd.DataFrame({"ts": agg["ts"], "metric": sc.WORKER_CPU_PCT,
+                          "dimension": agg["worker"].map(worker_name), "value": agg["value"]})]
+
+
 def _users_series(history: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
     if history.empty:
         return []
@@ -167,13 +199,14 @@ def _users_series(history: pd.DataFrame, interval_s: float) -> list[pd.DataFrame
                           "value": agg["value"]})]
 
 
-def _timeseries_table(run_id: str, client, server, samples, history, interval_s: float
-                      ) -> pd.DataFrame:
+def _timeseries_table(run_id: str, client, server, samples, history, interval_s: float,
+                      worker_cpu: pd.DataFrame) -> pd.DataFrame:
     parts = [
         *_client_series(client, interval_s),
         *_server_series(server, interval_s),
         *_sample_series(samples, interval_s),
         *_users_series(history, interval_s),
+        *_worker_series(worker_cpu, interval_s),
     ]
     parts = [p for p in parts if not p.empty]
     if not parts:
@@ -284,8 +317,38 @@ def _status(meta: Mapping[str, Any], figures: Mapping[str, Any],
     return status, reason
 
 
+def _during(samples: pd.DataFrame, started: pd.Timestamp | None,
+            ended: pd.Timestamp | None) -> pd.DataFrame:
+    """The samples whose window starts between the load's start and end (all of them when
+    either is unknown): a worker idles before the load starts and after it stops, which
+    would dilute its busy share."""
+    if samples.empty or started is None or ended is None:
+        return samples
+    ts = samples["ts"].to_numpy(float)
+    return samples[(ts >= started.timestamp()) & (ts < ended.timestamp())]
+
+
+def generator_saturation(worker_cpu: pd.DataFrame) -> tuple[bool | None, str]:
+    """``(saturated, reason)`` for the run from its workers' CPU samples: saturated when any
+    worker was saturated (``stats.cpu_saturation``); the reason names the worker with the
+    largest saturated share. ``(None, "")`` without samples."""
+    if worker_cpu.empty:
+        return None, ""
+    verdicts = []
+    for worker, part in worker_cpu.groupby("worker", sort=True):
+        saturated, share, peak = stats.cpu_saturation(
+            part["cpu_percent"].to_numpy(dtype=float, na_value=np.nan))
+        verdicts.append((saturated, share, peak, str(worker)))
+    saturated = [v for v in verdicts if v[0]]
+    if not saturated:
+        return False, ""
+    _, share, peak, worker = max(saturated, key=lambda v: (v[1], v[2]))
+    return True, (f"load generator saturated: worker {worker} at {peak:.0f}% CPU in "
+                  f"{share:.0%} of the run; add workers")
+
+
 def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFrame,
-                samples: pd.DataFrame) -> pd.DataFrame:
+                samples: pd.DataFrame, worker_cpu: pd.DataFrame) -> pd.DataFrame:
     figures = stats.latency_summary(client)
     ok_server = server[server["ok"]] if not server.empty else server
     server_pct = stats.percentiles(
@@ -301,6 +364,13 @@ def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFr
     duration = (ended - started).total_seconds() if started is not None and ended is not None \
         else math.nan
     status, reason = _status(meta, figures, client)
+    in_run = _during(worker_cpu, started, ended)
+    generator_saturated, saturated_reason = generator_saturation(in_run)
+    if generator_saturated:
+        if status == "success":
+            status, reason = "degraded", saturated_reason
+        else:
+            reason = f"{reason}; {saturated_reason}" if reason else saturated_reason
     harvested = to_utc_timestamp(meta.get("harvested_at")) or pd.Timestamp(
         dt.datetime.now(dt.UTC))
     row: dict[str, Any] = {"run_id": meta["run_id"], "status": status, "reason": reason}
@@ -316,6 +386,8 @@ def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFr
         "provenance": _json(meta.get("provenance")),
         "params": _json(meta.get("params")),
         "harvested_at": harvested,
+        "max_worker_cpu_pct": _max_or_nan(in_run, "cpu_percent"),
+        "generator_saturated": generator_saturated,
     })
     frame = pd.DataFrame([row])
     for col in ("started_at", "ended_at", "harvested_at"):

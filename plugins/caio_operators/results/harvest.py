@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 #: runs-table figures returned by harvest_run (small enough for XCom)
 KEY_FIGURES = ("status", "reason", "requests", "failures", "error_rate", "throughput_rps",
-               "p50_ms", "p95_ms", "p99_ms", "server_p50_ms", "peak_cpu_pct", "duration_s")
+               "p50_ms", "p95_ms", "p99_ms", "server_p50_ms", "peak_cpu_pct", "duration_s",
+               "max_worker_cpu_pct", "generator_saturated")
 
 
 def parquet_bytes(table: str, frame: pd.DataFrame) -> bytes:
@@ -96,7 +97,8 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
 
     When the workers wrote HDR histograms (``<run>/load/histograms``, open_rate runs), the
     client latency percentiles (runs figures and per-interval series) come from them
-    (``consolidate.apply_histograms``).
+    (``consolidate.apply_histograms``). The workers' CPU samples (``<run>/load/workers``)
+    flag a saturated load generator (``runs.generator_saturated``).
 
     Returns a small dict: run_id, row counts, table URIs, key figures, skipped files,
     ``latency_source`` ("histograms" or "records") and the seconds spent.
@@ -109,7 +111,7 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
     histograms = read_histograms(layout, raw.skipped)
     t_read = time.perf_counter()
     tables = build_tables(meta, raw.client, raw.server, raw.samples, raw.locust_history,
-                          interval_s=interval_s)
+                          interval_s=interval_s, worker_cpu=raw.worker_cpu)
     # when the workers wrote histograms, client latency percentiles come from them
     tables = apply_histograms(tables, histograms, interval_s)
     if extra_timeseries is not None and len(extra_timeseries):

@@ -37,6 +37,9 @@ SAMPLE_COLUMNS: dict[str, pa.DataType] = {
     "ts": pa.float64(), "replica": pa.string(), "pid": pa.int64(),
     "cpu_percent": pa.float64(), "rss_mb": pa.float64(),
 }
+WORKER_CPU_COLUMNS: dict[str, pa.DataType] = {
+    "ts": pa.float64(), "worker": pa.string(), "cpu_percent": pa.float64(),
+}
 # Locust's --csv-full-history file: its header -> our name
 LOCUST_HISTORY_COLUMNS: dict[str, tuple[str, pa.DataType]] = {
     "Timestamp": ("ts", pa.float64()),
@@ -64,6 +67,8 @@ class RawInputs:
     samples: pd.DataFrame
     locust_history: pd.DataFrame
     skipped: list[str] = field(default_factory=list)
+    worker_cpu: pd.DataFrame = field(
+        default_factory=lambda: read_csv_files([], WORKER_CPU_COLUMNS))
 
 
 def _types_mapper(arrow_type: pa.DataType):
@@ -138,6 +143,16 @@ def read_samples(samples_dir: str, skipped: list[str] | None = None) -> pd.DataF
     return read_csv_files(storage.list_files(samples_dir, ".csv"), SAMPLE_COLUMNS, skipped)
 
 
+def worker_cpu_dir(layout: RunLayout) -> str:
+    """``<run>/load/workers``: the Locust workers' own CPU samples."""
+    return storage.join(layout.load_dir, "workers")
+
+
+def read_worker_cpu(workers_dir: str, skipped: list[str] | None = None) -> pd.DataFrame:
+    """Locust workers' CPU per second (``ts,worker,cpu_percent``; 100 = one core busy)."""
+    return read_csv_files(storage.list_files(workers_dir, ".csv"), WORKER_CPU_COLUMNS, skipped)
+
+
 def read_locust_history(csv_prefix: str, skipped: list[str] | None = None) -> pd.DataFrame:
     """Locust's ``<prefix>_stats_history.csv`` with columns renamed to ours.
 
@@ -161,4 +176,5 @@ def read_run_inputs(layout: RunLayout) -> RawInputs:
         samples=read_samples(layout.samples_dir, skipped),
         locust_history=read_locust_history(layout.locust_csv_prefix, skipped),
         skipped=skipped,
+        worker_cpu=read_worker_cpu(worker_cpu_dir(layout), skipped),
     )

@@ -30,6 +30,7 @@ CPU_UTILIZATION_PCT = "cpu_utilization_pct"
 MEMORY_MB = "memory_mb"
 REPLICAS = "replicas"
 GPU_UTILIZATION_PCT = "gpu_utilization_pct"
+WORKER_CPU_PCT = "worker_cpu_pct"
 
 METRICS: dict[str, str] = {
     CLIENT_LATENCY_P50_MS: "client-side latency, median of successful requests started in "
@@ -48,6 +49,8 @@ METRICS: dict[str, str] = {
     MEMORY_MB: "resident memory of one replica, mean over the interval; dimension 'replica-<i>'",
     REPLICAS: "replicas reporting samples in the interval",
     GPU_UTILIZATION_PCT: "GPU duty cycle per replica (cloud targets with GPUs only)",
+    WORKER_CPU_PCT: "CPU of one Locust worker (load generator), mean over the interval "
+                    "(100 = one core busy, a worker's limit); dimension 'worker-<id>'",
 }
 
 DEFAULT_INTERVAL_S = 1.0
@@ -108,13 +111,18 @@ RUNS: tuple[Column, ...] = (
     _c("provenance", S, "JSON: package, Locust, TF, Python versions, machine, git sha..."),
     _c("params", S, "JSON: the run parameters as given"),
     _c("harvested_at", UTC_TS, "when these rows were built (UTC)"),
+    _c("max_worker_cpu_pct", F64, "highest CPU of any one Locust worker in any second "
+                                  "(100 = one core, all a worker can use); null without samples"),
+    _c("generator_saturated", B, "a Locust worker was at >= 90% CPU in more than 10% of its "
+                                 "seconds: the figures describe the load generator, not the "
+                                 "target (add workers); null without samples"),
 )
 
 TIMESERIES: tuple[Column, ...] = (
     _c("run_id", S, "run key"),
     _c("ts", UTC_TS, "interval start (UTC), aligned to multiples of interval_s on the epoch"),
     _c("metric", S, "metric name, unit in the name (see the metric list)"),
-    _c("dimension", S, "'all', a signature, 'replica-<i>'; cloud: a latency type "
+    _c("dimension", S, "'all', a signature, 'replica-<i>', 'worker-<id>'; cloud: a latency type "
                        "(model/overhead/total), 'code-<http code>', 'log:<signature>'"),
     _c("value", F64, "the value for that interval"),
 )

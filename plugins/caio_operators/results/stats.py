@@ -26,6 +26,10 @@ SUMMARY_PERCENTILES = {"p50_ms": 50.0, "p90_ms": 90.0, "p95_ms": 95.0, "p99_ms":
                        "p999_ms": 99.9}
 INTERVAL_PERCENTILES = (50.0, 95.0, 99.0)
 STEADY_TRIM_FRACTION = 0.1
+#: a load generator window at or above this CPU % of one core counts as saturated ...
+SATURATED_CPU_PCT = 90.0
+#: ... and a worker with more than this share of such windows saturated the run
+MAX_SATURATED_SHARE = 0.10
 
 
 def _rank(q: float, n: np.ndarray | int) -> np.ndarray:
@@ -204,3 +208,16 @@ def throughput_rps(records: pd.DataFrame, window: tuple[float, float] | None = N
     # half-open [start, end): n evenly spaced requests over (n - 1) gaps give the true rate
     inside = (ts >= start) & (ts < end)
     return float((inside & _ok_mask(records)).sum() / (end - start))
+
+
+def cpu_saturation(percents: Sequence[float], threshold: float = SATURATED_CPU_PCT,
+                   max_share: float = MAX_SATURATED_SHARE) -> tuple[bool, float, float]:
+    """``(saturated, share, peak)`` of one load-generator worker's per-window CPU %:
+    saturated when more than ``max_share`` of the windows are at or above ``threshold``.
+    The same rule as ``locust/caio_cpu.saturation`` (which plugins cannot import); NaN
+    windows are ignored; no windows: ``(False, 0.0, nan)``."""
+    values = [float(p) for p in percents if not math.isnan(float(p))]
+    if not values:
+        return False, 0.0, math.nan
+    share = sum(1 for p in values if p >= threshold) / len(values)
+    return share > max_share, share, max(values)

@@ -146,6 +146,10 @@ class DuckDBWarehouse:
     def _ensure(self, con) -> None:
         for table in TABLES:
             con.execute(self._ddl(table))
+            # a warehouse from before a column was added gets it (null in older rows)
+            for name, type_ in sc.sql_types(table, "duckdb").items():
+                con.execute(f"ALTER TABLE {_quote(table)} ADD COLUMN IF NOT EXISTS "
+                            f"{_quote(name)} {type_}")
 
     def ensure_schema(self) -> None:
         """Create the tables if missing (idempotent)."""
