@@ -10,8 +10,6 @@ the samples into CPU % of one core per window and a saturation verdict for the r
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +60,7 @@ def saturation(percents: Sequence[float], *, threshold: float = SATURATED_PERCEN
                       sum(percents) / len(percents), threshold, max_share)
 
 
-class CpuBuffer:
+class CpuBuffer(caio_load.CsvChunks):
     """One worker's CPU windows held in memory and written as one CSV file per flush.
 
     ``sample(wall_s, cpu_s)`` takes ``(time.time(), time.process_time())``; each sample after
@@ -72,12 +70,11 @@ class CpuBuffer:
     its rows for the next flush.
     """
 
+    folder = "workers"
+    header = CPU_HEADER
+
     def __init__(self, output_uri: str, worker: str):
-        self.output_uri = output_uri
-        self.worker = worker
-        self.rows: list[tuple[str, str, str]] = []
-        self.seq = 0
-        self.written = 0
+        super().__init__(output_uri, worker)
         self.last: tuple[float, float] | None = None
 
     def sample(self, wall_s: float, cpu_s: float) -> float | None:
@@ -91,26 +88,3 @@ class CpuBuffer:
             return None
         self.rows.append((f"{previous[0]:.3f}", self.worker, f"{percents[0]:.1f}"))
         return percents[0]
-
-    def flush(self) -> str | None:
-        """Write the buffered rows to a new file; return its URI (None when nothing to do)."""
-        rows, self.rows = self.rows, []
-        if not rows:
-            return None
-        uri = caio_load.join(self.output_uri, "workers", f"worker-{self.worker}-{self.seq:06d}.csv")
-        try:
-            caio_load.write_uri(uri, encode_cpu_rows(rows))
-        except BaseException:
-            self.rows[:0] = rows
-            raise
-        self.seq += 1
-        self.written += len(rows)
-        return uri
-
-
-def encode_cpu_rows(rows: Sequence[Sequence[str]]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CPU_HEADER)
-    writer.writerows(rows)
-    return buf.getvalue().encode("utf-8")

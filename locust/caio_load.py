@@ -291,12 +291,13 @@ def worker_id() -> str:
     return f"{host}-{os.getpid()}"
 
 
-class RecordBuffer:
-    """Client raw records held in memory and written as one CSV file per flush.
+class CsvChunks:
+    """Rows held in memory and written as one CSV file per flush:
+    ``<output_uri>/<folder>/worker-<id>-<seq:06d>.csv``, each whole. A failed upload keeps
+    its rows for the next flush. Subclasses name the folder and the header."""
 
-    Files are ``<output_uri>/requests/worker-<id>-<seq:06d>.csv``; each appears whole.
-    A failed upload keeps its rows for the next flush.
-    """
+    folder = ""
+    header: tuple[str, ...] = ()
 
     def __init__(self, output_uri: str, worker: str):
         self.output_uri = output_uri
@@ -305,19 +306,14 @@ class RecordBuffer:
         self.seq = 0
         self.written = 0
 
-    def add(self, ts: float, latency_ms: float, ok: bool, status_code: int, signature: str,
-            nbytes: int, error: str | None) -> None:
-        self.rows.append((f"{ts:.6f}", f"{latency_ms:.3f}", 1 if ok else 0, status_code,
-                          signature, self.worker, nbytes, (error or "")[:MAX_ERROR_CHARS]))
-
     def flush(self) -> str | None:
         """Write the buffered rows to a new file; return its URI (None when nothing to do)."""
         rows, self.rows = self.rows, []  # swap first: requests keep appending meanwhile
         if not rows:
             return None
-        uri = join(self.output_uri, "requests", f"worker-{self.worker}-{self.seq:06d}.csv")
+        uri = join(self.output_uri, self.folder, f"worker-{self.worker}-{self.seq:06d}.csv")
         try:
-            write_uri(uri, encode_records(rows))
+            write_uri(uri, self.encode(rows))
         except BaseException:
             self.rows[:0] = rows
             raise
@@ -325,13 +321,24 @@ class RecordBuffer:
         self.written += len(rows)
         return uri
 
+    def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.header)
+        writer.writerows(rows)
+        return buf.getvalue().encode("utf-8")
 
-def encode_records(rows: Sequence[Sequence[Any]]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(RECORD_HEADER)
-    writer.writerows(rows)
-    return buf.getvalue().encode("utf-8")
+
+class RecordBuffer(CsvChunks):
+    """Client raw records, one CSV file per flush in ``<output_uri>/requests/``."""
+
+    folder = "requests"
+    header = RECORD_HEADER
+
+    def add(self, ts: float, latency_ms: float, ok: bool, status_code: int, signature: str,
+            nbytes: int, error: str | None) -> None:
+        self.rows.append((f"{ts:.6f}", f"{latency_ms:.3f}", 1 if ok else 0, status_code,
+                          signature, self.worker, nbytes, (error or "")[:MAX_ERROR_CHARS]))
 
 
 # ---------------------------------------------------------------- Locust's own files

@@ -415,13 +415,18 @@ class PredictUser(FastHttpUser):
             headers["Authorization"] = token
         with self.client.post(self.url, data=body, headers=headers, name=self.label,
                               context=self.context_, catch_response=True) as response:
-            if response.status_code == 0:
-                return  # connection error or timeout: Locust already holds the exception
-            error = caio_load.response_error(response.status_code, response.content)
-            if error:
-                response.failure(error)
-            else:
-                response.success()
+            _settle(response)
+
+
+def _settle(response) -> None:
+    """Mark a caught response: non-2xx and 2xx carrying ``error`` are failures."""
+    if response.status_code == 0:
+        return  # connection error or timeout: Locust already holds the exception
+    error = caio_load.response_error(response.status_code, response.content)
+    if error:
+        response.failure(error)
+    else:
+        response.success()
 
 
 class OpenRateUser(User):
@@ -502,13 +507,7 @@ class OpenLoop:
                 meta["start_time"] = intended_wall
                 meta["response_time"] = caio_schedule.latency_from_intended_ms(
                     intended_perf, time.perf_counter())
-                if response.status_code == 0:
-                    return  # connection error or timeout: Locust already holds the exception
-                error = caio_load.response_error(response.status_code, response.content)
-                if error:
-                    response.failure(error)
-                else:
-                    response.success()
+                _settle(response)
         finally:
             self.limiter.finish()
 
