@@ -45,9 +45,9 @@ from caio_operators.results import schema as sc
 from caio_operators.results.warehouse import (
     TABLES,
     WarehouseError,
-    _check_one_run,
     _check_select,
     _check_table,
+    run_frames_as_arrow,
 )
 
 log = logging.getLogger(__name__)
@@ -500,13 +500,7 @@ class BigQueryWarehouse:
         """
         from google.cloud import bigquery
 
-        if not run_id:
-            raise WarehouseError("replace_run needs a run_id")
-        payloads = {}
-        for name, frame in tables.items():
-            _check_table(name)
-            _check_one_run(name, frame, run_id)
-            payloads[name] = sc.to_arrow(name, frame)
+        payloads = run_frames_as_arrow(tables, run_id)
         if not self._schema_ready:
             self.ensure_schema()
         run_param = [bigquery.ScalarQueryParameter("run_id", "STRING", run_id)]

@@ -89,6 +89,19 @@ def _check_one_run(name: str, frame: pd.DataFrame, run_id: str) -> None:
             "replace_run writes exactly one run")
 
 
+def run_frames_as_arrow(tables, run_id: str) -> dict:
+    """Check ``tables`` (allow-listed names, rows of ``run_id`` only) and convert each to
+    Arrow with the schema's types: what every warehouse's ``replace_run`` loads."""
+    if not run_id:
+        raise WarehouseError("replace_run needs a run_id")
+    arrow = {}
+    for name, frame in tables.items():
+        _check_table(name)
+        _check_one_run(name, frame, run_id)
+        arrow[name] = sc.to_arrow(name, frame)
+    return arrow
+
+
 class DuckDBWarehouse:
     """A DuckDB file. DuckDB locks the file per process, so each call opens, works, closes.
 
@@ -163,13 +176,7 @@ class DuckDBWarehouse:
         the given frames are inserted, so harvesting a run twice never duplicates it.
         Returns the rows inserted per table.
         """
-        if not run_id:
-            raise WarehouseError("replace_run needs a run_id")
-        arrow = {}
-        for name, frame in tables.items():
-            _check_table(name)
-            _check_one_run(name, frame, run_id)
-            arrow[name] = sc.to_arrow(name, frame)
+        arrow = run_frames_as_arrow(tables, run_id)
         import duckdb
 
         counts = {}
