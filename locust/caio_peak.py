@@ -7,10 +7,13 @@ step (go to another rate) or done (with the highest passing rate). It never read
 or sends a request, so the caller (the Locust master) owns time and the tests own the server.
 
 Each rate is held until it is *stable* (:func:`is_stable`: the last ``windows`` windows each
-have at least ``min_requests`` requests and their throughputs, and latencies, spread by at
-most ``tolerance`` of their mean), or until it clearly fails (the last ``windows`` windows
+have at least ``min_requests`` requests and their throughputs, and median latencies, spread
+by at most ``tolerance`` of their mean; the SLO percentile of the stable stretch is then the
+mean of theirs), or until it clearly fails (the last ``windows`` windows
 all breach the SLO: an overloaded open system never stabilises, its queue and latency just
-grow), or until ``max_windows`` windows have passed without either (failed as unstable).
+grow), or until ``max_windows`` windows have passed without either: then the whole stretch
+is judged (the median window's latency, mean throughput, pooled errors), since a latency
+that never settles within ``tolerance`` is noise at that rate, not a verdict.
 
 Search: multiply the rate by ``factor`` while steps pass; once one fails, bisect between the
 last passing and first failing rate until ``(hi - lo) / lo < precision``. If the first rate
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 HOLD, STEP, DONE = "hold", "step", "done"
 
@@ -35,6 +39,14 @@ class Window:
     latency_ms: float
     requests: int
     errors: int = 0
+    #: the window's median latency, when known: what stability is judged on (a p99 of a few
+    #: hundred requests is close to their maximum and jumps from window to window even when
+    #: the system is in a steady state; the median settles)
+    median_ms: float | None = None
+
+    @property
+    def settled_ms(self) -> float:
+        return self.latency_ms if self.median_ms is None else self.median_ms
 
     @property
     def error_rate(self) -> float:
@@ -52,13 +64,13 @@ def _within(values: Sequence[float], tolerance: float) -> bool:
 def is_stable(windows: Sequence[Window], *, n: int = 3, tolerance: float = 0.10,
               min_requests: int = 100) -> bool:
     """True when the last ``n`` windows each saw at least ``min_requests`` requests and their
-    throughputs, and their latencies, each spread (max - min) by at most ``tolerance`` of
-    their mean."""
+    throughputs, and their latencies (median when known, see ``Window.median_ms``), each
+    spread (max - min) by at most ``tolerance`` of their mean."""
     last = list(windows[-n:])
     if len(last) < n or any(w.requests < min_requests for w in last):
         return False
     return (_within([w.throughput_rps for w in last], tolerance)
-            and _within([w.latency_ms for w in last], tolerance))
+            and _within([w.settled_ms for w in last], tolerance))
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,9 @@ class PeakSearch:
     max_windows: int = 20
     max_rate: float = float("inf")
     min_rate: float = 0.1
+    #: seconds per window; when set, a window at a low rate needs only half the requests
+    #: that rate puts in it (``min_requests`` could never be met at 2 req/s in 5 s windows)
+    window_s: float = 0.0
     history: list[Verdict] = field(default_factory=list)
     rate: float = field(init=False)
     lo: float | None = field(default=None, init=False)
@@ -141,13 +156,19 @@ class PeakSearch:
                     f"by more than {self.tolerance:.0%}")
         return ""
 
+    def needed_requests(self) -> int:
+        """Requests a window at the current rate needs to count (see ``window_s``)."""
+        if self.window_s > 0:
+            return min(self.min_requests, max(1, int(0.5 * self.rate * self.window_s)))
+        return self.min_requests
+
     def _judge(self) -> Verdict | None:
         last = self._current[-self.windows:]
-        enough = (len(last) == self.windows
-                  and all(w.requests >= self.min_requests for w in last))
+        needed = self.needed_requests()
+        enough = len(last) == self.windows and all(w.requests >= needed for w in last)
         breaches = [self._breaches(w) for w in last]
         stable = is_stable(self._current, n=self.windows, tolerance=self.tolerance,
-                           min_requests=self.min_requests)
+                           min_requests=needed)
         if stable:
             # judge the stable stretch as a whole: pooled errors, mean latency and throughput
             pooled = Window(
@@ -160,8 +181,17 @@ class PeakSearch:
             return self._verdict(last[-1], False, f"{breaches[-1]} in {self.windows} "
                                                   "consecutive windows")
         if len(self._current) >= self.max_windows:
-            return self._verdict(last[-1], False,
-                                 f"not stable after {self.max_windows} windows")
+            # noisy but judged: the typical (median) window's latency, mean throughput and
+            # pooled errors of the whole stretch
+            ws = self._current
+            pooled = Window(
+                throughput_rps=sum(w.throughput_rps for w in ws) / len(ws),
+                latency_ms=sorted(w.latency_ms for w in ws)[len(ws) // 2],
+                requests=sum(w.requests for w in ws), errors=sum(w.errors for w in ws))
+            reason = self._breaches(pooled)
+            return self._verdict(pooled, not reason,
+                                 f"not stable after {self.max_windows} windows; on all of "
+                                 f"them: {reason or 'within the SLO'}")
         return None
 
     def _verdict(self, w: Window, passed: bool, reason: str) -> Verdict:
@@ -193,3 +223,79 @@ class PeakSearch:
         if (self.hi - self.lo) / self.lo < self.precision:
             return self._finish(f"converged: {self.lo:g}/s passes, {self.hi:g}/s fails")
         return self._step((self.lo + self.hi) / 2, "bisect")
+
+
+def search_from_shape(shape: dict) -> PeakSearch:
+    """The controller a ``peak_search`` shape mapping describes (``shapes.validate``d)."""
+    max_rate = float(shape.get("max_rate") or 0.0)
+    return PeakSearch(
+        start_rate=float(shape["rate"]), slo_ms=float(shape["slo_ms"]),
+        slo_percentile=float(shape["slo_percentile"]),
+        max_error_rate=float(shape["max_error_rate"]), precision=float(shape["precision"]),
+        min_requests=int(shape["min_requests"]), window_s=float(shape["window_s"]),
+        max_rate=max_rate if max_rate > 0 else float("inf"))
+
+
+class WindowCollector:
+    """Gathers the workers' reports of each measurement window at the current step.
+
+    Every worker sends one report per ``(step, seq)`` window. A window is complete when all
+    ``workers`` reported it, or when ``stale_after`` later windows of the same step are
+    complete without some worker (dead or stuck: the search goes on with the rest). The
+    first ``settle`` windows of each step are dropped: they mix responses to the previous
+    rate with the new one. Reports for other steps than the current one are ignored.
+    """
+
+    def __init__(self, workers: int, *, settle: int = 1, stale_after: int = 2):
+        if workers < 1:
+            raise ValueError(f"workers is {workers!r}; it must be >= 1")
+        self.workers = workers
+        self.settle = settle
+        self.stale_after = stale_after
+        self.step = 0
+        self.next_seq = 0
+        self._pending: dict[int, dict[str, Any]] = {}
+
+    def start_step(self, step: int) -> None:
+        self.step, self.next_seq, self._pending = step, 0, {}
+
+    def add(self, step: int, seq: int, worker: str, item: Any) -> list[tuple[int, list[Any]]]:
+        """Record one worker's report; return the windows ``(seq, items)`` now complete, in
+        order, settle windows left out."""
+        if step != self.step or seq < self.next_seq:
+            return []
+        self._pending.setdefault(seq, {})[worker] = item
+        out = []
+        while self.next_seq in self._pending:
+            seq_now = self.next_seq
+            got = self._pending[seq_now]
+            newest = max(self._pending)
+            if len(got) < self.workers and newest - seq_now < self.stale_after:
+                break
+            del self._pending[seq_now]
+            self.next_seq += 1
+            if seq_now >= self.settle:
+                out.append((seq_now, list(got.values())))
+        return out
+
+
+def search_report(search: PeakSearch, windows: Sequence[dict[str, Any]], *, status: str,
+                  reason: str, window_s: float) -> dict[str, Any]:
+    """The JSON the master writes after every window (``<output>/peak/search.json``):
+    settings, status (running | converged | budget | stopped), the highest rate that
+    passed, each step's verdict and every window judged."""
+    return {
+        "status": status,
+        "reason": reason,
+        "max_sustainable_rps": search.lo,
+        "slo_ms": search.slo_ms,
+        "slo_percentile": search.slo_percentile,
+        "max_error_rate": search.max_error_rate,
+        "precision": search.precision,
+        "window_s": window_s,
+        "stable_windows": search.windows,
+        "tolerance": search.tolerance,
+        "min_requests": search.min_requests,
+        "steps": [dict(step=i, **vars(v)) for i, v in enumerate(search.history)],
+        "windows": list(windows),
+    }

@@ -114,6 +114,31 @@ def spike_profile(
     return RateProfile(tuple(segments), float(duration_s))
 
 
+PROFILES = ("constant", "staircase", "spike")
+
+
+def profile_for(shape: dict) -> RateProfile:
+    """The rate profile an open_rate shape mapping describes (``rate_profile``, default
+    constant): constant ``rate``; staircase from ``step_rate`` up by ``step_rate`` every
+    ``step_duration_s`` to ``rate``; spike at ``spike_rate`` for ``spike_duration_s`` from
+    ``spike_start_s`` over a base of ``rate``."""
+    kind = shape.get("rate_profile", "constant")
+    rate, duration = float(shape["rate"]), float(shape["duration_s"])
+    if kind == "constant":
+        return constant_profile(rate, duration)
+    if kind == "staircase":
+        step = float(shape["step_rate"])
+        return staircase_profile(start_rate=step, step_rate=step,
+                                 step_duration_s=float(shape["step_duration_s"]),
+                                 max_rate=rate, duration_s=duration)
+    if kind == "spike":
+        return spike_profile(base_rate=rate, spike_rate=float(shape["spike_rate"]),
+                             spike_start_s=float(shape["spike_start_s"]),
+                             spike_duration_s=float(shape["spike_duration_s"]),
+                             duration_s=duration)
+    raise ValueError(f"rate_profile is {kind!r}; use one of {', '.join(PROFILES)}")
+
+
 def inverse_cumulative(profile: RateProfile, x: float) -> float | None:
     """The time ``t`` at which ``L(t) = x``, skipping zero-rate gaps (an arrival exactly at
     the end of a segment belongs to the next non-zero one); ``None`` past the end."""

@@ -27,7 +27,20 @@ cannot start on time (in-flight cap reached, or more than 1 s late) is not sent:
 written as a raw record with ``ok=0``, no latency and error ``dropped: ...`` (a failure for
 harvest; Locust's own stats do not see it). Every request also goes into a per-second HDR
 histogram (``caio_hdr``), flushed with the raw records to
-``<output_uri>/histograms/worker-<id>-<seq>.jsonl``.
+``<output_uri>/histograms/worker-<id>-<seq>.jsonl`` (closed-loop requests too).
+
+The master gives every open-loop worker the same wall-clock start (``caio_t0``, sent at
+test start, half a second ahead) so their shares interleave as planned; a ``rate_profile``
+(staircase, spike) shapes the rate over time (``caio_schedule.profile_for``).
+
+Peak search (``shape.kind == "peak_search"``): the same open-loop scheduler at one constant
+rate per step. Each worker sends the master a report every ``window_s`` (``caio_window``:
+requests, errors incl. dropped sends, an HDR histogram of its latencies); the master
+(``PeakMaster``, or the standalone process) merges each window across workers
+(``caio_peak.WindowCollector``), feeds ``caio_peak.PeakSearch``, broadcasts the next rate
+(``caio_rate``), writes ``<output_uri>/peak/search.json`` after every window, and ends the
+test when the search is done. Workers let the last step's requests drain before a new
+step's windows open.
 
 Every process that sends requests (a worker, or a standalone run) also samples its own CPU
 (``time.process_time``) every second from a greenlet and writes CPU % of one core per
@@ -74,6 +87,7 @@ from locust import LoadTestShape, User, constant, events, task
 import caio_cpu
 import caio_hdr
 import caio_load
+import caio_peak
 import caio_schedule
 import shapes
 
@@ -82,6 +96,8 @@ log = logging.getLogger("caio")
 TOKEN_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 INIT_TIMEOUT_S = 120.0  # how long a user waits for its worker's init to load the payload
 CPU_SAMPLE_S = 1.0  # a worker's CPU sampling period
+STEP_POLL_S = 0.1  # how often a peak_search scheduler waiting for its next send checks the step
+START_DELAY_S = 0.5  # open loop: the shared start is this far after the master's test start
 
 
 class _State:
@@ -94,9 +110,20 @@ class _State:
     users = itertools.count()
     workers = 1
     worker_index = 0
-    hists: caio_hdr.HistogramBuffer | None = None  # open_rate only
+    hists: caio_hdr.HistogramBuffer | None = None
     cpu: caio_cpu.CpuBuffer | None = None  # this process's CPU per second
     scheduling = False  # this worker's open_rate scheduler has started
+    # peak_search: the step this worker sends at, its total rate (all workers) and the
+    # window of measurements it is filling; the master (or a standalone run) holds the search
+    step = 0
+    rate = 0.0
+    window: PeakWindow | None = None
+    # open loop: the wall-clock start every worker's schedule counts from (from the master)
+    t0: float | None = None
+    t0_set = gevent.event.Event()
+    step_changed = gevent.event.Event()  # the master moved to another step
+    step_started = gevent.event.Event()  # this worker's scheduler began sending it
+    peak: PeakMaster | None = None
     # Set when a worker has its request bodies. A worker is connected to the master before
     # its init runs, and reading a gs:// payload yields to other greenlets: the master's
     # spawn message can start users before init is done.
@@ -196,6 +223,11 @@ def _on_init(environment, **_: Any) -> None:
              cfg["predict_url"], cfg["signature"], shapes.steps(cfg["shape"]))
     if not isinstance(environment.runner, WorkerRunner):
         _start_cloud_reporting(environment, cfg)
+    if cfg["shape"]["kind"] in shapes.OPEN_LOOP and not isinstance(environment.runner,
+                                                                      MasterRunner):
+        environment.runner.register_message("caio_t0", _on_t0)
+    if cfg["shape"]["kind"] == "peak_search":
+        _init_peak_search(environment, cfg)
     if isinstance(environment.runner, MasterRunner):
         return  # the master only runs the shape; workers send requests
     try:
@@ -204,8 +236,9 @@ def _on_init(environment, **_: Any) -> None:
     except Exception as exc:
         sys.exit(f"caio: payload {cfg['payload_uri']}: {_describe(exc)}")
     STATE.records = caio_load.RecordBuffer(cfg["output_uri"], caio_load.worker_id())
-    if cfg["shape"]["kind"] == "open_rate":
-        STATE.hists = caio_hdr.HistogramBuffer(cfg["output_uri"], STATE.records.worker)
+    # every request also lands in a per-second HDR histogram: exact-to-1% percentiles in
+    # bounded memory whatever the run's length, closed or open loop
+    STATE.hists = caio_hdr.HistogramBuffer(cfg["output_uri"], STATE.records.worker)
     if caio_load.needs_google_auth(cfg["predict_url"]):
         STATE.token = TokenRefresher()
         STATE.token.start()
@@ -362,6 +395,26 @@ def _record(request_type: str, name: str, response_time: float, response_length:
     )
     if STATE.hists is not None:
         STATE.hists.add(ts, signature, response_time, exception is None)
+    if STATE.window is not None:
+        STATE.window.add(response_time, exception is None)
+
+
+@events.test_start.add_listener
+def _on_test_start(environment, **_: Any) -> None:
+    """Master (or standalone): give every open-loop worker the same start, a moment ahead,
+    so their shares of the schedule interleave as planned (this message reaches each worker
+    before the master's spawn message does)."""
+    cfg = STATE.cfg
+    if cfg is None or cfg["shape"]["kind"] not in shapes.OPEN_LOOP:
+        return
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    environment.runner.send_message("caio_t0", {"t0": time.time() + START_DELAY_S})
+
+
+def _on_t0(environment: Any, msg: Any, **_: Any) -> None:
+    STATE.t0 = float(msg.data["t0"])
+    STATE.t0_set.set()
 
 
 @events.test_stop.add_listener
@@ -371,6 +424,8 @@ def _on_test_stop(**_: Any) -> None:
 
 @events.quitting.add_listener
 def _on_quitting(**_: Any) -> None:
+    if STATE.peak is not None:
+        STATE.peak.finish()
     _flush("quit")
     records = STATE.records
     if records is not None:
@@ -451,6 +506,7 @@ class OpenLoop:
 
     def __init__(self, environment: Any, cfg: dict[str, Any]):
         shape = cfg["shape"]
+        self.environment = environment
         self.cfg = cfg
         self.shape = shape
         self.url = cfg["predict_url"]
@@ -468,27 +524,77 @@ class OpenLoop:
 
     def run(self) -> None:
         shape = self.shape
-        profile = caio_schedule.constant_profile(float(shape["rate"]),
-                                                 float(shape["duration_s"]))
         seed = zlib.crc32(str(self.cfg.get("test_id", "")).encode())
-        times = caio_schedule.intended_times(
-            profile, arrivals=shape["arrivals"], workers=STATE.workers,
-            worker=STATE.worker_index, seed=seed)
-        t0_perf, t0_wall = time.perf_counter(), time.time()
-        log.info("caio: open_rate worker %d of %d: %.3f req/s total, %s arrivals, at most %d "
-                 "in flight", STATE.worker_index, STATE.workers, float(shape["rate"]),
+        self.sent = 0
+        log.info("caio: %s worker %d of %d: %.3f req/s total (%s), %s arrivals, at most %d "
+                 "in flight", shape["kind"], STATE.worker_index, STATE.workers,
+                 float(shape["rate"]), shape.get("rate_profile", "constant"),
                  shape["arrivals"], int(shape["max_in_flight"]))
-        for n, offset in enumerate(times):
+        if shape["kind"] == "peak_search":
+            self._run_peak_search(seed)
+        else:
+            self._walk(caio_schedule.profile_for(shape), seed, start_wall=self._shared_start())
+        self._report()
+
+    def _shared_start(self) -> float:
+        """The master's common start time (wall clock), or now if it never came."""
+        if not STATE.t0_set.wait(timeout=INIT_TIMEOUT_S) or STATE.t0 is None:
+            log.warning("caio: no start time from the master; this worker starts now")
+            return time.time()
+        return STATE.t0
+
+    def _run_peak_search(self, seed: int) -> None:
+        """One constant-rate schedule per step, restarted whenever the master moves the
+        search to another rate, until the duration budget is spent (or the test stops).
+        Before each step the requests of the last one drain, and only then does the step's
+        first window open: an overloaded step's backlog must not be billed to the next."""
+        deadline = time.perf_counter() + float(self.shape["duration_s"])
+        gevent.spawn(_window_loop, self.environment.runner, float(self.shape["window_s"]))
+        timeout = float(self.cfg["request_timeout_s"])
+        while time.perf_counter() < deadline:
+            step, rate = STATE.step, STATE.rate
+            self._drain(min(deadline, time.perf_counter() + timeout))
+            STATE.step_started.set()
+            profile = caio_schedule.constant_profile(rate, deadline - time.perf_counter())
+            if not self._walk(profile, seed + step, step=step):
+                return  # the schedule ran to the deadline
+
+    def _drain(self, until_perf: float) -> None:
+        started = time.perf_counter()
+        while self.limiter.in_flight and time.perf_counter() < until_perf:
+            gevent.sleep(0.02)
+        waited = time.perf_counter() - started
+        if waited > 0.5:
+            log.info("caio: waited %.1f s for the last step's requests to finish (%d still "
+                     "in flight)", waited, self.limiter.in_flight)
+
+    def _walk(self, profile: caio_schedule.RateProfile, seed: int,
+              step: int | None = None, start_wall: float | None = None) -> bool:
+        """Send this worker's share of ``profile`` from ``start_wall`` (default now);
+        ``step``: stop early (and return True) when the peak search moves on to another
+        step."""
+        times = caio_schedule.intended_times(
+            profile, arrivals=self.shape["arrivals"], workers=STATE.workers,
+            worker=STATE.worker_index, seed=seed)
+        now_perf, now_wall = time.perf_counter(), time.time()
+        t0_wall = now_wall if start_wall is None else start_wall
+        t0_perf = now_perf + (t0_wall - now_wall)
+        for offset in times:
             intended = t0_perf + offset
-            delay = intended - time.perf_counter()
-            if delay > 0:
-                gevent.sleep(delay)
+            while (delay := intended - time.perf_counter()) > 0:
+                # a peak-search step change must not wait out a long gap at a low rate
+                gevent.sleep(delay if step is None else min(delay, STEP_POLL_S))
+                if step is not None and STATE.step != step:
+                    return True
+            if step is not None and STATE.step != step:
+                return True
             admission = self.limiter.admit(intended, time.perf_counter())
             if admission.started:
-                gevent.spawn(self._send, intended, t0_wall + offset, n)
+                gevent.spawn(self._send, intended, t0_wall + offset, self.sent)
             else:
                 self._dropped(t0_wall + offset, admission)
-        self._report()
+            self.sent += 1
+        return False
 
     def _send(self, intended_perf: float, intended_wall: float, n: int) -> None:
         body = STATE.bodies[n % len(STATE.bodies)]
@@ -521,6 +627,8 @@ class OpenLoop:
                               signature=self.cfg["signature"], nbytes=0, error=why)
         if STATE.hists is not None:
             STATE.hists.add(intended_wall, self.cfg["signature"], None, False)
+        if STATE.window is not None:
+            STATE.window.add(None, False)
 
     def _report(self) -> None:
         counts = self.limiter.counts
@@ -532,16 +640,171 @@ class OpenLoop:
                  self.limiter.max_lateness_ms, p99, sent.get_total_count())
 
 
+# ---------------------------------------------------------------- peak search
+
+
+class PeakWindow:
+    """A worker's measurements since its last window report: a latency histogram of the
+    successful responses, requests and errors (dropped sends included)."""
+
+    __slots__ = ("errors", "hist", "requests", "started")
+
+    def __init__(self) -> None:
+        self.hist = caio_hdr.new_histogram()
+        self.requests = 0
+        self.errors = 0
+        self.started = time.time()
+
+    def add(self, latency_ms: float | None, ok: bool) -> None:
+        self.requests += 1
+        if ok and latency_ms is not None:
+            caio_hdr.record_us(self.hist, latency_ms)
+        else:
+            self.errors += 1
+
+    def report(self, step: int, seq: int) -> dict[str, Any]:
+        return {"step": step, "seq": seq, "worker": caio_load.worker_id(),
+                "requests": self.requests, "errors": self.errors,
+                "elapsed_s": max(time.time() - self.started, 1e-3),
+                "hist": self.hist.encode().decode("ascii")}
+
+
+def _window_loop(runner: Any, window_s: float) -> None:
+    """Worker side: once the scheduler opens a step, send that step's measurements to the
+    master every ``window_s`` until the master moves to another step."""
+    while True:
+        STATE.step_started.wait()
+        STATE.step_started.clear()
+        STATE.step_changed.clear()
+        step, t0, seq = STATE.step, time.time(), 0
+        STATE.window = PeakWindow()
+        while not STATE.step_changed.wait(max(0.0, t0 + (seq + 1) * window_s - time.time())):
+            window, STATE.window = STATE.window, PeakWindow()
+            runner.send_message("caio_window", window.report(step, seq))
+            seq += 1
+        STATE.window = None  # between steps (while the last one drains) nothing counts
+
+
+def _on_rate(environment: Any, msg: Any, **_: Any) -> None:
+    """Worker side: the master moved the search to ``rate`` (all workers) at ``step``."""
+    STATE.rate, STATE.step = float(msg.data["rate"]), int(msg.data["step"])
+    STATE.step_changed.set()
+
+
+def _init_peak_search(environment: Any, cfg: dict[str, Any]) -> None:
+    runner = environment.runner
+    STATE.rate = float(cfg["shape"]["rate"])
+    if not isinstance(runner, WorkerRunner):
+        STATE.peak = PeakMaster(environment, cfg)
+        runner.register_message("caio_window", STATE.peak.on_window)
+    if not isinstance(runner, MasterRunner):
+        runner.register_message("caio_rate", _on_rate)
+
+
+class PeakMaster:
+    """Master side (or a standalone run): merges the workers' windows, feeds the
+    ``caio_peak.PeakSearch`` controller, broadcasts each new rate, and writes the search's
+    progress to ``<output_uri>/peak/search.json`` after every window."""
+
+    def __init__(self, environment: Any, cfg: dict[str, Any]):
+        shape = cfg["shape"]
+        self.environment = environment
+        self.search = caio_peak.search_from_shape(shape)
+        self.window_s = float(shape["window_s"])
+        self.collector = caio_peak.WindowCollector(STATE.workers)
+        self.uri = caio_load.join(cfg["output_uri"], "peak", "search.json")
+        self.windows: list[dict[str, Any]] = []
+        self.step = 0
+        self.step_started = time.time()
+        self.done = False
+        self.status, self.reason = "running", ""
+        log.info("caio: peak search from %.3f req/s: p%g under %g ms, errors under %.2f%%, "
+                 "precision %.0f%%, %g s windows", self.search.rate,
+                 self.search.slo_percentile, self.search.slo_ms,
+                 100 * self.search.max_error_rate, 100 * self.search.precision, self.window_s)
+
+    def on_window(self, environment: Any, msg: Any, **_: Any) -> None:
+        data = msg.data
+        if self.done:
+            return
+        for seq, items in self.collector.add(int(data["step"]), int(data["seq"]),
+                                             str(data["worker"]), data):
+            self._judge(seq, items)
+            if self.done or self.collector.step != data["step"]:
+                break
+
+    def _judge(self, seq: int, items: list[dict[str, Any]]) -> None:
+        hist = caio_hdr.new_histogram()
+        for item in items:
+            hist.add(caio_hdr.HdrHistogram.decode(item["hist"]))
+        requests = sum(int(i["requests"]) for i in items)
+        errors = sum(int(i["errors"]) for i in items)
+        elapsed = max(float(i["elapsed_s"]) for i in items)
+        ok = hist.get_total_count()
+        latency = (hist.get_value_at_percentile(self.search.slo_percentile) / 1000.0
+                   if ok else math.inf)
+        median = hist.get_value_at_percentile(50.0) / 1000.0 if ok else math.inf
+        window = caio_peak.Window(throughput_rps=ok / elapsed, latency_ms=latency,
+                                  requests=requests, errors=errors, median_ms=median)
+        rate = self.search.rate
+        decision = self.search.observe(window)
+        self.windows.append({
+            "step": self.step, "seq": seq, "ts": time.time() - elapsed, "elapsed_s": elapsed,
+            "rate": rate, "throughput_rps": window.throughput_rps,
+            "latency_ms": latency if math.isfinite(latency) else None,
+            "median_ms": median if math.isfinite(median) else None,
+            "requests": requests, "errors": errors, "workers": len(items),
+            "action": decision.action, "reason": decision.reason})
+        log.info("caio: peak step %d at %.3g req/s, window %d: %.3g req/s, p%g %s, %d errors "
+                 "of %d -> %s %s", self.step, rate, seq, window.throughput_rps,
+                 self.search.slo_percentile,
+                 f"{latency:.1f} ms" if math.isfinite(latency) else "n/a", errors, requests,
+                 decision.action, decision.reason)
+        if decision.action == caio_peak.STEP:
+            self.step += 1
+            self.collector.start_step(self.step)
+            self.environment.runner.send_message(
+                "caio_rate", {"step": self.step, "rate": decision.rate})
+        elif decision.action == caio_peak.DONE:
+            self.done = True
+            self.status, self.reason = "converged", decision.reason
+            log.info("caio: peak search done: %.3g req/s sustained (%s)",
+                     decision.rate, decision.reason)
+        self._write()
+
+    def finish(self) -> None:
+        """At exit: a search cut short by the duration budget keeps its best rate so far."""
+        if not self.done:
+            self.done = True
+            self.status = "budget"
+            best = self.search.lo
+            self.reason = (f"duration_s ran out before the search converged; highest rate "
+                           f"that passed so far: {best:g} req/s" if best else
+                           "duration_s ran out before any rate passed")
+        self._write()
+
+    def _write(self) -> None:
+        report = caio_peak.search_report(self.search, self.windows, status=self.status,
+                                         reason=self.reason, window_s=self.window_s)
+        try:
+            caio_load.write_uri(self.uri, json.dumps(report, indent=1).encode(),
+                                "application/json")
+        except Exception as exc:  # the next window writes it again
+            log.error("caio: cannot write %s (%s: %s)", self.uri, type(exc).__name__, exc)
+
+
 class ConfigShape(LoadTestShape):
     """Constant or staircase users, or one open-loop scheduler per worker, read from the
-    test config (see ``shapes.py``)."""
+    test config (see ``shapes.py``); a peak search ends when its controller is done."""
 
     def tick(self) -> tuple[int, float, list[type[User]]] | None:
         if STATE.cfg is None:
+            return None
+        if STATE.peak is not None and STATE.peak.done:
             return None
         shape = STATE.cfg["shape"]
         tick = shapes.tick(shape, self.get_run_time(), workers=STATE.workers)
         if tick is None:
             return None
-        users = OpenRateUser if shape["kind"] == "open_rate" else PredictUser
+        users = OpenRateUser if shape["kind"] in shapes.OPEN_LOOP else PredictUser
         return tick[0], tick[1], [users]

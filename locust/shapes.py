@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-KINDS = ("constant", "staircase", "open_rate")
+KINDS = ("constant", "staircase", "open_rate", "peak_search")
+OPEN_LOOP = ("open_rate", "peak_search")  # one request scheduler per worker, no users
 ARRIVALS = ("constant", "poisson")
+RATE_PROFILES = ("constant", "staircase", "spike")
 
 Tick = tuple[int, float] | None
 
@@ -52,7 +54,7 @@ def open_rate_tick(run_time: float, *, workers: int, duration_s: float,
 def steps(shape: Mapping[str, Any]) -> list[tuple[float, int]]:
     """The planned ``(start_s, users)`` steps of a shape, e.g. for a report or a log line."""
     validate(shape)
-    if shape["kind"] == "open_rate":
+    if shape["kind"] in OPEN_LOOP:
         return []  # no users to step: the rate is the shape
     if shape["kind"] == "constant":
         return [(0.0, int(shape["users"]))]
@@ -69,8 +71,9 @@ def steps(shape: Mapping[str, Any]) -> list[tuple[float, int]]:
 
 def tick(shape: Mapping[str, Any], run_time: float, workers: int = 1) -> Tick:
     """The tick of the shape described by a test config's ``shape`` mapping (``workers``:
-    how many Locust workers there are, for open_rate)."""
-    if shape["kind"] == "open_rate":
+    how many Locust workers there are, for open_rate and peak_search; a peak search also
+    ends when its controller is done, which the locustfile checks)."""
+    if shape["kind"] in OPEN_LOOP:
         return open_rate_tick(run_time, workers=workers,
                               duration_s=float(shape["duration_s"]),
                               drain_s=float(shape.get("drain_s", 0.0)))
@@ -91,24 +94,56 @@ def tick(shape: Mapping[str, Any], run_time: float, workers: int = 1) -> Tick:
     )
 
 
+def _number(shape: Mapping[str, Any], name: str, *, minimum: float = 0.0,
+            inclusive: bool = False, maximum: float | None = None) -> None:
+    value = shape.get(name)
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and (
+        value >= minimum if inclusive else value > minimum)
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        if maximum is not None:
+            bound += f" and <= {maximum:g}"
+        raise ValueError(f"shape.{name} is {value!r}; it must be a number {bound}")
+
+
+def _validate_open_loop(shape: Mapping[str, Any]) -> None:
+    if shape.get("arrivals") not in ARRIVALS:
+        raise ValueError(f"shape.arrivals is {shape.get('arrivals')!r}; use one of "
+                         + ", ".join(ARRIVALS))
+    _number({"drain_s": shape.get("drain_s", 0.0)}, "drain_s", inclusive=True)
+    for name in ("rate", "max_in_flight", "duration_s"):
+        _number(shape, name)
+    if shape["kind"] == "open_rate":
+        profile = shape.get("rate_profile", "constant")
+        if profile not in RATE_PROFILES:
+            raise ValueError(f"shape.rate_profile is {profile!r}; use one of "
+                             + ", ".join(RATE_PROFILES))
+        needs = {"constant": (), "staircase": ("step_rate", "step_duration_s"),
+                 "spike": ("spike_rate", "spike_start_s", "spike_duration_s")}[profile]
+        for name in needs:
+            _number(shape, name)
+        return
+    _number(shape, "slo_ms")
+    _number(shape, "slo_percentile", maximum=99.99)
+    _number(shape, "max_error_rate", inclusive=True, maximum=1.0)
+    _number(shape, "precision", maximum=1.0)
+    _number(shape, "window_s")
+    _number(shape, "min_requests", inclusive=True)
+    _number({"max_rate": shape.get("max_rate", 0.0)}, "max_rate", inclusive=True)
+
+
 def validate(shape: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming the first bad field of a shape mapping."""
     kind = shape.get("kind")
     if kind not in KINDS:
         raise ValueError(f"shape.kind is {kind!r}; use one of {', '.join(KINDS)}")
-    if kind == "open_rate":
-        if shape.get("arrivals") not in ARRIVALS:
-            raise ValueError(f"shape.arrivals is {shape.get('arrivals')!r}; use one of "
-                             + ", ".join(ARRIVALS))
-        drain = shape.get("drain_s", 0.0)
-        if isinstance(drain, bool) or not isinstance(drain, int | float) or drain < 0:
-            raise ValueError(f"shape.drain_s is {drain!r}; it must be a number >= 0")
+    if kind in OPEN_LOOP:
+        _validate_open_loop(shape)
+        return
     required = ["users", "spawn_rate", "duration_s"]
-    if kind == "open_rate":
-        required = ["rate", "max_in_flight", "duration_s"]
     if kind == "staircase":
         required += ["step_users", "step_duration_s"]
     for name in required:
-        value = shape.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ValueError(f"shape.{name} is {value!r}; it must be a number > 0")
+        _number(shape, name)

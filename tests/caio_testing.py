@@ -60,3 +60,33 @@ def load_locust_module(name: str) -> ModuleType:
     finally:
         sys.path.remove(str(LOCUST_DIR))
     return module
+
+
+#: A peak search report as the Locust master writes it (locust/caio_peak.search_report),
+#: three steps: 40 req/s passes, 80 fails, 60 passes; done at 60.
+PEAK_SEARCH_REPORT = {
+    "status": "converged", "reason": "converged: 60/s passes, 80/s fails",
+    "max_sustainable_rps": 60.0, "slo_ms": 100.0, "slo_percentile": 99.0,
+    "max_error_rate": 0.01, "precision": 0.5, "window_s": 2.0, "stable_windows": 3,
+    "tolerance": 0.1, "min_requests": 50,
+    "steps": [
+        {"step": 0, "rate": 40.0, "latency_ms": 20.0, "error_rate": 0.0,
+         "throughput_rps": 40.0, "windows": 3, "passed": True,
+         "reason": "stable and within the SLO"},
+        {"step": 1, "rate": 80.0, "latency_ms": 900.0, "error_rate": 0.05,
+         "throughput_rps": 70.0, "windows": 3, "passed": False,
+         "reason": "error rate 5.00% > 1.00% in 3 consecutive windows"},
+        {"step": 2, "rate": 60.0, "latency_ms": 30.0, "error_rate": 0.0,
+         "throughput_rps": 60.0, "windows": 3, "passed": True,
+         "reason": "stable and within the SLO"},
+    ],
+    "windows": [
+        {"step": step, "seq": seq, "ts": 1_700_000_000.0 + 8 * step + 2 * seq,
+         "elapsed_s": 2.0, "rate": rate, "throughput_rps": tput, "latency_ms": lat,
+         "requests": int(2 * rate), "errors": errors, "workers": 2, "action": "hold",
+         "reason": ""}
+        for step, rate, tput, lat, errors in ((0, 40.0, 40.0, 20.0, 0), (1, 80.0, 70.0, 900.0, 8),
+                                              (2, 60.0, 60.0, 30.0, 0))
+        for seq in (1, 2, 3)
+    ],
+}

@@ -57,7 +57,13 @@ def _query(warehouse: Path, sql: str, *params):
 
 
 def _tail(proc: subprocess.CompletedProcess) -> str:
-    return (proc.stdout + proc.stderr)[-6000:]
+    """The end of the output, after every error line (TensorFlow's stderr chatter would
+    otherwise push the reason out of the assertion message)."""
+    text = proc.stdout + proc.stderr
+    errors = [line for line in text.splitlines()
+              if ("ERROR" in line or "Error" in line or "Traceback" in line)
+              and "cuda" not in line.lower()]
+    return "\n".join(errors[-40:]) + "\n...\n" + proc.stdout[-4000:]
 
 
 def test_local_run_end_to_end(airflow_home, tmp_path):
@@ -122,6 +128,38 @@ def test_local_run_end_to_end(airflow_home, tmp_path):
     after = _query(warehouse, "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM "
                               "requests), (SELECT count(*) FROM timeseries)")
     assert after == before
+
+
+def test_peak_search_end_to_end(airflow_home, tmp_path):
+    """load_shape=peak_search through `airflow dags test` on the local target with the tiny
+    architecture: the search ends, and its curve and verdicts are in the warehouse and the
+    report."""
+    bucket, warehouse = tmp_path / "bucket", tmp_path / "wh.duckdb"
+    conf = {
+        "model_name": "tiny", "model_version": "peak", "model_source": "builtin:tiny",
+        "replicas": 1, "workers": 1, "load_shape": "peak_search", "rate": 20,
+        "max_rate": 160, "slo_ms": 250, "window_s": 2, "min_requests": 30,
+        "peak_precision": 0.25, "duration_s": 150,
+        "bucket": f"file://{bucket}", "warehouse": f"duckdb://{warehouse}",
+    }
+    proc = dags_test(airflow_home, conf)
+    assert proc.returncode == 0, _tail(proc)
+    assert "load: peak search step 0 at 20 req/s passed" in proc.stdout  # the task log
+
+    (run_id, status, shape, best, slo, steps_json), = _query(
+        warehouse, "SELECT run_id, status, load_shape, max_sustainable_rps, slo_ms, "
+                   "peak_search FROM runs")
+    steps = json.loads(steps_json)["steps"]
+    assert (status, shape, slo) == ("success", "peak_search", 250.0), steps
+    assert steps[0]["rate"] == 20.0 and best >= 20.0
+    assert best == max(s["rate"] for s in steps if s["passed"])
+    curve = _query(warehouse, "SELECT dimension, avg(value) FROM timeseries WHERE metric = "
+                              "'peak_offered_rps' GROUP BY dimension ORDER BY dimension")
+    assert [rate for _, rate in curve] == [s["rate"] for s in steps][:len(curve)]
+    assert len(curve) >= len(steps)  # every judged step has its windows
+    report = (bucket / "runs" / run_id / "report" / "report.html").read_text()
+    assert "Peak search:" in report and "Peak search: every window" in report
+    assert not our_processes(), "processes left after the run"
 
 
 def _closed_port() -> int:

@@ -47,6 +47,33 @@ def test_open_rate_takes_rate_arrivals_and_max_in_flight(schema):
     assert "ignored" in schema["load_shape"]["description"]
 
 
+def test_rate_profiles_and_peak_search_params(schema):
+    spec = check(schema, load_shape="peak_search", rate=20, slo_ms=250, slo_percentile=95,
+                 max_rate=400, window_s=2, duration_s=300, workers=2, users=1)
+    assert (spec.load_shape, spec.slo_ms, spec.slo_percentile, spec.max_rate, spec.window_s,
+            spec.peak_precision, spec.min_requests, spec.max_error_rate) == (
+        "peak_search", 250, 95, 400, 2, 0.05, 50, 0.01)
+    stairs = check(schema, load_shape="open_rate", rate_profile="staircase", rate=100,
+                   step_rate=25, step_duration_s=10, duration_s=40)
+    assert (stairs.rate_profile, stairs.step_rate) == ("staircase", 25)
+    problems = [
+        ({"load_shape": "open_rate", "rate_profile": "staircase", "rate": 10, "step_rate": 20},
+         "step_rate=20: above rate=10"),
+        ({"load_shape": "open_rate", "rate_profile": "spike", "spike_start_s": 90},
+         "spike_start_s=90: the spike must start before duration_s=80 ends"),
+        ({"load_shape": "peak_search", "rate": 50, "max_rate": 40},
+         "max_rate=40: below the starting rate=50"),
+        ({"load_shape": "peak_search", "window_s": 30, "duration_s": 60},
+         "duration_s=60: too short to judge even one rate with window_s=30"),
+        ({"rate_profile": "ramp"}, "rate_profile"),
+        ({"slo_percentile": 100}, "slo_percentile"),
+        ({"max_error_rate": 1.5}, "max_error_rate"),
+    ]
+    for params, hint in problems:
+        with pytest.raises(SpecError, match=hint.replace("(", r"\(")):
+            check(schema, **params)
+
+
 def test_run_id_is_bounded_and_stable():
     long = make_run_id("m" * 60, "v" * 60, RUN)
     assert len(long) <= 63 and long == make_run_id("m" * 60, "v" * 60, RUN)

@@ -25,8 +25,10 @@ TARGETS = ("local", "endpoint", "vertex", "caip")
 CLOUD_TARGETS = ("vertex", "caip")
 PROTOCOLS = ("caip", "vertex", "tfserving")
 SIGNATURES = ("serving_preprocess", "serving_default")
-LOAD_SHAPES = ("constant", "staircase", "open_rate")
+LOAD_SHAPES = ("constant", "staircase", "open_rate", "peak_search")
+OPEN_LOOP_SHAPES = ("open_rate", "peak_search")
 ARRIVALS = ("constant", "poisson")
+RATE_PROFILES = ("constant", "staircase", "spike")
 LOAD_RUNNERS = ("local", "gke")
 BUCKET_SCHEMES = ("file", "gs")
 WAREHOUSE_SCHEMES = ("duckdb", "bigquery")
@@ -121,14 +123,83 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "title": "Load shape",
             "description": "constant: `users` users for duration_s. staircase: step_users more "
                            "users every step_duration_s up to `users`. open_rate: requests "
-                           "sent at `rate` req/s whatever the server does (open loop: latency "
-                           "counted from each request's intended send time); users, "
-                           "spawn_rate and think_time_s are ignored.",
+                           "sent at `rate` req/s (see rate_profile) whatever the server does "
+                           "(open loop: latency counted from each request's intended send "
+                           "time); users, spawn_rate and think_time_s are ignored. "
+                           "peak_search: open loop from `rate`, stepping up then bisecting to "
+                           "the highest rate that keeps the slo_percentile latency under "
+                           "slo_ms and errors under max_error_rate; duration_s is its budget.",
         },
         "rate": {
             "default": 10.0, "type": "number", "exclusiveMinimum": 0, "maximum": 100000,
             "section": load, "title": "Arrival rate (req/s)",
-            "description": "open_rate: target requests per second, split across the workers.",
+            "description": "open_rate: target requests per second (the top or base rate of a "
+                           "staircase or spike profile), split across the workers. "
+                           "peak_search: the first rate tried.",
+        },
+        "rate_profile": {
+            "default": "constant", "type": "string", "enum": list(RATE_PROFILES),
+            "section": load, "title": "Rate profile",
+            "description": "open_rate: constant `rate`; staircase: step_rate req/s more every "
+                           "step_duration_s up to `rate`; spike: `rate` with spike_rate for "
+                           "spike_duration_s from spike_start_s.",
+        },
+        "step_rate": {
+            "default": 5.0, "type": "number", "exclusiveMinimum": 0, "maximum": 100000,
+            "section": load, "title": "Rate per step (req/s)",
+            "description": "open_rate staircase: req/s added at each step (and the first step).",
+        },
+        "spike_rate": {
+            "default": 50.0, "type": "number", "exclusiveMinimum": 0, "maximum": 100000,
+            "section": load, "title": "Spike rate (req/s)",
+            "description": "open_rate spike: the rate during the spike.",
+        },
+        "spike_start_s": {
+            "default": 20, "type": "integer", "minimum": 1, "maximum": 86400, "section": load,
+            "title": "Spike start (s)", "description": "open_rate spike: when the spike starts.",
+        },
+        "spike_duration_s": {
+            "default": 10, "type": "integer", "minimum": 1, "maximum": 86400, "section": load,
+            "title": "Spike length (s)", "description": "open_rate spike: how long it lasts.",
+        },
+        "slo_ms": {
+            "default": 500.0, "type": "number", "exclusiveMinimum": 0, "maximum": 600000,
+            "section": load, "title": "SLO latency (ms)",
+            "description": "peak_search: the slo_percentile latency must stay under this.",
+        },
+        "slo_percentile": {
+            "default": 99.0, "type": "number", "minimum": 50, "maximum": 99.99,
+            "section": load, "title": "SLO percentile",
+            "description": "peak_search: which latency percentile the SLO applies to.",
+        },
+        "max_error_rate": {
+            "default": 0.01, "type": "number", "minimum": 0, "maximum": 1, "section": load,
+            "title": "Max error rate",
+            "description": "peak_search: highest share of failed or dropped requests a rate "
+                           "may have and still pass.",
+        },
+        "max_rate": {
+            "default": 0.0, "type": "number", "minimum": 0, "maximum": 100000,
+            "section": load, "title": "Max rate (req/s)",
+            "description": "peak_search: never offer more than this; 0 = no cap.",
+        },
+        "peak_precision": {
+            "default": 0.05, "type": "number", "minimum": 0.005, "maximum": 0.5,
+            "section": load, "title": "Search precision",
+            "description": "peak_search: stop bisecting when the failing rate is within this "
+                           "fraction of the passing one.",
+        },
+        "window_s": {
+            "default": 5, "type": "integer", "minimum": 1, "maximum": 600, "section": load,
+            "title": "Window (s)",
+            "description": "peak_search: measurement window; a rate passes after 3 consecutive "
+                           "windows within 10% of each other in throughput and latency.",
+        },
+        "min_requests": {
+            "default": 50, "type": "integer", "minimum": 1, "maximum": 1000000,
+            "section": load, "title": "Min requests per window",
+            "description": "peak_search: a window counts only with this many requests (or half "
+                           "of what the rate puts in a window, if fewer).",
         },
         "arrivals": {
             "default": "constant", "type": "string", "enum": list(ARRIVALS), "section": load,
@@ -317,6 +388,18 @@ class RunSpec:
     rate: float = 10.0
     arrivals: str = "constant"
     max_in_flight: int = 256
+    rate_profile: str = "constant"
+    step_rate: float = 5.0
+    spike_rate: float = 50.0
+    spike_start_s: int = 20
+    spike_duration_s: int = 10
+    slo_ms: float = 500.0
+    slo_percentile: float = 99.0
+    max_error_rate: float = 0.01
+    max_rate: float = 0.0
+    peak_precision: float = 0.05
+    window_s: int = 5
+    min_requests: int = 50
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -460,10 +543,35 @@ def _rule_problems(p: Mapping[str, Any]) -> list[str]:
         if p["step_duration_s"] > p["duration_s"]:
             problems.append(f"step_duration_s={p['step_duration_s']}: longer than "
                             f"duration_s={p['duration_s']} (accepted: <= duration_s)")
+    problems += _open_loop_problems(p)
     problems += _cloud_problems(p)
-    if p["load_shape"] != "open_rate" and p["workers"] > p["users"]:
+    if p["load_shape"] not in OPEN_LOOP_SHAPES and p["workers"] > p["users"]:
         problems.append(f"workers={p['workers']}: more workers than users={p['users']} leaves "
                         "workers idle (accepted: workers <= users)")
+    return problems
+
+
+def _open_loop_problems(p: Mapping[str, Any]) -> list[str]:
+    problems = []
+    if p["load_shape"] == "open_rate" and p["rate_profile"] == "staircase":
+        if p["step_rate"] > p["rate"]:
+            problems.append(f"step_rate={p['step_rate']}: above rate={p['rate']}, the top of "
+                            "the staircase (accepted: step_rate <= rate)")
+        if p["step_duration_s"] > p["duration_s"]:
+            problems.append(f"step_duration_s={p['step_duration_s']}: longer than "
+                            f"duration_s={p['duration_s']} (accepted: <= duration_s)")
+    if p["load_shape"] == "open_rate" and p["rate_profile"] == "spike" and (
+            p["spike_start_s"] >= p["duration_s"]):
+        problems.append(f"spike_start_s={p['spike_start_s']}: the spike must start before "
+                        f"duration_s={p['duration_s']} ends")
+    if p["load_shape"] == "peak_search":
+        if p["max_rate"] and p["max_rate"] < p["rate"]:
+            problems.append(f"max_rate={p['max_rate']}: below the starting rate={p['rate']} "
+                            "(accepted: 0 for no cap, or >= rate)")
+        if p["duration_s"] < 4 * p["window_s"]:
+            problems.append(f"duration_s={p['duration_s']}: too short to judge even one rate "
+                            f"with window_s={p['window_s']} (accepted: >= 4 x window_s; "
+                            "a search usually needs 20 x or more)")
     return problems
 
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 from analysis_data import raw_staircase, timeseries
 from PIL import Image
@@ -33,10 +34,23 @@ def size(png: bytes) -> tuple[int, int]:
 
 def test_all_plots_from_a_run(run_timeseries):
     images = plots.all_plots(run_timeseries)
-    assert list(images) == [key for key, _, _ in plots.PLOTS]
+    # a run without a peak search gets every plot but that one
+    assert list(images) == [key for key, _, _ in plots.PLOTS if key != "peak_search"]
     for png in images.values():
         width, height = size(png)
         assert width == 800 and 200 <= height <= 800
+
+
+def test_peak_search_plot_for_a_run_that_searched(run_timeseries):
+    from caio_testing import PEAK_SEARCH_REPORT
+
+    from caio_operators.results.peak import peak_series
+
+    searched = pd.concat([run_timeseries, peak_series("r1", PEAK_SEARCH_REPORT)],
+                         ignore_index=True)
+    images = plots.all_plots(searched)
+    assert list(images) == [key for key, _, _ in plots.PLOTS]
+    assert size(images["peak_search"]) == (1100, 400)
 
 
 def test_plots_without_data_still_render():

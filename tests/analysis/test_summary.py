@@ -128,6 +128,30 @@ def test_a_saturated_load_generator_is_a_visible_warning():
         summarize(pd.DataFrame([RUN]), sc.empty_frame("timeseries")))
 
 
+def test_a_peak_search_is_the_finding_with_its_steps():
+    import json
+
+    from caio_testing import PEAK_SEARCH_REPORT
+
+    from caio_operators.results.peak import steps_summary
+
+    row = {**RUN, "load_shape": "peak_search", "max_sustainable_rps": 60.0, "slo_ms": 100.0,
+           "slo_percentile": 99.0,
+           "peak_search": json.dumps(steps_summary(PEAK_SEARCH_REPORT))}
+    summary = summarize(pd.DataFrame([row]), sc.empty_frame("timeseries"))
+    assert summary["finding"] == ("Sustains 60 req/s with p99 under 100 ms; 80 req/s fails "
+                                  "(converged: 60/s passes, 80/s fails).")
+    lines = summary_text(summary).splitlines()
+    assert "peak search max sustainable 60 req/s  (p99 SLO 100 ms)" in lines
+    assert ("    1        80     FAIL        70     900.0     5.0%        3  error rate 5.00% > "
+            "1.00% in 3 consecutive windows") in lines
+    cut = {**row, "peak_search": json.dumps({**steps_summary(PEAK_SEARCH_REPORT),
+                                             "status": "budget", "reason": "out of time"})}
+    assert summarize(pd.DataFrame([cut]), sc.empty_frame("timeseries"))["finding"] == (
+        "Peak search cut short (out of time): 60 req/s is the highest rate shown to keep p99 "
+        "under 100 ms; 80 req/s fails; give it a longer duration_s.")
+
+
 def test_failed_run_summary_has_gaps_not_errors():
     row = {**RUN, "status": "failed", "reason": "locust exited 1", "requests": 0,
            "failures": 0, "error_rate": math.nan, "p50_ms": math.nan, "p95_ms": None,

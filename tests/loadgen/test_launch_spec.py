@@ -46,7 +46,8 @@ def test_open_rate_config_carries_rate_arrivals_and_max_in_flight(caio_load_mod)
     cfg = _config(load_shape="open_rate", rate=120.0, arrivals="poisson", max_in_flight=32,
                   duration_s=20, request_timeout_s=2)
     assert cfg["shape"] == {"kind": "open_rate", "rate": 120.0, "arrivals": "poisson",
-                            "max_in_flight": 32, "duration_s": 20.0, "drain_s": 2.0}
+                            "max_in_flight": 32, "duration_s": 20.0, "drain_s": 2.0,
+                            "rate_profile": "constant"}
     assert caio_load_mod.parse_config(cfg)["shape"] == cfg["shape"]
     spec = launch.build_launch_spec(
         config=cfg, config_uri="gs://c.json", locust_cmd=["locust"], locustfile="f.py",
@@ -63,6 +64,38 @@ def test_open_rate_config_carries_rate_arrivals_and_max_in_flight(caio_load_mod)
         caio_load_mod.parse_config({**cfg, "shape": {**cfg["shape"], "arrivals": "x"}})
     with pytest.raises(caio_load_mod.ConfigError, match=r"shape\.rate"):
         caio_load_mod.parse_config({**cfg, "shape": {**cfg["shape"], "rate": -1}})
+
+
+def test_rate_profiles_and_peak_search_configs(caio_load_mod):
+    stairs = _config(load_shape="open_rate", rate=100.0, step_duration_s=10, duration_s=60,
+                     rate_profile={"rate_profile": "staircase", "step_rate": 25})
+    assert stairs["shape"]["rate_profile"] == "staircase"
+    assert (stairs["shape"]["step_rate"], stairs["shape"]["step_duration_s"]) == (25.0, 10.0)
+    spike = _config(load_shape="open_rate", rate=10.0, duration_s=60, rate_profile={
+        "rate_profile": "spike", "spike_rate": 80, "spike_start_s": 20, "spike_duration_s": 5})
+    assert {k: spike["shape"][k] for k in ("spike_rate", "spike_start_s", "spike_duration_s")} \
+        == {"spike_rate": 80.0, "spike_start_s": 20.0, "spike_duration_s": 5.0}
+    peak = _config(load_shape="peak_search", rate=20.0, duration_s=300,
+                   peak={"slo_ms": 250, "window_s": 2})
+    assert peak["shape"] == {
+        "kind": "peak_search", "rate": 20.0, "arrivals": "constant", "max_in_flight": 256,
+        "duration_s": 300.0, "drain_s": 3.0, "slo_ms": 250.0, "slo_percentile": 99.0,
+        "max_error_rate": 0.01, "max_rate": 0.0, "precision": 0.05, "window_s": 2.0,
+        "min_requests": 50}
+    for cfg in (stairs, spike, peak):  # what the locustfile accepts
+        assert caio_load_mod.parse_config(cfg)["shape"] == cfg["shape"]
+    with pytest.raises(ValueError, match="spike_rate is None; rate_profile=spike needs it"):
+        _config(load_shape="open_rate", rate_profile={"rate_profile": "spike"})
+    with pytest.raises(ValueError, match="rate_profile is 'ramp'"):
+        _config(load_shape="open_rate", rate_profile={"rate_profile": "ramp"})
+    with pytest.raises(ValueError, match=r"unknown peak settings \['slo'\]"):
+        _config(load_shape="peak_search", peak={"slo": 1})
+    with pytest.raises(ValueError, match="slo_percentile in"):
+        _config(load_shape="peak_search", peak={"slo_percentile": 100})
+    with pytest.raises(caio_load_mod.ConfigError, match=r"shape\.slo_ms"):
+        caio_load_mod.parse_config({**peak, "shape": {**peak["shape"], "slo_ms": 0}})
+    with pytest.raises(caio_load_mod.ConfigError, match=r"shape\.step_rate"):
+        caio_load_mod.parse_config({**stairs, "shape": {**stairs["shape"], "step_rate": -5}})
 
 
 def test_build_config_is_what_the_locustfile_accepts(caio_load_mod):

@@ -76,3 +76,29 @@ def test_open_rate_runs_one_user_per_worker_until_the_drain_ends(shapes_mod):
         shapes_mod.validate({**shape, "arrivals": "bursty"})
     with pytest.raises(ValueError, match=r"shape\.max_in_flight"):
         shapes_mod.validate({**shape, "max_in_flight": 0})
+
+
+def test_peak_search_and_rate_profiles_validate(shapes_mod):
+    peak = {"kind": "peak_search", "rate": 10.0, "arrivals": "constant", "max_in_flight": 8,
+            "duration_s": 60.0, "drain_s": 3.0, "slo_ms": 100.0, "slo_percentile": 99.0,
+            "max_error_rate": 0.01, "max_rate": 0.0, "precision": 0.05, "window_s": 2.0,
+            "min_requests": 50}
+    shapes_mod.validate(peak)
+    assert shapes_mod.tick(peak, 62.9, workers=2) == (2, 100.0)  # one scheduler per worker
+    assert shapes_mod.tick(peak, 63.0, workers=2) is None  # the budget and the drain are up
+    for bad, field in (({"slo_ms": 0}, "slo_ms"), ({"slo_percentile": 100}, "slo_percentile"),
+                       ({"max_error_rate": 2}, "max_error_rate"), ({"window_s": 0}, "window_s"),
+                       ({"max_rate": -1}, "max_rate"), ({"precision": 0}, "precision")):
+        with pytest.raises(ValueError, match=rf"shape\.{field}"):
+            shapes_mod.validate({**peak, **bad})
+    base = {"kind": "open_rate", "rate": 50.0, "arrivals": "constant", "max_in_flight": 8,
+            "duration_s": 30.0}
+    shapes_mod.validate({**base, "rate_profile": "staircase", "step_rate": 10.0,
+                         "step_duration_s": 5.0})
+    with pytest.raises(ValueError, match=r"shape\.step_rate is None"):
+        shapes_mod.validate({**base, "rate_profile": "staircase", "step_duration_s": 5.0})
+    with pytest.raises(ValueError, match=r"shape\.spike_start_s is None"):
+        shapes_mod.validate({**base, "rate_profile": "spike", "spike_rate": 100.0,
+                             "spike_duration_s": 5.0})
+    with pytest.raises(ValueError, match=r"shape\.rate_profile is 'ramp'"):
+        shapes_mod.validate({**base, "rate_profile": "ramp"})

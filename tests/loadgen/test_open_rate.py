@@ -190,3 +190,30 @@ def test_open_loop_keeps_the_schedule_and_reports_the_true_tail(tmp_path):
                              f"duckdb://{tmp_path}/warehouse.duckdb")
     assert capped_run["figures"]["failures"] == len(dropped)
     print("dropped:", len(dropped), "of", len(capped))
+
+
+@pytest.mark.slow
+def test_rate_staircase_and_spike_are_sent_on_their_seconds(tmp_path):
+    """Open-loop rate profiles with real Locust processes: the intended send times of the
+    raw records follow a staircase (20, 40, 60 req/s for 2 s each) and a spike (20 req/s with
+    100 req/s from 2 s to 3 s); a dropped send is recorded at its intended time too."""
+    with StallingServer() as server:  # its stalls do not move an open-loop schedule
+        stairs = run_load(tmp_path, "stairs", server.url, load_shape="open_rate", rate=60.0,
+                          duration_s=6, step_duration_s=2, max_in_flight=64, users=1,
+                          spawn_rate=1,
+                          rate_profile={"rate_profile": "staircase", "step_rate": 20.0})
+        spike = run_load(tmp_path, "spike", server.url, load_shape="open_rate", rate=20.0,
+                         duration_s=4, max_in_flight=64, users=1, spawn_rate=1,
+                         rate_profile={"rate_profile": "spike", "spike_rate": 100.0,
+                                       "spike_start_s": 2.0, "spike_duration_s": 1.0})
+
+    def per_second(load: Path) -> list[int]:
+        intended = sorted(float(r["ts"]) for r in raw_records(load))
+        t0 = intended[0]
+        counts = [0] * (math.floor(intended[-1] - t0) + 1)
+        for t in intended:
+            counts[math.floor(t - t0 + 1e-6)] += 1
+        return counts
+
+    assert per_second(stairs) == [20, 20, 40, 40, 60, 60]
+    assert per_second(spike) == [20, 20, 100, 20]

@@ -115,15 +115,28 @@ def test_errors_above_max_error_rate_fail_a_step(peak_mod):
     assert search.lo <= 60 and (60 - search.lo) / search.lo < 0.05
 
 
-def test_unstable_rate_fails_after_max_windows(peak_mod):
+def test_unstable_rate_is_judged_on_all_its_windows_after_max_windows(peak_mod):
     search = peak_mod.PeakSearch(start_rate=50, slo_ms=100, max_windows=6, max_rate=50,
                                  min_rate=50)
-    lats = [30, 45, 30, 45, 30, 45]
+    lats = [30, 45, 30, 45, 30, 45]  # never within 10%, always well under the SLO
     decisions = [search.observe(W(peak_mod, 50, lat, n=500)) for lat in lats]
     assert [d.action for d in decisions] == ["hold"] * 5 + ["done"]
-    assert decisions[-1].rate == 0.0  # nothing passed
+    assert decisions[-1].rate == 50  # max_rate reached and passed
     (verdict,) = search.history
-    assert (verdict.passed, verdict.reason) == (False, "not stable after 6 windows")
+    assert verdict.passed and verdict.latency_ms == 45  # the median window (upper middle)
+    assert verdict.reason == "not stable after 6 windows; on all of them: within the SLO"
+
+
+def test_unstable_rate_over_the_slo_in_most_windows_fails(peak_mod):
+    search = peak_mod.PeakSearch(start_rate=50, slo_ms=100, max_windows=6, max_rate=50,
+                                 min_rate=50)
+    lats = [80, 150, 90, 160, 95, 140]  # the median window breaches, never 3 in a row
+    decisions = [search.observe(W(peak_mod, 50, lat, n=500)) for lat in lats]
+    assert decisions[-1].action == "done" and decisions[-1].rate == 0.0
+    (verdict,) = search.history
+    assert not verdict.passed and verdict.latency_ms == 140
+    assert verdict.reason == ("not stable after 6 windows; on all of them: p99 140 ms >= SLO "
+                              "100 ms")
 
 
 def test_first_rate_failing_steps_down(peak_mod):
@@ -153,3 +166,73 @@ def test_bad_parameters_and_use_after_done_are_named(peak_mod):
         search.observe(W(peak_mod, 10, 5))
     with pytest.raises(RuntimeError, match="after it was done"):
         search.observe(W(peak_mod, 10, 5))
+
+
+def test_window_collector_waits_for_every_worker_and_drops_the_settle_window(peak_mod):
+    c = peak_mod.WindowCollector(2, settle=1, stale_after=2)
+    assert c.add(0, 0, "a", "a0") == []
+    assert c.add(0, 0, "b", "b0") == []  # complete, but the settle window
+    assert c.add(0, 1, "a", "a1") == []  # waiting for b
+    assert c.add(0, 1, "b", "b1") == [(1, ["a1", "b1"])]
+    assert c.add(0, 1, "b", "late duplicate") == []  # already judged
+
+
+def test_window_collector_goes_on_without_a_silent_worker(peak_mod):
+    c = peak_mod.WindowCollector(2, settle=0, stale_after=2)
+    assert c.add(0, 0, "a", "a0") == []
+    assert c.add(0, 1, "a", "a1") == []
+    # two windows later, b is taken for dead: window 0 goes with a alone, then window 1
+    assert c.add(0, 2, "a", "a2") == [(0, ["a0"])]
+    assert c.add(0, 3, "a", "a3") == [(1, ["a1"])]
+
+
+def test_window_collector_ignores_reports_of_other_steps(peak_mod):
+    c = peak_mod.WindowCollector(1, settle=1)
+    assert c.add(0, 1, "a", "x") == []  # seq 0 first
+    c.start_step(1)
+    assert c.add(0, 2, "a", "old step") == []
+    assert c.add(1, 0, "a", "settle") == []
+    assert c.add(1, 1, "a", "judged") == [(1, ["judged"])]
+
+
+def test_search_from_shape_and_the_needed_requests_at_low_rates(peak_mod):
+    shape = {"kind": "peak_search", "rate": 4.0, "slo_ms": 200.0, "slo_percentile": 95.0,
+             "max_error_rate": 0.02, "precision": 0.1, "window_s": 5.0, "min_requests": 50,
+             "max_rate": 0.0}
+    search = peak_mod.search_from_shape(shape)
+    assert (search.rate, search.slo_ms, search.slo_percentile, search.max_error_rate,
+            search.precision, search.max_rate) == (4.0, 200.0, 95.0, 0.02, 0.1, float("inf"))
+    assert search.needed_requests() == 10  # half of 4 req/s x 5 s, not 50
+    search.rate = 100.0
+    assert search.needed_requests() == 50
+    capped = peak_mod.search_from_shape({**shape, "max_rate": 64.0})
+    assert capped.max_rate == 64.0
+
+
+def test_search_report_is_json(peak_mod):
+    import json
+
+    search = peak_mod.PeakSearch(start_rate=10, slo_ms=100, max_rate=10, min_requests=1)
+    for _ in range(3):
+        search.observe(W(peak_mod, 10, 20, n=100))
+    report = peak_mod.search_report(search, [{"step": 0}], status="converged", reason="r",
+                                    window_s=2.0)
+    assert json.loads(json.dumps(report))["steps"] == [{
+        "step": 0, "rate": 10.0, "latency_ms": 20.0, "error_rate": 0.0, "throughput_rps": 10.0,
+        "windows": 3, "passed": True, "reason": "stable and within the SLO"}]
+    assert (report["max_sustainable_rps"], report["status"], report["window_s"]) == (
+        10.0, "converged", 2.0)
+
+
+def test_stability_is_judged_on_the_median_when_windows_carry_it(peak_mod):
+    def w(p99, p50):
+        return peak_mod.Window(throughput_rps=100, latency_ms=p99, requests=200, median_ms=p50)
+
+    noisy_tail = [w(40, 10.0), w(90, 10.4), w(60, 9.9)]  # p99 jumps, the median holds
+    assert peak_mod.is_stable(noisy_tail)
+    assert not peak_mod.is_stable([w(40, 10.0), w(90, 14.0), w(60, 9.9)])
+    search = peak_mod.PeakSearch(start_rate=100, slo_ms=100, max_rate=100, min_requests=100)
+    decisions = [search.observe(x) for x in noisy_tail]
+    assert [d.action for d in decisions] == ["hold", "hold", "done"]
+    (verdict,) = search.history
+    assert verdict.passed and verdict.latency_ms == (40 + 90 + 60) / 3  # mean SLO percentile

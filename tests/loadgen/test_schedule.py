@@ -158,3 +158,18 @@ def test_an_hour_at_ten_thousand_per_second_is_generated_lazily(schedule_mod):
     assert len(times) == round(stairs.expected_count())
     assert times[-1] == approx(200 - 1 / 10_000)
     assert schedule_mod.inverse_cumulative(stairs, 150.0) == approx(1.25)  # 100 + 50 of 200
+
+
+def test_profile_for_each_open_rate_profile(schedule_mod):
+    base = {"rate": 30.0, "duration_s": 20.0}
+    assert schedule_mod.profile_for(base).segments == ((0.0, 30.0),)
+    stairs = schedule_mod.profile_for({**base, "rate_profile": "staircase", "step_rate": 10.0,
+                                       "step_duration_s": 5.0})
+    assert stairs.segments == ((0.0, 10.0), (5.0, 20.0), (10.0, 30.0))
+    assert stairs.expected_count() == 10 * 5 + 20 * 5 + 30 * 10
+    spike = schedule_mod.profile_for({**base, "rate_profile": "spike", "spike_rate": 100.0,
+                                      "spike_start_s": 8.0, "spike_duration_s": 2.0})
+    assert spike.segments == ((0.0, 30.0), (8.0, 100.0), (10.0, 30.0))
+    assert spike.expected_count() == 30 * 18 + 100 * 2
+    with pytest.raises(ValueError, match="rate_profile is 'ramp'"):
+        schedule_mod.profile_for({**base, "rate_profile": "ramp"})

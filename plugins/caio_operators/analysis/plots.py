@@ -21,14 +21,15 @@ FIGSIZE = (8.0, 3.4)
 DPI = 100
 
 
-def _figure(nrows: int = 1, height: float | None = None):
+def _figure(nrows: int = 1, height: float | None = None, ncols: int = 1,
+            width: float | None = None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(FIGSIZE[0], height or FIGSIZE[1] * nrows), dpi=DPI)
+    fig = Figure(figsize=(width or FIGSIZE[0], height or FIGSIZE[1] * nrows), dpi=DPI)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(nrows, 1, squeeze=False)[:, 0]
-    return fig, list(axes)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, list(axes.ravel())
 
 
 def _png(fig) -> bytes:
@@ -223,17 +224,59 @@ def latency_vs_throughput_plot(timeseries: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def peak_search_plot(timeseries: pd.DataFrame) -> bytes:
+    """A peak search, window by window: the latency at the SLO percentile against the
+    offered rate (left) and the offered rate and throughput over time (right), each step
+    green when its rate passed, red when it failed."""
+    fig, (left, right) = _figure(height=4.0, ncols=2, width=11.0)
+    peak = timeseries[timeseries["metric"].str.startswith("peak_")]
+    wide = peak.pivot_table(index=["dimension", "ts"], columns="metric", values="value",
+                            aggfunc="last").reset_index() if not peak.empty else pd.DataFrame()
+    if wide.empty or sc.PEAK_OFFERED_RPS not in wide:
+        _no_data(left, "no peak search in this run")
+        return _png(fig)
+    t0 = wide["ts"].min()
+    passed = wide.groupby("dimension")[sc.PEAK_STEP_PASSED].max() \
+        if sc.PEAK_STEP_PASSED in wide else pd.Series(dtype=float)
+    for dimension, part in wide.groupby("dimension", sort=False):
+        verdict = passed.get(dimension)
+        colour = "tab:gray" if pd.isna(verdict) else ("tab:green" if verdict else "tab:red")
+        if sc.PEAK_LATENCY_MS in part:
+            left.scatter(part[sc.PEAK_OFFERED_RPS], part[sc.PEAK_LATENCY_MS], s=16,
+                         color=colour, alpha=0.7)
+        x = (part["ts"] - t0).dt.total_seconds()
+        right.plot(x, part[sc.PEAK_OFFERED_RPS], color=colour, linewidth=2.0)
+        if sc.PEAK_THROUGHPUT_RPS in part:
+            right.plot(x, part[sc.PEAK_THROUGHPUT_RPS], color="black", linewidth=0.8,
+                       linestyle="--")
+    left.set_xlabel("offered req/s")
+    left.set_ylabel("latency ms (SLO percentile)")
+    left.set_yscale("log")
+    left.set_title("Each window: latency vs offered rate (green passed, red failed)",
+                   fontsize=9)
+    left.grid(True, alpha=0.3)
+    right.set_xlabel("seconds since the first window")
+    right.set_ylabel("req/s")
+    right.set_title("Offered rate per step (colour) and throughput (dashed)", fontsize=9)
+    right.grid(True, alpha=0.3)
+    return _png(fig)
+
+
 #: (key, title, function) in report order
 PLOTS: Sequence[tuple[str, str, Callable[[pd.DataFrame], bytes]]] = (
     ("latency", "Latency over time, client vs server", latency_plot),
     ("rates", "Response rate and failures", rates_plot),
     ("users", "Users", users_plot),
     ("latency_vs_throughput", "Latency vs throughput", latency_vs_throughput_plot),
+    ("peak_search", "Peak search: every window and step verdict", peak_search_plot),
     ("cpu", "CPU and GPU utilisation per replica; CPU per Locust worker", cpu_plot),
     ("memory", "Memory per replica", memory_plot),
 )
 
 
 def all_plots(timeseries: pd.DataFrame) -> dict[str, bytes]:
-    """Every plot of the report, as PNG bytes keyed by name."""
-    return {key: fn(timeseries) for key, _, fn in PLOTS}
+    """Every plot of the report, as PNG bytes keyed by name (the peak search plot only for
+    runs that searched)."""
+    searched = not timeseries.empty and (timeseries["metric"] == sc.PEAK_OFFERED_RPS).any()
+    return {key: fn(timeseries) for key, _, fn in PLOTS
+            if key != "peak_search" or searched}

@@ -116,6 +116,24 @@ def _levels_table(levels: list[Mapping[str, Any]]) -> str:
     return f"<h3>Per users level</h3><table>{head}{rows}</table>"
 
 
+def _peak_table(s: Mapping[str, Any]) -> str:
+    search = s.get("peak")
+    if not search:
+        return ""
+    head = ("<tr><th>step</th><th>offered req/s</th><th>verdict</th><th>req/s</th>"
+            f"<th>p{_e(_fmt(s.get('slo_percentile'), '{:g}'))} ms</th><th>errors</th>"
+            "<th>windows</th><th>reason</th></tr>")
+    rows = "".join(
+        "<tr>" + "".join(f"<td class='num'>{_e(v)}</td>" for v in (
+            st["step"], _fmt(st["rate"]), "pass" if st["passed"] else "FAIL",
+            _fmt(st["throughput_rps"]), _fmt(st.get("latency_ms")),
+            "-" if st.get("error_rate") is None else f"{st['error_rate']:.1%}",
+            st["windows"])) + f"<td>{_e(st['reason'])}</td></tr>"
+        for st in search["steps"])
+    return (f"<h3>Peak search: {_e(_fmt(s.get('max_sustainable_rps'), '{:.4g}'))} req/s "
+            f"sustained ({_e(search.get('status'))})</h3><table>{head}{rows}</table>")
+
+
 def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
                 provenance: Mapping[str, Any], params: Mapping[str, Any], text: str) -> str:
     """The whole report as one HTML string (inline CSS, inline PNGs, escaped text)."""
@@ -149,6 +167,7 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
 <p class="finding">{_e(s.get('finding'))}</p>
 <h2>Key figures</h2>
 {_figures_table(s)}
+{_peak_table(s)}
 {_levels_table(list(s.get('levels') or []))}
 <h2>Plots</h2>
 {figures}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -35,7 +36,7 @@ FIGURE_FIELDS = ("run_id", "dag_id", "status", "reason", "target", "protocol", "
                  "requests", "failures", "error_rate", "throughput_rps", "p50_ms", "p90_ms",
                  "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "server_p50_ms",
                  "server_p99_ms", "peak_cpu_pct", "peak_memory_mb", "max_worker_cpu_pct",
-                 "generator_saturated")
+                 "generator_saturated", "max_sustainable_rps", "slo_ms", "slo_percentile")
 
 
 def plain(value: Any) -> Any:
@@ -154,20 +155,63 @@ def generator_warning(summary: Mapping[str, Any]) -> str | None:
             "not trustworthy. Add workers and run again.")
 
 
+def peak_finding(summary: Mapping[str, Any]) -> str | None:
+    """The finding of a peak search (None for other runs)."""
+    search = summary.get("peak")
+    if not search:
+        return None
+    best = summary.get("max_sustainable_rps") or 0.0
+    slo = (f"p{summary.get('slo_percentile'):g} under {summary.get('slo_ms'):g} ms"
+           if summary.get("slo_ms") is not None else "the SLO")
+    failed = sorted(s["rate"] for s in search["steps"] if not s["passed"])
+    above = f"; {failed[0]:.4g} req/s fails" if failed and failed[0] > best else ""
+    if search.get("status") != "converged":
+        return (f"Peak search cut short ({search.get('reason')}): {best:.4g} req/s is the "
+                f"highest rate shown to keep {slo}{above}; give it a longer duration_s.")
+    if not best:
+        return f"No rate tried kept {slo}: {search.get('reason')}."
+    return f"Sustains {best:.4g} req/s with {slo}{above} ({search.get('reason')})."
+
+
 def summarize(runs: pd.DataFrame | Mapping[str, Any], timeseries: pd.DataFrame,
               min_intervals: int = MIN_INTERVALS, growth: float = GROWTH) -> dict[str, Any]:
     """The run's key figures, its users levels and the saturation finding (JSON-friendly)."""
     row = _row(runs)
     out = {name: plain(row.get(name)) for name in FIGURE_FIELDS}
-    levels = load_levels(timeseries, min_intervals)
+    # open-loop runs have one scheduler "user" per worker: no users levels to compare
+    open_loop = row.get("load_shape") in ("open_rate", "peak_search")
+    levels = [] if open_loop else load_levels(timeseries, min_intervals)
     sat = saturation(levels, growth)
     out["levels"] = levels
     out["saturation"] = sat
-    out["finding"] = sat["finding"]
+    out["peak"] = _peak_json(row.get("peak_search"))
+    out["finding"] = peak_finding(out) or sat["finding"]
     out["warning"] = generator_warning(out)
     out["has_gpu_metrics"] = bool((timeseries["metric"] == sc.GPU_UTILIZATION_PCT).any()) \
         if not timeseries.empty else False
     return out
+
+
+def _peak_json(text: Any) -> dict[str, Any] | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and "steps" in value else None
+
+
+def peak_steps_text(search: Mapping[str, Any]) -> list[str]:
+    """The steps of a peak search as fixed-width lines."""
+    lines = [f"{'step':>5}{'rate':>10}{'verdict':>9}{'req/s':>10}{'lat ms':>10}{'errors':>9}"
+             f"{'windows':>9}  reason"]
+    for st in search["steps"]:
+        err = "-" if st.get("error_rate") is None else f"{st['error_rate']:.1%}"
+        lines.append(f"{st['step']:>5}{st['rate']:>10.4g}{'pass' if st['passed'] else 'FAIL':>9}"
+                     f"{st['throughput_rps']:>10.4g}{_num(st.get('latency_ms')):>10}{err:>9}"
+                     f"{st['windows']:>9}  {st['reason']}")
+    return lines
 
 
 def _num(value: Any, fmt: str = "{:.1f}") -> str:
@@ -206,6 +250,10 @@ def summary_text(summary: Mapping[str, Any]) -> str:
     warning = generator_warning(s)
     if warning:
         lines += ["", f"WARNING     {warning}"]
+    if s.get("peak"):
+        lines += ["", f"peak search max sustainable {_num(s.get('max_sustainable_rps'), '{:.4g}')}"
+                      f" req/s  (p{_num(s.get('slo_percentile'), '{:g}')} SLO "
+                      f"{_num(s.get('slo_ms'), '{:g}')} ms)", *peak_steps_text(s["peak"])]
     levels = s.get("levels") or []
     if levels:
         lines += ["", f"{'users':>7}{'intervals':>11}{'req/s':>10}{'p50 ms':>10}{'p95 ms':>10}"

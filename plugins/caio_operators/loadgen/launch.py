@@ -17,8 +17,9 @@ from caio_operators import storage
 
 PROTOCOLS = ("caip", "vertex", "tfserving")
 SIGNATURES = ("serving_default", "serving_preprocess")
-LOAD_SHAPES = ("constant", "staircase", "open_rate")
+LOAD_SHAPES = ("constant", "staircase", "open_rate", "peak_search")
 ARRIVALS = ("constant", "poisson")
+RATE_PROFILES = ("constant", "staircase", "spike")
 DEFAULT_MASTER_PORT = 5557
 
 
@@ -55,6 +56,11 @@ class LaunchSpec:
     @property
     def history_csv(self) -> str:
         return self.csv_prefix + "_stats_history.csv"
+
+    @property
+    def peak_search_uri(self) -> str:
+        """Where a peak_search master writes its progress (next to the raw records)."""
+        return storage.join(self.requests_uri.rsplit("/", 1)[0], "peak", "search.json")
 
 
 def locust_command(python: str) -> list[str]:
@@ -214,14 +220,21 @@ def make_config(
     rate: float = 10.0,
     arrivals: str = "constant",
     max_in_flight: int = 256,
+    rate_profile: Mapping[str, Any] | None = None,
+    peak: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The test config the locustfile reads (``--caio-config``). Raises ``ValueError`` naming
     the first bad argument.
 
     ``load_shape="open_rate"`` sends ``rate`` req/s (``arrivals`` constant or poisson) with
     at most ``max_in_flight`` requests in flight per worker; ``users``, ``spawn_rate`` and
-    ``think_time_s`` are then not used. Its shape gets ``drain_s`` (the request timeout, at
-    most 3 s) after ``duration_s`` for the last requests to complete."""
+    ``think_time_s`` are then not used. ``rate_profile``: ``{"rate_profile": "staircase",
+    "step_rate"}`` (steps of ``step_duration_s``) or ``{"rate_profile": "spike",
+    "spike_rate", "spike_start_s", "spike_duration_s"}``; default constant. Its shape gets
+    ``drain_s`` (the request timeout, at most 3 s) after ``duration_s`` for the last
+    requests to complete. ``load_shape="peak_search"`` starts at ``rate`` with ``peak``
+    settings ``slo_ms``, ``slo_percentile``, ``max_error_rate``, ``max_rate`` (0: none),
+    ``precision``, ``window_s``, ``min_requests`` (see ``locust/caio_peak.py``)."""
     origin(predict_url)
     _one_of("protocol", protocol, PROTOCOLS)
     _one_of("signature", signature, SIGNATURES)
@@ -243,10 +256,14 @@ def make_config(
         raise ValueError(f"max_in_flight is {max_in_flight!r}; it must be 1..100000")
     shape: dict[str, Any] = {"kind": load_shape, "users": int(users),
                              "spawn_rate": float(spawn_rate), "duration_s": float(duration_s)}
-    if load_shape == "open_rate":
+    if load_shape in ("open_rate", "peak_search"):
         shape = {"kind": load_shape, "rate": float(rate), "arrivals": arrivals,
                  "max_in_flight": int(max_in_flight), "duration_s": float(duration_s),
                  "drain_s": min(float(request_timeout_s), 3.0)}
+    if load_shape == "open_rate":
+        shape.update(_rate_profile(dict(rate_profile or {}), step_duration_s))
+    if load_shape == "peak_search":
+        shape.update(_peak_settings(dict(peak or {})))
     if load_shape == "staircase":
         shape.update(step_users=int(step_users), step_duration_s=float(step_duration_s))
     return {
@@ -267,6 +284,41 @@ def make_config(
     }
 
 
+def _rate_profile(profile: dict[str, Any], step_duration_s: float) -> dict[str, Any]:
+    kind = profile.get("rate_profile", "constant")
+    _one_of("rate_profile", kind, RATE_PROFILES)
+    needs = {"constant": (), "staircase": ("step_rate",),
+             "spike": ("spike_rate", "spike_start_s", "spike_duration_s")}[kind]
+    out: dict[str, Any] = {"rate_profile": kind}
+    for name in needs:
+        value = profile.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"{name} is {value!r}; rate_profile={kind} needs it > 0")
+        out[name] = float(value)
+    if kind == "staircase":
+        out["step_duration_s"] = float(step_duration_s)
+    return out
+
+
+PEAK_DEFAULTS = {"slo_ms": 500.0, "slo_percentile": 99.0, "max_error_rate": 0.01,
+                 "max_rate": 0.0, "precision": 0.05, "window_s": 5.0, "min_requests": 50}
+
+
+def _peak_settings(peak: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(peak) - set(PEAK_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown peak settings {unknown}; use {', '.join(PEAK_DEFAULTS)}")
+    out = {**PEAK_DEFAULTS, **peak}
+    for name, value in out.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"peak {name} is {value!r}; it must be a number >= 0")
+    if not (out["slo_ms"] > 0 and 0 < out["slo_percentile"] < 100):
+        raise ValueError("peak slo_ms must be > 0 and slo_percentile in (0, 100)")
+    if not 0 < out["precision"] <= 1 or out["max_error_rate"] > 1 or not out["window_s"] > 0:
+        raise ValueError("peak precision must be in (0, 1], max_error_rate <= 1, window_s > 0")
+    return {k: float(v) if k != "min_requests" else int(v) for k, v in out.items()}
+
+
 def build_config(spec: Any, deployment: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
     """``make_config`` for one run: a RunSpec (load knobs, where the run's files go) and the
     Deployment dict from the deploy task (``predict_url``, ``protocol``)."""
@@ -284,6 +336,13 @@ def build_config(spec: Any, deployment: Mapping[str, Any], **overrides: Any) -> 
         "step_users": spec.step_users, "step_duration_s": spec.step_duration_s,
         "think_time_s": spec.think_time_s, "instances_per_request": spec.instances_per_request,
         "rate": spec.rate, "arrivals": spec.arrivals, "max_in_flight": spec.max_in_flight,
+        "rate_profile": {"rate_profile": spec.rate_profile, "step_rate": spec.step_rate,
+                         "spike_rate": spec.spike_rate, "spike_start_s": spec.spike_start_s,
+                         "spike_duration_s": spec.spike_duration_s},
+        "peak": {"slo_ms": spec.slo_ms, "slo_percentile": spec.slo_percentile,
+                 "max_error_rate": spec.max_error_rate, "max_rate": spec.max_rate,
+                 "precision": spec.peak_precision, "window_s": spec.window_s,
+                 "min_requests": spec.min_requests},
     }
     kwargs.update(overrides)
     return make_config(**kwargs)

@@ -158,6 +158,24 @@ def format_progress(elapsed_s: float, progress: dict[str, float] | None) -> str:
             f"{progress['failures']} failures ({share:.1f}%)")
 
 
+def peak_progress(search_json: str | os.PathLike, seen: int) -> tuple[list[str], int]:
+    """Task-log lines for the peak-search steps judged since the first ``seen`` (the master
+    rewrites ``search.json`` after every window); returns them and the new count."""
+    try:
+        search = json.loads(Path(search_json).read_text())
+        steps = search["steps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], seen  # not there yet, or caught mid-replace: next time
+    lines = [f"load: peak search step {st['step']} at {st['rate']:.4g} req/s "
+             f"{'passed' if st['passed'] else 'FAILED'}: {st['throughput_rps']:.4g} req/s, "
+             f"latency {st['latency_ms']:.1f} ms, errors {st['error_rate']:.1%} ({st['reason']})"
+             for st in steps[seen:]]
+    if search.get("status") not in (None, "running") and len(steps) > seen:
+        lines.append(f"load: peak search {search['status']}: {search.get('max_sustainable_rps')}"
+                     f" req/s sustained ({search.get('reason')})")
+    return lines, len(steps)
+
+
 class LocalLauncher:
     """Start, watch and always clean up one local distributed Locust run."""
 
@@ -263,6 +281,7 @@ class LocalLauncher:
         next_progress = started_at + self.progress_every_s
         reported_dead: set[int] = set()
         all_dead_at = 0.0
+        peak_seen = 0
         while True:
             if self._stop_requested:
                 return "stopped by request"
@@ -285,6 +304,10 @@ class LocalLauncher:
             if now >= next_progress:
                 progress = read_progress(self.spec.history_csv)
                 self.log.info(format_progress(now - started_at, progress))
+                lines, peak_seen = peak_progress(
+                    storage.local_path(self.spec.peak_search_uri), peak_seen)
+                for line in lines:
+                    self.log.info(line)
                 next_progress += self.progress_every_s
             time.sleep(0.25)
 

@@ -388,6 +388,9 @@ def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFr
         "harvested_at": harvested,
         "max_worker_cpu_pct": _max_or_nan(in_run, "cpu_percent"),
         "generator_saturated": generator_saturated,
+        # peak_search runs: filled from the search's own file (results/peak.py)
+        "max_sustainable_rps": math.nan, "slo_ms": math.nan, "slo_percentile": math.nan,
+        "peak_search": None,
     })
     frame = pd.DataFrame([row])
     for col in ("started_at", "ended_at", "harvested_at"):

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from caio_operators import storage
 from caio_operators.layout import RunLayout
-from caio_operators.results import hdr
+from caio_operators.results import hdr, peak
 from caio_operators.results import schema as sc
 from caio_operators.results.consolidate import apply_histograms, build_tables
 from caio_operators.results.readers import read_run_inputs
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 #: runs-table figures returned by harvest_run (small enough for XCom)
 KEY_FIGURES = ("status", "reason", "requests", "failures", "error_rate", "throughput_rps",
                "p50_ms", "p95_ms", "p99_ms", "server_p50_ms", "peak_cpu_pct", "duration_s",
-               "max_worker_cpu_pct", "generator_saturated")
+               "max_worker_cpu_pct", "generator_saturated", "max_sustainable_rps")
 
 
 def parquet_bytes(table: str, frame: pd.DataFrame) -> bytes:
@@ -69,8 +69,9 @@ def _with_problems(runs: pd.DataFrame, problems: Sequence[str]) -> pd.DataFrame:
 
 def read_histograms(layout: RunLayout, skipped: list[str]
                     ) -> list[hdr.HistogramRecord]:
-    """The HDR histogram records the workers wrote (open_rate runs); a file that cannot be
-    read is logged, added to ``skipped`` and left out, like a raw record file."""
+    """The HDR histogram records the workers wrote (all of them do, closed or open loop); a
+    file that cannot be read is logged, added to ``skipped`` and left out, like a raw
+    record file."""
     records: list[hdr.HistogramRecord] = []
     for uri in storage.list_files(hdr.histograms_dir(layout), ".jsonl"):
         try:
@@ -95,10 +96,12 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
     ``warehouse_options`` go to ``open_warehouse`` (``gcp_conn_id``,
     ``impersonation_chain`` for BigQuery).
 
-    When the workers wrote HDR histograms (``<run>/load/histograms``, open_rate runs), the
-    client latency percentiles (runs figures and per-interval series) come from them
-    (``consolidate.apply_histograms``). The workers' CPU samples (``<run>/load/workers``)
-    flag a saturated load generator (``runs.generator_saturated``).
+    When the workers wrote HDR histograms (``<run>/load/histograms``: every worker does;
+    older runs and other tools' records may have none), the client latency percentiles (runs
+    figures and per-interval series) come from them (``consolidate.apply_histograms``). The
+    workers' CPU samples (``<run>/load/workers``) flag a saturated load generator
+    (``runs.generator_saturated``). A peak search's ``<run>/load/peak/search.json`` gives
+    the ``max_sustainable_rps`` columns and ``peak_*`` series (``results/peak.py``).
 
     Returns a small dict: run_id, row counts, table URIs, key figures, skipped files,
     ``latency_source`` ("histograms" or "records") and the seconds spent.
@@ -114,6 +117,10 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
                           interval_s=interval_s, worker_cpu=raw.worker_cpu)
     # when the workers wrote histograms, client latency percentiles come from them
     tables = apply_histograms(tables, histograms, interval_s)
+    search = peak.read_search(layout, raw.skipped)
+    tables = peak.apply_search(tables, search)
+    if search is not None and search.get("status") != "converged":
+        problems = [*problems, f"the peak search did not converge: {search.get('reason')}"]
     if extra_timeseries is not None and len(extra_timeseries):
         extra = sc.conform("timeseries", extra_timeseries)
         others = set(extra["run_id"]) - {layout.run_id}

@@ -31,6 +31,11 @@ MEMORY_MB = "memory_mb"
 REPLICAS = "replicas"
 GPU_UTILIZATION_PCT = "gpu_utilization_pct"
 WORKER_CPU_PCT = "worker_cpu_pct"
+PEAK_OFFERED_RPS = "peak_offered_rps"
+PEAK_THROUGHPUT_RPS = "peak_throughput_rps"
+PEAK_LATENCY_MS = "peak_latency_ms"
+PEAK_ERROR_RATE = "peak_error_rate"
+PEAK_STEP_PASSED = "peak_step_passed"
 
 METRICS: dict[str, str] = {
     CLIENT_LATENCY_P50_MS: "client-side latency, median of successful requests started in "
@@ -51,6 +56,13 @@ METRICS: dict[str, str] = {
     GPU_UTILIZATION_PCT: "GPU duty cycle per replica (cloud targets with GPUs only)",
     WORKER_CPU_PCT: "CPU of one Locust worker (load generator), mean over the interval "
                     "(100 = one core busy, a worker's limit); dimension 'worker-<id>'",
+    PEAK_OFFERED_RPS: "peak_search: the arrival rate offered in one measurement window (ts = "
+                      "its start); dimension 'step-<n>'",
+    PEAK_THROUGHPUT_RPS: "peak_search: successful responses per second in that window",
+    PEAK_LATENCY_MS: "peak_search: the SLO percentile of latency in that window",
+    PEAK_ERROR_RATE: "peak_search: failed or dropped share of that window's requests",
+    PEAK_STEP_PASSED: "peak_search: 1 if the step's rate passed, 0 if it failed (ts = the "
+                      "step's first judged window; dimension 'step-<n>')",
 }
 
 DEFAULT_INTERVAL_S = 1.0
@@ -86,7 +98,7 @@ RUNS: tuple[Column, ...] = (
     _c("model_source", S, "model_source param: builtin:<arch>, hub:<handle> or savedmodel:<uri>"),
     _c("weights", S, "what the weights are (untrained offline architecture, TF Hub, existing)"),
     _c("signature", S, "serving signature driven ('serving_default' | 'serving_preprocess')"),
-    _c("load_shape", S, "'constant' | 'staircase' | 'open_rate'"),
+    _c("load_shape", S, "'constant' | 'staircase' | 'open_rate' | 'peak_search'"),
     _c("users", I64, "peak simulated users"),
     _c("workers", I64, "Locust worker processes / pods"),
     _c("replicas", I64, "serving replicas"),
@@ -116,6 +128,12 @@ RUNS: tuple[Column, ...] = (
     _c("generator_saturated", B, "a Locust worker was at >= 90% CPU in more than 10% of its "
                                  "seconds: the figures describe the load generator, not the "
                                  "target (add workers); null without samples"),
+    _c("max_sustainable_rps", F64, "peak_search: the highest arrival rate that met the SLO "
+                                   "(0 when none did); null for other shapes"),
+    _c("slo_ms", F64, "peak_search: the latency SLO, ms"),
+    _c("slo_percentile", F64, "peak_search: the percentile the SLO applies to (e.g. 99)"),
+    _c("peak_search", S, "peak_search: JSON with status (converged | budget), reason and each "
+                         "step's rate, verdict, throughput, latency and error rate"),
 )
 
 TIMESERIES: tuple[Column, ...] = (
