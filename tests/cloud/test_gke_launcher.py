@@ -826,7 +826,7 @@ def test_build_gke_launch_from_a_run_spec(base, tmp_path):
     assert launch.master_argv[launch.master_argv.index("--caio-config") + 1] == (
         Spec.layout.config_uri)
     assert launch.requests_uri == Spec.layout.client_requests_dir
-    assert launch.duration_s == 30
+    assert launch.duration_s == 30 + 30  # the shape, then at most the stop timeout
 
 
 # ---------------------------------------------------------------- real Locust output
@@ -911,7 +911,7 @@ def test_for_run_builds_the_launcher_of_a_run_spec(tmp_path, stats_tables):
         sleep=clock.sleep)
     assert launcher.target == gke.GkeTarget(namespace=NS, image=Spec.locust_image, run_id=RUN,
                                             dag_id="caio_load_test", try_number=4)
-    assert launcher.default_timeout_s() == 300 + 20 + 30
+    assert launcher.default_timeout_s() == 300 + (20 + 30) + 30  # startup + run + grace
     result = launcher.run()
     assert result["status"] == "success", result["reason"]
     assert result["worker_exit_codes"] == [0, 0, 0]

@@ -136,6 +136,7 @@ def test_master_and_worker_argv():
         "--csv", "/out/locust", "--csv-full-history", "--html", "/out/locust_report.html",
         "--host", "http://127.0.0.1:8501", "--exit-code-on-error", "0", "--loglevel", "INFO",
         "--caio-workers", "3", "--caio-config", "gs://bkt/runs/r/load/config.json",
+        "--stop-timeout", "30",  # the last requests complete and are recorded
     ]
     assert spec.workers == 3
     for i in range(3):  # each worker knows its share of an open_rate schedule
@@ -148,7 +149,7 @@ def test_master_and_worker_argv():
     assert spec.env["CAIO_CONFIG"] == "gs://bkt/runs/r/load/config.json"
     assert spec.requests_uri == "file:///b/runs/r/load/requests"
     assert spec.history_csv == "/out/locust_stats_history.csv"
-    assert spec.duration_s == 80.0
+    assert spec.duration_s == 80.0 + 30.0  # the shape, then at most the stop timeout
 
 
 def test_local_launch_spec_uses_this_interpreter(tmp_path):
@@ -227,5 +228,6 @@ def test_build_launch_for_a_local_run(tmp_path):
     assert out.csv_prefix == load_dir + "/locust"
     assert out.html_path == load_dir + "/locust_report.html"
     assert out.requests_uri == spec.layout.client_requests_dir
-    assert out.master_argv[-2:] == ("--caio-config", spec.layout.config_uri)
-    assert out.duration_s == spec.duration_s
+    assert out.master_argv[-4:] == ("--caio-config", spec.layout.config_uri,
+                                    "--stop-timeout", "30")
+    assert out.duration_s == spec.duration_s + 30

@@ -90,9 +90,12 @@ def master_argv(
     bind_port: int = DEFAULT_MASTER_PORT,
     expect_workers_max_wait_s: int = 120,
     loglevel: str = "INFO",
+    stop_timeout_s: float = 0.0,
 ) -> list[str]:
     """The headless master: waits for ``workers`` workers, runs the config's shape, writes
-    Locust's CSVs (with full history, one row a second) and HTML report."""
+    Locust's CSVs (with full history, one row a second) and HTML report. ``stop_timeout_s``
+    lets the users' requests in flight at the end complete (and be recorded) rather than be
+    cut off: the slowest requests of a run are the ones in flight when it stops."""
     if workers < 1:
         raise ValueError(f"workers is {workers}; a distributed run needs at least 1")
     return [
@@ -113,6 +116,7 @@ def master_argv(
         "--loglevel", loglevel,
         "--caio-workers", str(workers),
         "--caio-config", config_uri,
+        *(["--stop-timeout", f"{stop_timeout_s:g}"] if stop_timeout_s > 0 else []),
     ]
 
 
@@ -171,16 +175,18 @@ def build_launch_spec(
     ``index_workers``: give each worker its index in its argv (local processes); ``False``
     keeps every worker argv equal (GKE pods take it from the Indexed Job instead)."""
     common = {"locust_cmd": list(locust_cmd), "locustfile": locustfile, "config_uri": config_uri}
+    shape = config["shape"]
+    # closed loop: let each user's last request finish; open loop has its own drain_s
+    stop_timeout = 0.0 if "drain_s" in shape else float(config["request_timeout_s"])
     master = master_argv(
         **common, predict_url=config["predict_url"], workers=workers, csv_prefix=csv_prefix,
         html_path=html_path, bind_host=bind_host, bind_port=master_port,
-        expect_workers_max_wait_s=expect_workers_max_wait_s,
+        expect_workers_max_wait_s=expect_workers_max_wait_s, stop_timeout_s=stop_timeout,
     )
     worker_argvs = tuple(
         tuple(worker_argv(**common, master_host=master_host, master_port=master_port,
                           workers=workers, worker_index=i if index_workers else None))
         for i in range(workers))
-    shape = config["shape"]
     return LaunchSpec(
         master_argv=tuple(master),
         worker_argvs=worker_argvs,
@@ -189,7 +195,7 @@ def build_launch_spec(
         html_path=html_path,
         log_dir=log_dir,
         requests_uri=storage.join(config["output_uri"], "requests"),
-        duration_s=float(shape["duration_s"]) + float(shape.get("drain_s", 0.0)),
+        duration_s=float(shape["duration_s"]) + float(shape.get("drain_s", 0.0)) + stop_timeout,
         grace_s=grace_s,
         publish_uri=publish_uri,
         meta={"test_id": config.get("test_id", ""), "master_port": master_port},
