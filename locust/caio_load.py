@@ -45,6 +45,7 @@ _DEFAULTS: dict[str, Any] = {
     "flush_interval_s": 5.0,
     "request_timeout_s": 30.0,
     "instances_per_request": 1,
+    "record_sample": 1.0,
 }
 
 
@@ -154,6 +155,10 @@ def parse_config(raw: Mapping[str, Any]) -> dict[str, Any]:
         value = cfg[name]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
             raise ConfigError(f"config.{name} is {value!r}; it must be a number >= {minimum}")
+    sample = cfg["record_sample"]
+    if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 < sample <= 1:
+        raise ConfigError(f"config.record_sample is {sample!r}; it must be a number in (0, 1]")
+    cfg["record_sample"] = float(sample)
     cfg["shape"] = dict(shape)
     cfg["instances_per_request"] = int(cfg["instances_per_request"])
     if cfg.get("cloud_logging") is not None:

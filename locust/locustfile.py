@@ -10,7 +10,9 @@ Every user posts ``{"signature_name", "instances"}`` bodies from the payload in 
 own stats come from FastHttpSession's request event (``time.perf_counter`` around the request
 and body read only); a listener on that same event keeps every request as a raw client record,
 flushed as ``<output_uri>/requests/worker-<id>-<seq>.csv`` every ``flush_interval_s`` and when
-the test stops, so the raw records and Locust's totals count the same requests.
+the test stops, so the raw records and Locust's totals count the same requests (with
+``record_sample`` < 1 only that share of the successful ones is kept; every failure is, and
+the histograms below count everything).
 
 Open loop (``shape.kind == "open_rate"``): the shape runs one ``OpenRateUser`` per worker,
 whose task is the worker's scheduler: it walks the worker's share of the intended send times
@@ -70,6 +72,7 @@ import json
 import logging
 import math
 import os
+import random
 import sys
 import time
 import zlib
@@ -111,6 +114,9 @@ class _State:
     workers = 1
     worker_index = 0
     hists: caio_hdr.HistogramBuffer | None = None
+    # raw records of successful requests kept (failures are all kept); the histograms see all
+    sample = 1.0
+    sampler = random.Random(0)  # noqa: S311 - a sample, not a secret
     cpu: caio_cpu.CpuBuffer | None = None  # this process's CPU per second
     scheduling = False  # this worker's open_rate scheduler has started
     # peak_search: the step this worker sends at, its total rate (all workers) and the
@@ -236,6 +242,8 @@ def _on_init(environment, **_: Any) -> None:
     except Exception as exc:
         sys.exit(f"caio: payload {cfg['payload_uri']}: {_describe(exc)}")
     STATE.records = caio_load.RecordBuffer(cfg["output_uri"], caio_load.worker_id())
+    STATE.sample = float(cfg["record_sample"])
+    STATE.sampler = random.Random(f"{cfg['test_id']}:{STATE.records.worker}")  # noqa: S311
     # every request also lands in a per-second HDR histogram: exact-to-1% percentiles in
     # bounded memory whatever the run's length, closed or open loop
     STATE.hists = caio_hdr.HistogramBuffer(cfg["output_uri"], STATE.records.worker)
@@ -384,6 +392,12 @@ def _record(request_type: str, name: str, response_time: float, response_length:
         error = str(exception) if status else f"{type(exception).__name__}: {exception}"
     ts = start_time if start_time is not None else time.time() - response_time / 1000.0
     signature = (context or {}).get("signature", "")
+    if STATE.hists is not None:
+        STATE.hists.add(ts, signature, response_time, exception is None)
+    if STATE.window is not None:
+        STATE.window.add(response_time, exception is None)
+    if exception is None and STATE.sample < 1.0 and STATE.sampler.random() >= STATE.sample:
+        return  # not in the raw-record sample; the histograms count it (failures all kept)
     STATE.records.add(
         ts=ts,
         latency_ms=response_time,
@@ -393,10 +407,6 @@ def _record(request_type: str, name: str, response_time: float, response_length:
         nbytes=response_length or 0,
         error=error,
     )
-    if STATE.hists is not None:
-        STATE.hists.add(ts, signature, response_time, exception is None)
-    if STATE.window is not None:
-        STATE.window.add(response_time, exception is None)
 
 
 @events.test_start.add_listener

@@ -34,7 +34,7 @@ def test_build_config_shape_and_defaults():
         "shape": {"kind": "staircase", "users": 8, "spawn_rate": 4.0, "duration_s": 80.0,
                   "step_users": 2, "step_duration_s": 20.0},
         "think_time_s": 0.5, "flush_interval_s": 5.0, "request_timeout_s": 30.0,
-        "instances_per_request": 1,
+        "instances_per_request": 1, "record_sample": 1.0,
     }
     json.dumps(cfg)  # travels as JSON
     constant = _config(load_shape="constant")

@@ -217,3 +217,23 @@ def test_rate_staircase_and_spike_are_sent_on_their_seconds(tmp_path):
 
     assert per_second(stairs) == [20, 20, 40, 40, 60, 60]
     assert per_second(spike) == [20, 20, 100, 20]
+
+
+@pytest.mark.slow
+def test_a_raw_record_sample_keeps_failures_and_histograms_count_everything(tmp_path):
+    """record_sample=0.25 in a real closed-loop run: about a quarter of the successful
+    requests are raw records, every failure is, and the histograms count every request
+    Locust counted."""
+    with StallingServer() as server:
+        load = run_load(tmp_path, "sampled", server.url, load_shape="constant", users=4,
+                        spawn_rate=100, duration_s=5, record_sample=0.25)
+    rows = raw_records(load)
+    _, whole = hdr.summarize(hdr.read_records(
+        storage.list_files(f"file://{load}/histograms", ".jsonl")))
+    with (load / "locust_stats.csv").open() as handle:
+        locust = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
+    total = int(locust["Request Count"])
+    assert whole["ok"] + whole["failed"] == total > 200
+    kept_ok = sum(r["ok"] == "1" for r in rows)
+    assert 0.15 * whole["ok"] <= kept_ok <= 0.35 * whole["ok"], (kept_ok, whole["ok"])
+    assert sum(r["ok"] == "0" for r in rows) == whole["failed"]

@@ -228,6 +228,7 @@ def make_config(
     max_in_flight: int = 256,
     rate_profile: Mapping[str, Any] | None = None,
     peak: Mapping[str, Any] | None = None,
+    record_sample: float = 1.0,
 ) -> dict[str, Any]:
     """The test config the locustfile reads (``--caio-config``). Raises ``ValueError`` naming
     the first bad argument.
@@ -240,7 +241,9 @@ def make_config(
     ``drain_s`` (the request timeout, at most 3 s) after ``duration_s`` for the last
     requests to complete. ``load_shape="peak_search"`` starts at ``rate`` with ``peak``
     settings ``slo_ms``, ``slo_percentile``, ``max_error_rate``, ``max_rate`` (0: none),
-    ``precision``, ``window_s``, ``min_requests`` (see ``locust/caio_peak.py``)."""
+    ``precision``, ``window_s``, ``min_requests`` (see ``locust/caio_peak.py``).
+    ``record_sample``: the share of successful requests kept as raw records (failures are
+    all kept; the workers' histograms count every request)."""
     origin(predict_url)
     _one_of("protocol", protocol, PROTOCOLS)
     _one_of("signature", signature, SIGNATURES)
@@ -260,6 +263,8 @@ def make_config(
         raise ValueError(f"rate is {rate!r}; it must be > 0 and <= 100000 req/s")
     if not 1 <= max_in_flight <= 100_000:
         raise ValueError(f"max_in_flight is {max_in_flight!r}; it must be 1..100000")
+    if not 0 < record_sample <= 1:
+        raise ValueError(f"record_sample is {record_sample!r}; it must be in (0, 1]")
     shape: dict[str, Any] = {"kind": load_shape, "users": int(users),
                              "spawn_rate": float(spawn_rate), "duration_s": float(duration_s)}
     if load_shape in ("open_rate", "peak_search"):
@@ -287,6 +292,7 @@ def make_config(
         "flush_interval_s": float(flush_interval_s),
         "request_timeout_s": float(request_timeout_s),
         "instances_per_request": int(instances_per_request),
+        "record_sample": float(record_sample),
     }
 
 
@@ -349,6 +355,7 @@ def build_config(spec: Any, deployment: Mapping[str, Any], **overrides: Any) -> 
                  "max_error_rate": spec.max_error_rate, "max_rate": spec.max_rate,
                  "precision": spec.peak_precision, "window_s": spec.window_s,
                  "min_requests": spec.min_requests},
+        "record_sample": spec.record_sample,
     }
     kwargs.update(overrides)
     return make_config(**kwargs)

@@ -7,6 +7,7 @@ run's rows in one transaction, so harvesting twice leaves exactly one copy.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from caio_operators.results import hdr, peak
 from caio_operators.results import schema as sc
 from caio_operators.results.consolidate import apply_histograms, build_tables
 from caio_operators.results.readers import read_run_inputs
+from caio_operators.results.sampled import apply_histogram_counts
 from caio_operators.results.warehouse import open_warehouse
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,16 @@ def read_histograms(layout: RunLayout, skipped: list[str]
     return records
 
 
+def record_sample(layout: RunLayout) -> float:
+    """The share of successful requests the workers kept as raw records (the run's test
+    config; 1.0 when it says nothing or cannot be read)."""
+    try:
+        config = json.loads(storage.read_text(layout.config_uri))
+        return float(config.get("record_sample", 1.0))
+    except (OSError, ValueError, TypeError, AttributeError, storage.StorageError):
+        return 1.0
+
+
 def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
                 interval_s: float = sc.DEFAULT_INTERVAL_S, *,
                 extra_timeseries: pd.DataFrame | None = None,
@@ -117,6 +129,13 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
                           interval_s=interval_s, worker_cpu=raw.worker_cpu)
     # when the workers wrote histograms, client latency percentiles come from them
     tables = apply_histograms(tables, histograms, interval_s)
+    sample = record_sample(layout)
+    if sample < 1.0:
+        if histograms:  # the raw records are a sample: counts come from the histograms
+            tables = apply_histogram_counts(tables, histograms, interval_s)
+        else:
+            problems = [*problems, f"raw records are a {sample:.0%} sample and the workers "
+                                   "wrote no histograms: counts and rates cover the sample only"]
     search = peak.read_search(layout, raw.skipped)
     tables = peak.apply_search(tables, search)
     if search is not None and search.get("status") != "converged":
