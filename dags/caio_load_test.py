@@ -9,6 +9,15 @@ distributed Locust, `undeploy` (teardown, always runs) stops what deploy started
 `requests` tables (Parquet in the bucket + warehouse rows) even after a failed load, and
 `analyse` reads the run back from the warehouse and writes the HTML report.
 
+`analyse` then compares the run with its baseline (the previous successful run of the same
+version, or `baseline_version`), stores the verdict and the run's cost in the `verdicts` /
+`comparisons` tables, and fails on a regression only with `fail_on_regression`.
+
+Scheduled daily but created paused: unpause it for a daily benchmark, or backfill a date
+range (`airflow backfill create --dag-id caio_load_test --from-date ... --to-date ...`).
+Scheduled and backfill runs of one logical date share a run key, so a re-run replaces
+that date's rows. The tables are Assets: `caio_reports` refreshes the history report.
+
 Every knob is a Param: use the Trigger form, or `--conf '{"users": 4}'`.
 """
 
@@ -20,6 +29,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param
 
+from caio_operators import assets
 from caio_operators.operators import (
     AnalyseRunOperator,
     CreateLocustMetricsOperator,
@@ -43,9 +53,10 @@ with DAG(
     dag_id="caio_load_test",
     description="Export, deploy, load-test, harvest and analyse one model version.",
     doc_md=__doc__,
-    schedule=None,
+    schedule="@daily",
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    is_paused_upon_creation=True,
     max_active_runs=4,
     tags=["caio", "benchmark", "ml-serving"],
     default_args={"owner": "caio", "retries": 0, "retry_delay": timedelta(seconds=30)},
@@ -82,9 +93,11 @@ with DAG(
         # use all_success, and harvest runs all_done (also when deploy failed: then null).
         deployment="{{ ti.xcom_pull(task_ids='deploy') | tojson }}",
         trigger_rule="all_done", execution_timeout=timedelta(hours=1),
+        outlets=assets.HARVESTED,
     )
     analyse = AnalyseRunOperator(
         task_id="analyse", spec=spec, execution_timeout=timedelta(minutes=30),
+        outlets=assets.ANALYSED,
     )
 
     validate >> export >> deploy >> prepare >> load >> undeploy.as_teardown(setups=deploy)

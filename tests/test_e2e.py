@@ -12,10 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from caio_testing import REPO, our_processes
+
+from caio_operators.spec import make_run_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -116,10 +119,10 @@ def test_local_run_end_to_end(airflow_home, tmp_path):
                           env=_env(airflow_home), capture_output=True, text=True, timeout=120,
                           check=True)
     listing = next(line for line in runs.stdout.splitlines() if line.startswith("["))
+    # the run key is the DAG run's logical date (spec.run_key)
     dag_run_id = next(r["run_id"] for r in json.loads(listing)
-                      if run_id.endswith(r["run_id"].lower().replace(":", "-")
-                                         .replace("+", "-").replace(".", "-")
-                                         .replace("__", "-")))
+                      if run_id == make_run_id("tiny", "e2e", datetime.fromisoformat(
+                          r["logical_date"]).isoformat()))
     rerun = subprocess.run([AIRFLOW, "tasks", "test", "caio_load_test", "harvest", dag_run_id],
                            env=_env(airflow_home), capture_output=True, text=True, timeout=300,
                            check=False)

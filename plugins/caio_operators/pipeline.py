@@ -342,4 +342,91 @@ def analyse(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
     if status == "failed":
         raise RunFailed(f"run {spec.run_id} failed: {out['summary'].get('reason')} "
                         f"(report with what was collected: {out['report_uri']})")
-    return {"report_uri": out["report_uri"], "status": status}
+    judged = judge(spec, log=log)
+    return {"report_uri": out["report_uri"], "status": status, "verdict": judged}
+
+
+class RegressionFound(RunFailed):
+    """The run regressed against its baseline and ``fail_on_regression`` is set."""
+
+
+def judge_options(spec: RunSpec) -> dict[str, Any]:
+    """``verdicts.judge_run`` options from the RunSpec (how to compare and price)."""
+    return {"percentile": spec.regression_percentile,
+            "threshold": spec.regression_threshold_pct / 100.0,
+            "price_table": spec.price_table, "machine_type": spec.machine_type,
+            "accelerator_type": spec.accelerator_type,
+            "accelerator_count": spec.accelerator_count,
+            "local_machine_type": spec.local_machine_type,
+            "instances_per_request": spec.instances_per_request}
+
+
+def judge(spec: RunSpec, log: logging.Logger = _log,
+          baseline_run_id: str | None = None) -> dict[str, Any]:
+    """Compare the run with its baseline, price it, store the verdict in the warehouse;
+    a regression fails (``fail_on_regression``) or warns."""
+    from caio_operators.analysis.compare import REGRESSION
+    from caio_operators.analysis.verdicts import judge_run
+    from caio_operators.results.warehouse import open_warehouse
+
+    warehouse = open_warehouse(spec.warehouse, **warehouse_options(spec))
+    out = judge_run(warehouse, spec.run_id, baseline_version=spec.baseline_version,
+                    baseline_run_id=baseline_run_id, **judge_options(spec))
+    cost = ("not priced" if out["cost_per_hour"] is None else
+            f"{out['cost_per_hour']:.4g}/h, "
+            + ("-" if out["cost_per_1k"] is None else f"{out['cost_per_1k']:.4g}")
+            + f" per 1,000 predictions ({out['cost_note']})")
+    log.info("verdict vs %s (%s): %s - %s", out["baseline_run_id"], out["baseline_rule"],
+             out["verdict"], out["reason"])
+    log.info("cost: %s", cost)
+    if out["verdict"] == REGRESSION:
+        if spec.fail_on_regression:
+            raise RegressionFound(f"run {spec.run_id} regressed against "
+                                  f"{out['baseline_run_id']}: {out['reason']}")
+        log.warning("REGRESSION against %s: %s (fail_on_regression is off: warning only)",
+                    out["baseline_run_id"], out["reason"])
+    return out
+
+
+def compare_sweep(specs: list[Mapping[str, Any]], log: logging.Logger = _log
+                  ) -> dict[str, Any]:
+    """A sweep's end: judge and rank its variants, write the comparison report and
+    refresh the history report of every run in the warehouse."""
+    from caio_operators.analysis.reports import compare_sweep as compare
+    from caio_operators.analysis.reports import history_report
+    from caio_operators.results.warehouse import open_warehouse
+    from caio_operators.sweep import sweep_id
+
+    if not specs:
+        raise RunFailed("nothing to compare: the plan task produced no variants")
+    first = RunSpec.from_dict(specs[0])
+    warehouse = open_warehouse(first.warehouse, **warehouse_options(first))
+    options = judge_options(first)
+    for name in ("machine_type", "accelerator_type", "accelerator_count",
+                 "instances_per_request"):
+        options.pop(name)  # per variant
+    out = compare(warehouse, specs, first.bucket, sweep_id(first.airflow_run_id), options)
+    history = history_report(warehouse, first.bucket, dag_id="*")
+    log.info("comparison report: %s", out["report_uri"])
+    log.info("history report: %s", history["report_uri"])
+    for row in out["ranking"]:
+        log.info("#%s %-12s %-40s %s req/s  p95 %s ms  cost/1k %s  %s", row["rank"],
+                 row["variant"], row["run_id"], row["capacity_rps"], row["p95_ms"],
+                 row["cost_per_1k"], row["verdict"])
+    failed = [r["variant"] for r in out["ranking"] if r["status"] == "failed"]
+    if failed:
+        raise RunFailed(f"variants {failed} failed (the report shows what was collected: "
+                        f"{out['report_uri']})")
+    return {**out, "history_uri": history["report_uri"]}
+
+
+def history(warehouse_uri: str, bucket: str, dag_id: str = "caio_load_test",
+            log: logging.Logger = _log, **options: Any) -> dict[str, Any]:
+    """Refresh the history report of ``dag_id``'s runs in ``warehouse_uri``."""
+    from caio_operators.analysis.reports import history_report
+    from caio_operators.results.warehouse import open_warehouse
+
+    out = history_report(open_warehouse(warehouse_uri, **options), bucket, dag_id=dag_id)
+    log.info("history report of %d runs (%d regressions): %s", out["runs"],
+             out["regressions"], out["report_uri"])
+    return out

@@ -31,10 +31,12 @@ ARRIVALS = ("constant", "poisson")
 RATE_PROFILES = ("constant", "staircase", "spike")
 LOAD_RUNNERS = ("local", "gke")
 BUCKET_SCHEMES = ("file", "gs")
+REGRESSION_PERCENTILES = ("p50", "p95", "p99")
 WAREHOUSE_SCHEMES = ("duckdb", "bigquery")
 
 # AI Platform / Vertex identifiers: a letter, then letters, digits and underscores.
 _IDENT = r"^[A-Za-z][A-Za-z0-9_]{0,62}$"
+_IDENT_OR_EMPTY = r"^([A-Za-z][A-Za-z0-9_]{0,62})?$"
 _GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 
@@ -61,6 +63,7 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
     load = "Load"
     store = "Storage"
     cloud = "Google Cloud"
+    compare = "Comparison and cost"
     return {
         "model_name": {
             "default": "resnet101", "type": "string", "pattern": _IDENT, "section": model,
@@ -344,6 +347,38 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "default": "", "type": "string", "section": cloud, "title": "Locust image",
             "description": "Image built from locust/Dockerfile (load_runner=gke).",
         },
+        "baseline_version": {
+            "default": "", "type": "string", "pattern": _IDENT_OR_EMPTY, "section": compare,
+            "title": "Baseline version",
+            "description": "Compare with the latest successful run of this version of the "
+                           "same model; empty: the previous successful run of the same "
+                           "version.",
+        },
+        "regression_percentile": {
+            "default": "p95", "type": "string", "enum": list(REGRESSION_PERCENTILES),
+            "section": compare, "title": "Percentile judged",
+            "description": "Latency percentile whose change decides a regression.",
+        },
+        "regression_threshold_pct": {
+            "default": 10.0, "type": "number", "exclusiveMinimum": 0, "maximum": 1000,
+            "section": compare, "title": "Regression threshold (%)",
+            "description": "A change counts when it exceeds this and its 95% bootstrap "
+                           "interval excludes zero.",
+        },
+        "fail_on_regression": {
+            "default": False, "type": "boolean", "section": compare,
+            "title": "Fail on regression",
+            "description": "true: a regression fails the DAG run; false: it only warns.",
+        },
+        "price_table": {
+            "default": "", "type": "string", "section": compare, "title": "Price table",
+            "description": "JSON price table (file:// or gs://): hourly price per machine type "
+                           "and accelerator with the date taken; empty: pricing/prices.json.",
+        },
+        "local_machine_type": {
+            "default": "", "type": "string", "section": compare, "title": "Local machine",
+            "description": "Price-table machine that prices target=local; empty: cost 0.",
+        },
     }
 
 
@@ -409,6 +444,12 @@ class RunSpec:
     window_s: int = 5
     min_requests: int = 50
     record_sample: float = 1.0
+    baseline_version: str = ""
+    regression_percentile: str = "p95"
+    regression_threshold_pct: float = 10.0
+    fail_on_regression: bool = False
+    price_table: str = ""
+    local_machine_type: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -451,6 +492,16 @@ def make_run_id(model_name: str, model_version: str, airflow_run_id: str) -> str
         return slug
     digest = hashlib.sha1(raw.encode()).hexdigest()[:8]  # noqa: S324 (a name, not security)
     return f"{slug[:54].rstrip('-')}-{digest}"
+
+
+def run_key(airflow_run_id: str, logical_date: Any = None) -> str:
+    """What a run's id derives from: its logical date when it has one, else its Airflow
+    run id. A scheduled run and a backfill (or ``dags test``) run of the same date then
+    share one key, so re-running a date replaces its rows instead of adding a copy, while
+    manual triggers stay unique (their logical date is the trigger time, or none)."""
+    if logical_date is None:
+        return airflow_run_id
+    return logical_date.isoformat() if hasattr(logical_date, "isoformat") else str(logical_date)
 
 
 def _schema_problems(params: Mapping[str, Any], schema: dict[str, dict[str, Any]]) -> list[str]:
@@ -528,6 +579,8 @@ def _rule_problems(p: Mapping[str, Any]) -> list[str]:
     problems += _uri_problems("warehouse", p["warehouse"], WAREHOUSE_SCHEMES)
     if p["labels_uri"]:
         problems += _uri_problems("labels_uri", p["labels_uri"], BUCKET_SCHEMES)
+    if p.get("price_table"):
+        problems += _uri_problems("price_table", p["price_table"], BUCKET_SCHEMES)
     images = p["images_uri"]
     if "://" in images:
         problems += _uri_problems("images_uri", images, BUCKET_SCHEMES)
@@ -599,6 +652,8 @@ _CLOUD_PATTERNS = {
     "serving_container_image": (r"^[a-z0-9][a-z0-9._/:@-]{0,254}$", "a container image URI"),
     "impersonation_chain": (r"^[A-Za-z0-9@._,-]{0,1000}$",
                             "service account emails separated by commas"),
+    "local_machine_type": (r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+                           "a price-table machine name like n1-standard-4"),
 }
 
 
@@ -646,11 +701,13 @@ def validate_params(
     *,
     dag_id: str,
     airflow_run_id: str,
+    key: str | None = None,
 ) -> RunSpec:
     """Check ``params`` against ``schema`` and the cross-field rules; return the RunSpec.
 
     Raises SpecError listing every problem. Unknown keys are rejected too: a typo in a
-    --conf key would otherwise silently run with the default.
+    --conf key would otherwise silently run with the default. ``key`` (default: the Airflow
+    run id) is what the run id derives from: see :func:`run_key`.
     """
     known = set(schema)
     merged = {name: prop["default"] for name, prop in schema.items()}
@@ -663,7 +720,7 @@ def validate_params(
         problems += _rule_problems(merged)
     if problems:
         raise SpecError(problems)
-    run_id = make_run_id(merged["model_name"], merged["model_version"], airflow_run_id)
+    run_id = make_run_id(merged["model_name"], merged["model_version"], key or airflow_run_id)
     return RunSpec(run_id=run_id, dag_id=dag_id, airflow_run_id=airflow_run_id, **merged)
 
 

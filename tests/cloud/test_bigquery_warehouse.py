@@ -34,7 +34,7 @@ from caio_operators.results.harvest import harvest_run
 from caio_operators.results.warehouse import WarehouseError, open_warehouse
 
 URI = f"bigquery://{PROJECT}/{DATASET}"
-TABLE_ID = {t: f"{PROJECT}.{DATASET}.{t}" for t in sc.TABLES}
+TABLE_ID = {t: f"{PROJECT}.{DATASET}.{t}" for t in sc.ALL_TABLES}
 
 
 @pytest.fixture
@@ -89,13 +89,14 @@ def test_ensure_schema_creates_partitioned_clustered_tables(wh, fake_bq):
     dataset = dataset_call.args["dataset"]
     assert (dataset.project, dataset.dataset_id, dataset.location) == (PROJECT, DATASET, "EU")
     created = {c.args["table"].table_id: c.args["table"] for c in fake_bq.named("create_table")}
-    assert set(created) == set(sc.TABLES)
+    assert set(created) == set(sc.ALL_TABLES)
     for name, table in created.items():
         assert [(f.name, f.field_type, f.mode) for f in table.schema] == [
             (col, type_, "NULLABLE") for col, type_ in sc.sql_types(name, "bigquery").items()]
-        assert table.schema[0].description == sc.TABLES[name][0].description
+        assert table.schema[0].description == sc.ALL_TABLES[name][0].description
         assert table.time_partitioning.type_ == bigquery.TimePartitioningType.DAY
-        assert table.time_partitioning.field == {"runs": "started_at"}.get(name, "ts")
+        assert table.time_partitioning.field == {"runs": "started_at", "verdicts": "analysed_at",
+                                                 "comparisons": "analysed_at"}.get(name, "ts")
         assert table.clustering_fields == ["run_id"]
     types = {f.name: f.field_type for f in created["requests"].schema}
     assert types["ts"] == "TIMESTAMP" and types["ok"] == "BOOL" and types["status_code"] == "INT64"
@@ -127,7 +128,8 @@ def test_replace_run_deletes_with_a_parameter_then_loads_parquet(wh, fake_bq, ta
     deletes = fake_bq.named("query")
     assert [c.args["sql"] for c in deletes] == [
         f"DELETE FROM `{TABLE_ID[t]}` WHERE run_id = @run_id"
-        for t in ("runs", "timeseries", "requests")]  # runs first: the run disappears first
+        for t in ("runs", "timeseries", "requests", "verdicts",
+                  "comparisons")]  # runs first: the run disappears first
     for call in deletes:
         assert call.args["job_config"].query_parameters == [
             bigquery.ScalarQueryParameter("run_id", "STRING", hostile)]

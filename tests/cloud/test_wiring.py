@@ -225,7 +225,8 @@ def test_prepare_metrics_makes_schema_log_metrics_and_dashboard(schema, cloud_me
     created = [body for method, _, _, body in cloud_metrics.http.requests if method == "POST"]
     assert 'resource.labels.endpoint_id="4242"' in str(created)
     assert set(fake_bq.tables) == {f"my-project.bench.{t}" for t in
-                                   ("runs", "timeseries", "requests")}
+                                   ("runs", "timeseries", "requests", "verdicts",
+                                    "comparisons")}
     # every client was made with the run's connection and impersonation chain
     assert {(conn, tuple(chain)) for _, conn, chain in cloud_metrics.hooks} == {
         ("google_cloud_default", (SA,))}

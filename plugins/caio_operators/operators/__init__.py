@@ -6,14 +6,22 @@ from caio_operators.operators.export import ExportServingModelOperator
 from caio_operators.operators.harvest import HarvestMetricsOperator
 from caio_operators.operators.load import RunLoadTestOperator
 from caio_operators.operators.metrics import CreateLocustMetricsOperator
+from caio_operators.operators.sweep import (
+    CompareSweepOperator,
+    HistoryReportOperator,
+    PlanSweepOperator,
+)
 from caio_operators.operators.validate import ValidateRunSpecOperator
 
 __all__ = [
     "AnalyseRunOperator",
+    "CompareSweepOperator",
     "CreateLocustMetricsOperator",
     "DeployModelOperator",
     "ExportServingModelOperator",
     "HarvestMetricsOperator",
+    "HistoryReportOperator",
+    "PlanSweepOperator",
     "RunLoadTestOperator",
     "UndeployModelOperator",
     "ValidateRunSpecOperator",

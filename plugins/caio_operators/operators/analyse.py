@@ -8,11 +8,16 @@ from caio_operators.operators.base import SpecOperator
 
 
 class AnalyseRunOperator(SpecOperator):
-    """Write the report and print the summary; fail the DAG run if the run itself failed."""
+    """Write the report and print the summary; fail the DAG run if the run itself failed.
+    Then compare the run with its baseline and store the verdict and cost (``verdicts``,
+    ``comparisons``): a regression fails the DAG run with ``fail_on_regression``, else
+    warns."""
 
     ui_color = "#efe1f4"
 
     def execute(self, context) -> dict[str, Any]:
-        from caio_operators import pipeline
+        from caio_operators import assets, pipeline
 
-        return pipeline.analyse(self.run_spec, log=self.log)
+        out = pipeline.analyse(self.run_spec, log=self.log)
+        assets.mark_events(context, self.outlets, assets.event_extra(self.run_spec))
+        return out

@@ -36,5 +36,9 @@ class HarvestMetricsOperator(SpecOperator):
         deployment = self.deployment
         if isinstance(deployment, str):
             deployment = json.loads(deployment) if deployment.strip() else None
-        return pipeline.harvest(self.run_spec, export_info=self.export_info, log=self.log,
-                                deployment=deployment)
+        from caio_operators import assets
+
+        out = pipeline.harvest(self.run_spec, export_info=self.export_info, log=self.log,
+                               deployment=deployment)
+        assets.mark_events(context, self.outlets, assets.event_extra(self.run_spec))
+        return out

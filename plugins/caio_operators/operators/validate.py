@@ -6,7 +6,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from caio_operators.spec import validate_params
+from caio_operators.spec import run_key, validate_params
 
 
 class ValidateRunSpecOperator(BaseOperator):
@@ -22,6 +22,8 @@ class ValidateRunSpecOperator(BaseOperator):
         spec = validate_params(
             dict(context["params"]), self.schema,
             dag_id=self.dag_id, airflow_run_id=context["run_id"],
+            # runs of one logical date (scheduled, backfill) share their rows' key
+            key=run_key(context["run_id"], context.get("logical_date")),
         )
         self.log.info("run %s: target=%s model=%s/%s source=%s shape=%s users=%s duration=%ss",
                       spec.run_id, spec.target, spec.model_name, spec.model_version,

@@ -1,6 +1,6 @@
 """The BigQuery warehouse: the DuckDB warehouse's narrow interface on a BigQuery dataset.
 
-``bigquery://project/dataset[?location=EU]`` holds the same three tables as the local
+``bigquery://project/dataset[?location=EU]`` holds the same tables as the local
 DuckDB file (types from :mod:`caio_operators.results.schema`), partitioned by day on
 their time column and clustered by ``run_id`` so one run's rows are cheap to find.
 
@@ -53,13 +53,16 @@ from caio_operators.results.warehouse import (
 log = logging.getLogger(__name__)
 
 #: day partitioning column per table; every table is clustered by run_id
-PARTITION_FIELDS = {"runs": "started_at", "timeseries": "ts", "requests": "ts"}
+PARTITION_FIELDS = {"runs": "started_at", "timeseries": "ts", "requests": "ts",
+                    "verdicts": "analysed_at", "comparisons": "analysed_at"}
 CLUSTER_FIELDS = ("run_id",)
 #: delete ``runs`` first and load it last: a run is listed only once its rows are in
-DELETE_ORDER = ("runs", "timeseries", "requests")
-LOAD_ORDER = ("requests", "timeseries", "runs")
+#: (the derived tables go with their run: a re-harvested run loses its old verdict)
+DELETE_ORDER = ("runs", "timeseries", "requests", "verdicts", "comparisons")
+LOAD_ORDER = ("comparisons", "verdicts", "requests", "timeseries", "runs")
 READ_ORDER = {"runs": "", "timeseries": " ORDER BY metric, dimension, ts",
-              "requests": " ORDER BY source, ts"}
+              "requests": " ORDER BY source, ts", "verdicts": "",
+              "comparisons": " ORDER BY metric"}
 JOB_ID_PREFIX = "caio_"
 JOB_LABELS = {"app": "caio-bench"}
 
@@ -436,7 +439,7 @@ class BigQueryWarehouse:
         types = sc.sql_types(table, "bigquery")
         return [bigquery.SchemaField(col.name, types[col.name], mode="NULLABLE",
                                      description=col.description)
-                for col in sc.TABLES[table]]
+                for col in sc.ALL_TABLES[table]]
 
     def _table_spec(self, table: str) -> Any:
         from google.cloud import bigquery
@@ -463,7 +466,7 @@ class BigQueryWarehouse:
                    "Use a new dataset or migrate the table."))
 
     def ensure_schema(self) -> None:
-        """Create the dataset and the three tables when missing (existing ones are kept,
+        """Create the dataset and the tables when missing (existing ones are kept,
         after checking they have the schema's columns)."""
         from google.api_core.exceptions import NotFound
         from google.cloud import bigquery
@@ -476,7 +479,7 @@ class BigQueryWarehouse:
                 dataset = bigquery.Dataset(self.dataset_id)
                 if self.location:
                     dataset.location = self.location
-                dataset.description = "caio-bench results (runs, timeseries, requests)"
+                dataset.description = "caio-bench results (runs, timeseries, requests, verdicts)"
                 client.create_dataset(dataset, exists_ok=True)
                 log.info("created BigQuery dataset %s", self.dataset_id)
         for table in TABLES:
@@ -498,13 +501,23 @@ class BigQueryWarehouse:
         Deletes the run's rows from every table (``runs`` first), then appends the given
         frames with load jobs (``runs`` last). Returns the rows loaded per table.
         """
+        return self._replace(tables, run_id, DELETE_ORDER)
+
+    def replace_tables(self, tables: Mapping[str, pd.DataFrame], run_id: str
+                       ) -> dict[str, int]:
+        """Replace ``run_id``'s rows in the given tables only (the analysis's derived
+        tables): one DELETE then one load per table; the run's other rows stay."""
+        return self._replace(tables, run_id, tuple(t for t in DELETE_ORDER if t in tables))
+
+    def _replace(self, tables: Mapping[str, pd.DataFrame], run_id: str,
+                 clear: tuple[str, ...]) -> dict[str, int]:
         from google.cloud import bigquery
 
         payloads = run_frames_as_arrow(tables, run_id)
         if not self._schema_ready:
             self.ensure_schema()
         run_param = [bigquery.ScalarQueryParameter("run_id", "STRING", run_id)]
-        for table in DELETE_ORDER:
+        for table in clear:
             with self._explained(f"deleting run {run_id!r} from {table}"):
                 self._run_query(f"DELETE FROM {self._ref(table)} "  # noqa: S608 (allow-listed)
                                 "WHERE run_id = @run_id", run_param)
@@ -549,7 +562,7 @@ class BigQueryWarehouse:
 
         run_param = [bigquery.ScalarQueryParameter("run_id", "STRING", run_id)]
         out = {}
-        for table in TABLES:
+        for table in sc.TABLES:  # the harvested tables; derived ones via query()
             cols = ", ".join(_backtick(c) for c in sc.columns(table))
             sql = (f"SELECT {cols} FROM {self._ref(table)} "  # noqa: S608 (allow-listed)
                    f"WHERE run_id = @run_id{READ_ORDER[table]}")

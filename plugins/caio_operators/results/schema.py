@@ -2,7 +2,8 @@
 
 Local runs fill these tables from raw CSV records and process samples; cloud runs fill the
 same tables from raw records and Cloud Monitoring. Analysis reads only these tables, so it
-never knows which backend produced a run. Every table is keyed by ``run_id``.
+never knows which backend produced a run. Every table is keyed by ``run_id``. The analysis
+adds two derived tables, ``verdicts`` and ``comparisons``: a run against its baseline.
 
 Types are declared once, as Arrow types; the pandas dtypes, the DuckDB DDL and the
 BigQuery types derive from them. ``conform()`` casts a DataFrame to exactly a table's
@@ -157,16 +158,59 @@ REQUESTS: tuple[Column, ...] = (
     _c("error", S, "error text; null when ok"),
 )
 
+VERDICTS: tuple[Column, ...] = (
+    _c("run_id", S, "run key (the candidate run)"),
+    _c("baseline_run_id", S, "run compared with; null when there was none"),
+    _c("baseline_rule", S, "how the baseline was chosen: 'previous' (the previous successful "
+                           "run of the same model and version) or 'version:<v>'"),
+    _c("verdict", S, "'regression' | 'improvement' | 'no change' | 'no baseline'"),
+    _c("reason", S, "the figures behind the verdict, in words"),
+    _c("percentile", S, "latency percentile judged: 'p50' | 'p95' | 'p99'"),
+    _c("threshold_pct", F64, "relative change beyond which a difference counts, %"),
+    _c("cost_per_hour", F64, "deployment cost per hour at the tested load (price table "
+                             "currency); null when not priced"),
+    _c("cost_per_1k", F64, "cost per 1,000 predictions at cost_basis_rps"),
+    _c("cost_basis", S, "'max_sustainable_rps' (peak search) or 'throughput_rps' (measured)"),
+    _c("cost_basis_rps", F64, "the throughput the cost per 1,000 is computed at, req/s"),
+    _c("cost_note", S, "how the cost was priced (machine, replicas, accelerators, price date)"),
+    _c("price_date", S, "date the price table's prices were taken"),
+    _c("analysed_at", UTC_TS, "when the comparison was made (UTC)"),
+)
+
+COMPARISONS: tuple[Column, ...] = (
+    _c("run_id", S, "run key (the candidate run)"),
+    _c("baseline_run_id", S, "run compared with"),
+    _c("metric", S, "'p50_ms' | 'p95_ms' | 'p99_ms' | 'throughput_rps' | 'max_sustainable_rps'"),
+    _c("candidate", F64, "the figure in this run"),
+    _c("baseline", F64, "the figure in the baseline run"),
+    _c("change_pct", F64, "candidate / baseline - 1, %"),
+    _c("ci_low_pct", F64, "95% bootstrap interval of change_pct, low end (null: no interval)"),
+    _c("ci_high_pct", F64, "95% bootstrap interval of change_pct, high end"),
+    _c("worse", B, "worse by more than the threshold, with the interval excluding zero"),
+    _c("better", B, "better by more than the threshold, with the interval excluding zero"),
+    _c("analysed_at", UTC_TS, "when the comparison was made (UTC)"),
+)
+
+#: the tables harvest writes for every run
 TABLES: dict[str, tuple[Column, ...]] = {
     "runs": RUNS,
     "timeseries": TIMESERIES,
     "requests": REQUESTS,
 }
+#: tables the analysis derives from those (a run's comparison with its baseline)
+DERIVED_TABLES: dict[str, tuple[Column, ...]] = {
+    "verdicts": VERDICTS,
+    "comparisons": COMPARISONS,
+}
+#: every table of the warehouse
+ALL_TABLES: dict[str, tuple[Column, ...]] = {**TABLES, **DERIVED_TABLES}
 TABLE_DOCS = {
     "runs": "one summary row per run",
     "timeseries": f"one row per (interval, metric, dimension); default interval "
                   f"{DEFAULT_INTERVAL_S:g} s",
     "requests": "raw per-request records, client and server side",
+    "verdicts": "one row per analysed run: its verdict against its baseline and its cost",
+    "comparisons": "one row per (analysed run, figure) compared with the baseline",
 }
 
 
@@ -176,10 +220,10 @@ def columns(table: str) -> list[str]:
 
 def _table(table: str) -> tuple[Column, ...]:
     try:
-        return TABLES[table]
+        return ALL_TABLES[table]
     except KeyError:
         raise ValueError(
-            f"unknown table {table!r}; the schema has {', '.join(TABLES)}"
+            f"unknown table {table!r}; the schema has {', '.join(ALL_TABLES)}"
         ) from None
 
 
@@ -280,7 +324,7 @@ def schema_markdown() -> str:
         "SQL types: DuckDB / BigQuery.",
         "",
     ]
-    for table, cols in TABLES.items():
+    for table, cols in ALL_TABLES.items():
         duck, bq = sql_types(table, "duckdb"), sql_types(table, "bigquery")
         lines += [f"### `{table}`: {TABLE_DOCS[table]}", "",
                   "| column | type | description |", "|---|---|---|"]

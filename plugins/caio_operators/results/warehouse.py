@@ -26,7 +26,7 @@ import pandas as pd
 
 from caio_operators.results import schema as sc
 
-TABLES = tuple(sc.TABLES)  # the allow-list of table names
+TABLES = tuple(sc.ALL_TABLES)  # the allow-list of table names
 SCHEMES = ("duckdb", "bigquery")
 
 
@@ -40,6 +40,9 @@ class Warehouse(Protocol):
     def ensure_schema(self) -> None: ...
 
     def replace_run(self, tables: Mapping[str, pd.DataFrame], run_id: str) -> dict[str, int]: ...
+
+    def replace_tables(self, tables: Mapping[str, pd.DataFrame], run_id: str
+                       ) -> dict[str, int]: ...
 
     def read_run(self, run_id: str) -> dict[str, pd.DataFrame]: ...
 
@@ -176,6 +179,16 @@ class DuckDBWarehouse:
         the given frames are inserted, so harvesting a run twice never duplicates it.
         Returns the rows inserted per table.
         """
+        return self._replace(tables, run_id, clear=TABLES)
+
+    def replace_tables(self, tables: Mapping[str, pd.DataFrame], run_id: str
+                       ) -> dict[str, int]:
+        """Replace ``run_id``'s rows in the given tables only (the analysis's derived
+        tables), in one transaction; the run's other rows stay."""
+        return self._replace(tables, run_id, clear=tuple(tables))
+
+    def _replace(self, tables: Mapping[str, pd.DataFrame], run_id: str,
+                 clear: tuple[str, ...]) -> dict[str, int]:
         arrow = run_frames_as_arrow(tables, run_id)
         import duckdb
 
@@ -184,8 +197,9 @@ class DuckDBWarehouse:
             self._ensure(con)
             con.execute("BEGIN TRANSACTION")
             try:
-                for table in TABLES:
-                    con.execute(f"DELETE FROM {_quote(table)} WHERE run_id = ?",  # noqa: S608
+                for table in clear:
+                    con.execute(f"DELETE FROM {_quote(_check_table(table))} "  # noqa: S608
+                                "WHERE run_id = ?",
                                 [run_id])
                 for name, data in arrow.items():
                     view = f"incoming_{name}"
@@ -209,10 +223,11 @@ class DuckDBWarehouse:
     def read_run(self, run_id: str) -> dict[str, pd.DataFrame]:
         """Every table's rows for ``run_id``, schema dtypes (empty frames for unknown runs)."""
         order = {"runs": "", "timeseries": " ORDER BY metric, dimension, ts",
-                 "requests": " ORDER BY source, ts"}
+                 "requests": " ORDER BY source, ts", "verdicts": "",
+                 "comparisons": " ORDER BY metric"}
         out = {}
         with self._connect(read_only=True) as con:
-            for table in TABLES:
+            for table in sc.TABLES:  # the harvested tables; derived ones via query()
                 cols = ", ".join(_quote(c) for c in sc.columns(table))
                 data = con.sql(
                     f"SELECT {cols} FROM {_quote(table)} WHERE run_id = ?{order[table]}",  # noqa: S608

@@ -1,0 +1,110 @@
+"""
+### caio_version_sweep: the same benchmark over several variants, compared
+
+`variants` is a list of objects, each overriding any `caio_load_test` param (model version
+and source, machine type, accelerator, replicas...) plus an optional `name`; the other
+params are every variant's defaults. `plan` validates every variant first (nothing is
+created before all pass). Each variant then runs the whole export -> deploy -> load ->
+undeploy (teardown) -> harvest chain as one instance of the mapped `variant` task group,
+with its own run id, folders and ports. `compare` judges every variant against the first,
+ranks them by max req/s under the SLO, prices them and writes the comparison report
+(`<bucket>/sweeps/<sweep>/comparison.html`) and the history report.
+
+Variants run one at a time (runs sharing a machine distort each other): the DAG runs one
+task at a time. Set `CAIO_SWEEP_PARALLEL` in the Airflow environment to allow more.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, Param, task_group
+
+from caio_operators import assets
+from caio_operators.operators import (
+    CompareSweepOperator,
+    CreateLocustMetricsOperator,
+    DeployModelOperator,
+    ExportServingModelOperator,
+    HarvestMetricsOperator,
+    PlanSweepOperator,
+    RunLoadTestOperator,
+    UndeployModelOperator,
+)
+from caio_operators.spec import param_schema
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = param_schema(
+    local_root=os.environ.get("CAIO_HOME", str(REPO / ".caio")),
+    images_dir=os.environ.get("CAIO_IMAGES", str(REPO / "test_images")),
+)
+_FORM_ONLY = ("default", "examples")
+#: tasks running at once in one sweep run (Airflow reads concurrency limits at parse time)
+PARALLEL = max(1, int(os.environ.get("CAIO_SWEEP_PARALLEL", "1")))
+
+with DAG(
+    dag_id="caio_version_sweep",
+    description="Benchmark several variants (versions, machines, replicas) and compare them.",
+    doc_md=__doc__,
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    max_active_tasks=PARALLEL,
+    tags=["caio", "benchmark", "ml-serving", "sweep"],
+    # "upstream": a variant's next stage outranks the next variant's first one, so with one
+    # task at a time each variant's chain runs to its end before the next variant starts
+    default_args={"owner": "caio", "retries": 0, "retry_delay": timedelta(seconds=30),
+                  "weight_rule": "upstream"},
+    params={
+        "variants": Param(
+            [{"name": "small", "model_version": "v1",
+              "model_source": "builtin:mobilenet_v3_small"},
+             {"name": "large", "model_version": "v2",
+              "model_source": "builtin:resnet_v2_101"}],
+            type="array", items={"type": "object"}, title="Variants",
+            description="One object per variant: caio_load_test params to override (e.g. "
+                        "model_version, model_source, machine_type, accelerator_type, "
+                        "replicas) and an optional name (lowercase, digits, dashes).",
+            section="Sweep"),
+        **{name: Param(prop["default"], **{k: v for k, v in prop.items()
+                                           if k not in _FORM_ONLY})
+           for name, prop in SCHEMA.items()},
+    },
+) as dag:
+    plan = PlanSweepOperator(task_id="plan", schema=SCHEMA,
+                             execution_timeout=timedelta(minutes=1))
+
+    @task_group(group_id="variant")
+    def variant(spec):
+        export = ExportServingModelOperator(
+            task_id="export", spec=spec, execution_timeout=timedelta(minutes=30))
+        deploy = DeployModelOperator(
+            task_id="deploy", spec=spec, execution_timeout=timedelta(minutes=30))
+        prepare = CreateLocustMetricsOperator(
+            task_id="prepare_metrics", spec=spec, deployment=deploy.output,
+            execution_timeout=timedelta(minutes=10))
+        load = RunLoadTestOperator(
+            task_id="load", spec=spec, deployment=deploy.output,
+            execution_timeout=timedelta(hours=25))
+        undeploy = UndeployModelOperator(
+            task_id="undeploy", deployment=deploy.output, spec=spec,
+            execution_timeout=timedelta(minutes=30))
+        harvest = HarvestMetricsOperator(
+            task_id="harvest", spec=spec, export_info=export.output,
+            # the same map index's deploy output (null when deploy failed), see caio_load_test
+            deployment="{{ ti.xcom_pull(task_ids='variant.deploy', "
+                       "map_indexes=ti.map_index) | tojson }}",
+            trigger_rule="all_done", execution_timeout=timedelta(hours=1),
+            outlets=assets.HARVESTED)
+        export >> deploy >> prepare >> load >> undeploy.as_teardown(setups=deploy)
+        undeploy >> harvest
+        return harvest
+
+    variants = variant.expand(spec=plan.output)
+    compare = CompareSweepOperator(
+        task_id="compare", specs=plan.output, trigger_rule="all_done",
+        execution_timeout=timedelta(minutes=30), outlets=assets.ANALYSED)
+    variants >> compare

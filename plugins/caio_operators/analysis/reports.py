@@ -1,0 +1,233 @@
+"""Reports across runs: a sweep's comparison report and the history report.
+
+Both read only the warehouse (``runs``, ``timeseries``, ``verdicts``) and write one
+self-contained HTML file (inline CSS, base64 PNGs, escaped text) plus a JSON twin:
+
+- ``<bucket>/sweeps/<sweep_id>/comparison.html``: the variants ranked by max req/s under
+  the SLO (the peak search's max sustainable throughput, or the measured throughput when no
+  peak search ran, marked so), latency-throughput curves overlaid per variant, cost per
+  1,000 predictions, and the verdict of each variant against the first one;
+- ``<bucket>/reports/history.html``: per model version, the trend of p95/p99, throughput
+  and cost over the runs of ``caio_load_test``, regressions marked.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from caio_operators import storage
+from caio_operators.analysis.plots import _figure, _png
+from caio_operators.analysis.report import _CSS, _e, _fmt
+from caio_operators.analysis.summary import load_levels, plain
+from caio_operators.analysis.verdicts import MAX_SUSTAINABLE, judge_run, run_row
+
+log = logging.getLogger(__name__)
+
+
+def comparison_uri(bucket: str, sweep: str) -> str:
+    return storage.join(bucket, "sweeps", sweep, "comparison.html")
+
+
+def history_uri(bucket: str) -> str:
+    return storage.join(bucket, "reports", "history.html")
+
+
+def rank_variants(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` best first, each with ``rank`` and ``capacity_rps``/``capacity_basis``:
+    max sustainable req/s when every run has it, else the measured throughput. Runs that
+    failed (or measured nothing) come last, unranked."""
+    peak = all(r.get(MAX_SUSTAINABLE) is not None for r in rows)
+    basis = MAX_SUSTAINABLE if peak else "throughput_rps"
+    out = [{**r, "capacity_rps": r.get(basis), "capacity_basis": basis} for r in rows]
+    good = [r for r in out if r.get("status") != "failed" and r["capacity_rps"]]
+    bad = [r for r in out if r not in good]
+    good.sort(key=lambda r: (-r["capacity_rps"], r.get("p95_ms") or float("inf")))
+    for i, r in enumerate(good, 1):
+        r["rank"] = i
+    for r in bad:
+        r["rank"] = None
+    return good + bad
+
+
+def _img(png: bytes, alt: str) -> str:
+    return (f"<figure><img alt='{_e(alt)}' src='data:image/png;base64,"
+            f"{base64.b64encode(png).decode()}'/></figure>")
+
+
+def curves_plot(curves: Mapping[str, list[dict[str, Any]]]) -> bytes:
+    """Latency (p95) vs throughput, one curve per variant (a point per users level)."""
+    fig, (ax,) = _figure(height=4.0)
+    for name, points in curves.items():
+        if points:
+            ax.plot([p["throughput_rps"] for p in points], [p["p95_ms"] for p in points],
+                    marker="o", linewidth=1.4, label=name)
+    ax.set_xlabel("successful requests/s")
+    ax.set_ylabel("p95 latency ms")
+    ax.set_title("Latency vs throughput per variant", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if any(curves.values()):
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def bars_plot(names: Sequence[str], values: Sequence[float | None], ylabel: str,
+              title: str) -> bytes:
+    fig, (ax,) = _figure(height=3.0)
+    ax.bar(list(names), [v or 0.0 for v in values], color="tab:blue")
+    for i, v in enumerate(values):
+        ax.annotate("n/a" if v is None else f"{v:.4g}", (i, v or 0.0), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _page(title: str, sub: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
+            f"<p class='sub'>{_e(sub)}</p>{body}</body></html>")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def compare_sweep(warehouse, specs: Sequence[Mapping[str, Any]], bucket: str, sweep: str,
+                  judge_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Judge each variant against the first, rank them, write the comparison report.
+
+    ``specs``: the variants' RunSpec dicts (the plan task's output); ``judge_options``:
+    percentile, threshold and price options of ``verdicts.judge_run``. Returns a small
+    dict: the ranking and the report's URI.
+    """
+    options = dict(judge_options or {})
+    rows, curves = [], {}
+    first = specs[0]["run_id"]
+    for spec in specs:
+        name = spec.get("extra", {}).get("variant") or spec["run_id"]
+        run = run_row(warehouse, spec["run_id"])
+        if run is None:
+            rows.append({"variant": name, "run_id": spec["run_id"], "status": "failed",
+                         "reason": "not harvested"})
+            continue
+        per_spec = {**options, "machine_type": spec.get("machine_type", ""),
+                    "accelerator_type": spec.get("accelerator_type", ""),
+                    "accelerator_count": spec.get("accelerator_count", 0),
+                    "instances_per_request": spec.get("instances_per_request", 1)}
+        judged = judge_run(warehouse, spec["run_id"],
+                           baseline_run_id=None if spec["run_id"] == first else first,
+                           **per_spec)
+        timeseries = warehouse.read_run(spec["run_id"])["timeseries"]
+        levels = load_levels(timeseries)
+        curves[name] = levels or ([{"throughput_rps": run["throughput_rps"],
+                                    "p95_ms": run["p95_ms"]}]
+                                  if run.get("throughput_rps") is not None else [])
+        rows.append({"variant": name, **{k: plain(run.get(k)) for k in (
+            "run_id", "status", "reason", "model_name", "model_version", "model_source",
+            "replicas", "throughput_rps", "p50_ms", "p95_ms", "p99_ms", MAX_SUSTAINABLE)},
+            "machine_type": spec.get("machine_type"), "target": spec.get("target"),
+            "verdict": judged["verdict"] if spec["run_id"] != first else "baseline",
+            "verdict_reason": judged["reason"], "cost_per_hour": judged["cost_per_hour"],
+            "cost_per_1k": judged["cost_per_1k"], "cost_note": judged["cost_note"]})
+    ranked = rank_variants(rows)
+    basis = ranked[0]["capacity_basis"] if ranked else "throughput_rps"
+    basis_text = ("max sustainable req/s under the SLO (peak search)"
+                  if basis == MAX_SUSTAINABLE else
+                  "measured req/s (no peak search ran: the SLO-bound maximum is unknown)")
+    table = _table(
+        ["rank", "variant", "run", "model", "source", "replicas", "status", "req/s",
+         "p50 ms", "p95 ms", "p99 ms", "max sustainable req/s", "cost/h", "cost per 1,000",
+         "verdict vs first"],
+        [[r.get("rank") or "-", r["variant"], r["run_id"],
+          f"{r.get('model_name')}:{r.get('model_version')}", r.get("model_source"),
+          r.get("replicas"), r.get("status"), _fmt(r.get("throughput_rps"), "{:.2f}"),
+          _fmt(r.get("p50_ms")), _fmt(r.get("p95_ms")), _fmt(r.get("p99_ms")),
+          _fmt(r.get(MAX_SUSTAINABLE)), _fmt(r.get("cost_per_hour"), "{:.4g}"),
+          _fmt(r.get("cost_per_1k"), "{:.4g}"), r.get("verdict", "-")] for r in ranked])
+    verdict_table = _table(["variant", "verdict", "figures"],
+                           [[r["variant"], r.get("verdict", "-"), r.get("verdict_reason", "")]
+                            for r in rows])
+    names = [r["variant"] for r in ranked]
+    capacity = bars_plot(names, [r.get("capacity_rps") for r in ranked], "req/s", basis_text)
+    cost = bars_plot(names, [r.get("cost_per_1k") for r in ranked], "cost",
+                     "Cost per 1,000 predictions")
+    cost_notes = "; ".join(f"{r['variant']}: {r['cost_note']}" for r in rows
+                           if r.get("cost_note"))
+    body = (
+        f"<h2>Ranking</h2><p>Ranked by {_e(basis_text)}.</p>{table}"
+        f"<h2>Latency vs throughput</h2>{_img(curves_plot(curves), 'curves')}"
+        f"<h2>Max req/s</h2>{_img(capacity, 'capacity')}"
+        f"<h2>Cost per 1,000 predictions</h2>{_img(cost, 'cost')}"
+        f"<p class='sub'>{_e(cost_notes)}</p>"
+        f"<h2>Verdicts (each variant against {_e(rows[0]['variant'])})</h2>{verdict_table}")
+    uri = comparison_uri(bucket, sweep)
+    storage.write_text(uri, _page(f"Sweep {sweep}", f"{len(specs)} variants", body))
+    summary = {"sweep": sweep, "basis": basis, "ranking": [
+        {k: r.get(k) for k in ("rank", "variant", "run_id", "status", "capacity_rps",
+                               "p95_ms", "cost_per_1k", "verdict")} for r in ranked]}
+    storage.write_text(uri.removesuffix(".html") + ".json",
+                       json.dumps(summary, indent=2, default=str))
+    log.info("sweep %s ranked: %s", sweep, [(r["rank"], r["variant"], r["capacity_rps"])
+                                           for r in ranked])
+    return {**summary, "report_uri": uri}
+
+
+HISTORY_SQL = (
+    "SELECT r.run_id, r.model_name, r.model_version, r.status, r.started_at, "
+    "r.throughput_rps, r.p95_ms, r.p99_ms, v.verdict, v.cost_per_1k "
+    "FROM runs r LEFT JOIN verdicts v ON r.run_id = v.run_id "
+    "WHERE r.started_at IS NOT NULL AND (r.dag_id = $dag OR $dag = '*') "
+    "ORDER BY r.started_at")
+
+
+def history_plot(history: pd.DataFrame) -> bytes:
+    """p95/p99, throughput and cost per 1,000 over time per model version, with each
+    regression marked by a red cross."""
+    fig, axes = _figure(3, height=8.5)
+    panels = ((("p95_ms", "p99_ms"), "latency ms"), (("throughput_rps",), "req/s"),
+              (("cost_per_1k",), "cost per 1,000"))
+    for ax, (columns, label) in zip(axes, panels, strict=True):
+        for (model, version), part in history.groupby(["model_name", "model_version"]):
+            for column in columns:
+                ax.plot(part["started_at"], part[column], marker="o", linewidth=1.2,
+                        label=f"{model}:{version} {column}")
+                bad = part[part["verdict"] == "regression"]
+                ax.scatter(bad["started_at"], bad[column], marker="x", s=80, color="red",
+                           zorder=3)
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_title("History (red x: regression against the baseline)", fontsize=10)
+    return _png(fig)
+
+
+def history_report(warehouse, bucket: str, dag_id: str = "caio_load_test") -> dict[str, Any]:
+    """Write the history report of ``dag_id``'s runs (``*``: every DAG's); returns its URI,
+    the number of runs and of regressions."""
+    history = warehouse.query(HISTORY_SQL, {"dag": dag_id})
+    history["started_at"] = pd.to_datetime(history["started_at"], utc=True)
+    rows = [[r.started_at, f"{r.model_name}:{r.model_version}", r.run_id, r.status,
+             _fmt(plain(r.throughput_rps), "{:.2f}"), _fmt(plain(r.p95_ms)),
+             _fmt(plain(r.p99_ms)), _fmt(plain(r.cost_per_1k), "{:.4g}"), r.verdict or "-"]
+            for r in history.itertuples()]
+    body = (f"<h2>Trend</h2>{_img(history_plot(history), 'history')}" if len(history) else
+            "<p>No runs yet.</p>")
+    body += "<h2>Runs</h2>" + _table(
+        ["started", "model", "run", "status", "req/s", "p95 ms", "p99 ms", "cost per 1,000",
+         "verdict"], rows)
+    uri = history_uri(bucket)
+    title = "History of all runs" if dag_id == "*" else f"History of {dag_id}"
+    storage.write_text(uri, _page(title, f"{len(history)} runs", body))
+    log.info("history report of %d runs: %s", len(history), uri)
+    return {"report_uri": uri, "runs": len(history),
+            "regressions": int((history["verdict"] == "regression").sum())}

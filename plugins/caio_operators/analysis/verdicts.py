@@ -1,0 +1,184 @@
+"""A run's verdict against its baseline, and its cost, read from and stored in the warehouse.
+
+The glue around the pure :mod:`~caio_operators.analysis.compare` and
+:mod:`~caio_operators.analysis.cost`: find the baseline run, read both runs' raw client
+latencies from ``requests``, compare, price, and replace the run's rows in ``verdicts`` and
+``comparisons``. Works the same on DuckDB and BigQuery (values are query parameters).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from caio_operators.analysis import compare as cmp
+from caio_operators.analysis import cost as costs
+from caio_operators.results import schema as sc
+from caio_operators.results.stats import epoch_seconds, steady_window
+
+log = logging.getLogger(__name__)
+
+#: runs column of the peak search's result (added by the peak_search load shape)
+MAX_SUSTAINABLE = "max_sustainable_rps"
+
+
+def _plain(value: Any) -> Any:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def run_row(warehouse, run_id: str) -> dict[str, Any] | None:
+    """The ``runs`` row of ``run_id`` as a dict (None when absent)."""
+    runs = warehouse.query("SELECT * FROM runs WHERE run_id = $run", {"run": run_id})
+    if runs.empty:
+        return None
+    return {k: _plain(v) for k, v in runs.iloc[0].to_dict().items()}
+
+
+def find_baseline(warehouse, run: Mapping[str, Any], baseline_version: str = ""
+                  ) -> tuple[str | None, str]:
+    """``(baseline run id or None, rule)``: the latest successful run of
+    ``baseline_version`` of the same model, or (no version named) the previous successful
+    run of the same model and version, started before this one."""
+    params: dict[str, Any] = {"model": run["model_name"], "run": run["run_id"]}
+    if baseline_version:
+        rule = f"version:{baseline_version}"
+        params["version"] = baseline_version
+        where = ""
+    else:
+        rule = "previous"
+        params["version"] = run["model_version"]
+        started = run.get("started_at")
+        if started is None:
+            return None, rule
+        params["started"] = pd.Timestamp(started).to_pydatetime()
+        where = " AND started_at < $started"
+    found = warehouse.query(  # values are parameters; ``where`` is one of two constants
+        "SELECT run_id FROM runs WHERE model_name = $model AND model_version = $version "  # noqa: S608
+        "AND status = 'success' AND run_id <> $run" + where +
+        " ORDER BY started_at DESC LIMIT 1", params)
+    return (None if found.empty else str(found["run_id"].iloc[0])), rule
+
+
+def per_second_ok(ts: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Successful requests per whole one-second bin of the steady window (the window
+    ``runs.throughput_rps`` uses): the samples of the throughput bootstrap."""
+    window = steady_window(ts)
+    if window is None:
+        return np.array([], dtype=float)
+    start, end = window
+    n_bins = math.floor(end - start)
+    if n_bins < 1:
+        return np.array([], dtype=float)
+    keep = ok & (ts >= start) & (ts < start + n_bins)
+    bins = np.floor(ts[keep] - start).astype(np.int64)
+    return np.bincount(bins, minlength=n_bins).astype(float)
+
+
+def run_sample(warehouse, run: Mapping[str, Any]) -> cmp.RunSample:
+    """The run's successful client latencies and per-second throughput, from ``requests``."""
+    rows = warehouse.query(
+        "SELECT ts, latency_ms, ok FROM requests WHERE run_id = $run AND source = 'client'",
+        {"run": run["run_id"]})
+    ok = rows["ok"].fillna(False).to_numpy(bool) if len(rows) else np.array([], bool)
+    ts = epoch_seconds(rows["ts"]) if len(rows) else np.array([], float)
+    latencies = rows["latency_ms"].to_numpy(float)[ok] if len(rows) else np.array([], float)
+    return cmp.RunSample(run_id=str(run["run_id"]), latencies_ms=latencies,
+                         per_second=per_second_ok(ts, ok),
+                         max_sustainable_rps=run.get(MAX_SUSTAINABLE))
+
+
+def run_cost(run: Mapping[str, Any], prices: costs.PriceTable, *, machine_type: str = "",
+             accelerator_type: str = "", accelerator_count: int = 0,
+             local_machine_type: str = "", instances_per_request: int = 1) -> dict[str, Any]:
+    """Cost figures of one run (see :mod:`~caio_operators.analysis.cost`)."""
+    per_hour, note = costs.hourly_cost(
+        prices, target=str(run.get("target")), replicas=int(run.get("replicas") or 1),
+        machine_type=machine_type, accelerator_type=accelerator_type,
+        accelerator_count=accelerator_count, local_machine_type=local_machine_type)
+    figures = costs.cost_figures(per_hour, max_sustainable_rps=run.get(MAX_SUSTAINABLE),
+                                 throughput_rps=run.get("throughput_rps"),
+                                 instances_per_request=instances_per_request)
+    figures["cost_note"] = f"{note}; {figures['cost_note']}"
+    figures["price_date"] = prices.taken
+    return figures
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else value * 100.0
+
+
+def verdict_frames(run_id: str, comparison: cmp.Comparison, baseline_run_id: str | None,
+                   rule: str, percentile: str, threshold: float, cost: Mapping[str, Any],
+                   now: dt.datetime | None = None) -> dict[str, pd.DataFrame]:
+    """The ``verdicts`` row and the ``comparisons`` rows of one judged run."""
+    now = now or dt.datetime.now(dt.UTC)
+    verdict = pd.DataFrame([{
+        "run_id": run_id, "baseline_run_id": baseline_run_id, "baseline_rule": rule,
+        "verdict": comparison.verdict, "reason": comparison.reason, "percentile": percentile,
+        "threshold_pct": threshold * 100.0, "cost_per_hour": cost.get("cost_per_hour"),
+        "cost_per_1k": cost.get("cost_per_1k"), "cost_basis": cost.get("cost_basis"),
+        "cost_basis_rps": cost.get("cost_basis_rps"), "cost_note": cost.get("cost_note"),
+        "price_date": cost.get("price_date"), "analysed_at": now}])
+    rows = [{"run_id": run_id, "baseline_run_id": baseline_run_id, "metric": r["metric"],
+             "candidate": r["candidate"], "baseline": r["baseline"],
+             "change_pct": _pct(r["change"]), "ci_low_pct": _pct(r["ci_low"]),
+             "ci_high_pct": _pct(r["ci_high"]), "worse": r["worse"], "better": r["better"],
+             "analysed_at": now} for r in comparison.rows]
+    comparisons = pd.DataFrame(rows) if rows else sc.empty_frame("comparisons")
+    return {"verdicts": sc.conform("verdicts", verdict),
+            "comparisons": sc.conform("comparisons", comparisons)}
+
+
+def judge_run(warehouse, run_id: str, *, baseline_version: str = "",
+              baseline_run_id: str | None = None, percentile: str = "p95",
+              threshold: float = cmp.DEFAULT_THRESHOLD, price_table: str = "",
+              machine_type: str = "", accelerator_type: str = "", accelerator_count: int = 0,
+              local_machine_type: str = "", instances_per_request: int = 1,
+              seed: int = 0) -> dict[str, Any]:
+    """Compare ``run_id`` with its baseline (``baseline_run_id`` when given, e.g. a sweep's
+    first variant, else :func:`find_baseline`), price it, store both in the warehouse.
+
+    Returns a small dict: verdict, reason, baseline, cost figures.
+    """
+    run = run_row(warehouse, run_id)
+    if run is None:
+        raise ValueError(f"run {run_id!r} is not in the warehouse {warehouse.uri}; "
+                         "harvest it first")
+    if baseline_run_id:
+        rule = f"run:{baseline_run_id}"
+    else:
+        baseline_run_id, rule = find_baseline(warehouse, run, baseline_version)
+    baseline = run_row(warehouse, baseline_run_id) if baseline_run_id else None
+    comparison = cmp.compare_runs(
+        run_sample(warehouse, run), run_sample(warehouse, baseline) if baseline else None,
+        percentile_name=percentile, threshold=threshold, seed=seed)
+    try:
+        cost = run_cost(run, costs.load_price_table(price_table), machine_type=machine_type,
+                        accelerator_type=accelerator_type, accelerator_count=accelerator_count,
+                        local_machine_type=local_machine_type,
+                        instances_per_request=instances_per_request)
+    except costs.PriceTableError as exc:
+        # a missing price must not hide the verdict: store it unpriced, say why
+        log.warning("run %s not priced: %s", run_id, exc)
+        cost = {"cost_note": f"not priced: {exc}"}
+    frames = verdict_frames(run_id, comparison, baseline_run_id, rule, percentile, threshold,
+                            cost)
+    warehouse.replace_tables(frames, run_id)
+    log.info("run %s vs %s (%s): %s - %s", run_id, baseline_run_id, rule, comparison.verdict,
+             comparison.reason)
+    return {"run_id": run_id, "verdict": comparison.verdict, "reason": comparison.reason,
+            "baseline_run_id": baseline_run_id, "baseline_rule": rule,
+            **{k: cost.get(k) for k in ("cost_per_hour", "cost_per_1k", "cost_basis",
+                                        "cost_basis_rps", "cost_note", "price_date")}}

@@ -1,0 +1,86 @@
+"""Operators of the sweep and reporting DAGs: plan the variants, compare them, report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from caio_operators.spec import run_key
+
+
+class PlanSweepOperator(BaseOperator):
+    """Validate every variant of a sweep; return one RunSpec dict per variant (the list the
+    variant task group is mapped over). Nothing is created before every variant passes."""
+
+    ui_color = "#fdf3e1"
+
+    def __init__(self, *, schema: dict[str, dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.schema = schema
+
+    def execute(self, context) -> list[dict[str, Any]]:
+        from caio_operators.sweep import plan_sweep
+
+        specs = plan_sweep(dict(context["params"]), self.schema, dag_id=self.dag_id,
+                           airflow_run_id=context["run_id"],
+                           key=run_key(context["run_id"], context.get("logical_date")))
+        for spec in specs:
+            self.log.info("variant %s: run %s model %s/%s source %s target %s replicas %s "
+                          "machine %s", spec["extra"]["variant"], spec["run_id"],
+                          spec["model_name"], spec["model_version"], spec["model_source"],
+                          spec["target"], spec["replicas"], spec["machine_type"])
+        return specs
+
+
+class CompareSweepOperator(BaseOperator):
+    """Judge and rank the sweep's variants; write the comparison and history reports."""
+
+    template_fields = ("specs",)
+    ui_color = "#efe1f4"
+
+    def __init__(self, *, specs: list[dict[str, Any]] | Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.specs = specs
+
+    def execute(self, context) -> dict[str, Any]:
+        from caio_operators import assets, pipeline
+        from caio_operators.spec import RunSpec
+
+        if not self.specs:
+            raise pipeline.RunFailed("nothing to compare: the plan task failed (see its log)")
+        out = pipeline.compare_sweep(list(self.specs), log=self.log)
+        first = RunSpec.from_dict(self.specs[0])
+        assets.mark_events(context, self.outlets, {**assets.event_extra(first),
+                                                   "report": out["report_uri"]})
+        return out
+
+
+class HistoryReportOperator(BaseOperator):
+    """Refresh the history report of every warehouse named by the triggering asset events
+    (or by the ``warehouse`` / ``bucket`` params when run by hand)."""
+
+    template_fields = ("warehouse", "bucket", "history_dag_id")
+    ui_color = "#efe1f4"
+
+    def __init__(self, *, warehouse: str, bucket: str,
+                 history_dag_id: str = "caio_load_test", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.warehouse = warehouse
+        self.bucket = bucket
+        self.history_dag_id = history_dag_id
+
+    def execute(self, context) -> list[dict[str, Any]]:
+        from caio_operators import pipeline
+
+        targets = set()
+        events = context.get("triggering_asset_events") or {}
+        for asset_events in events.values():
+            for event in asset_events:
+                extra = event.extra or {}
+                if extra.get("warehouse") and extra.get("bucket"):
+                    targets.add((extra["warehouse"], extra["bucket"]))
+        if not targets:  # run by hand (or events without a location): the params
+            targets.add((self.warehouse, self.bucket))
+        return [pipeline.history(warehouse, bucket, dag_id=self.history_dag_id, log=self.log)
+                for warehouse, bucket in sorted(targets)]

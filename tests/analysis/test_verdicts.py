@@ -1,0 +1,140 @@
+"""Verdicts from a real DuckDB warehouse: baseline choice, stored rows, replace on re-run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from caio_operators.analysis import verdicts
+from caio_operators.results.consolidate import build_tables
+from caio_operators.results.warehouse import open_warehouse
+
+T0 = 1_700_000_000
+
+
+def run_tables(run_id: str, version: str, start: float, scale: float, status="success",
+               seed=0, rps=50, seconds=20):
+    """A constant-load run: ``rps`` requests per second, lognormal latency x ``scale``."""
+    rng = np.random.default_rng(seed)
+    n = rps * seconds
+    ts = start + np.sort(rng.random(n)) * seconds
+    lat = rng.lognormal(np.log(40.0), 0.25, n) * scale
+    client = pd.DataFrame({"ts": ts, "latency_ms": lat, "ok": True, "status_code": 200,
+                           "signature": "serving_default", "worker": "0", "bytes": 10,
+                           "error": ""})
+    empty_server = client.iloc[:0].rename(columns={"worker": "replica", "bytes": "instances"})
+    meta = {"run_id": run_id, "dag_id": "caio_load_test", "target": "local",
+            "protocol": "tfserving", "model_name": "tiny", "model_version": version,
+            "model_source": "builtin:tiny", "weights": "random", "signature": "serving_default",
+            "load_shape": "constant", "users": 4, "workers": 1, "replicas": 2,
+            "status": status, "started_at": start, "ended_at": start + seconds,
+            "provenance": {}, "params": {}}
+    samples = pd.DataFrame(columns=["ts", "replica", "pid", "cpu_percent", "rss_mb"])
+    history = pd.DataFrame(columns=["ts", "users", "name"])
+    return build_tables(meta, client, empty_server, samples, history)
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    wh = open_warehouse(f"duckdb://{tmp_path}/wh.duckdb")
+    for run_id, version, start, scale, status, seed in (
+            ("a1", "v1", T0, 1.0, "success", 1),
+            ("a2", "v1", T0 + 100, 1.0, "failed", 2),   # failed: never a baseline
+            ("a3", "v1", T0 + 200, 1.3, "success", 3),  # 30% slower than a1
+            ("b1", "v2", T0 + 300, 1.0, "success", 4)):
+        wh.replace_run(run_tables(run_id, version, start, scale, status, seed), run_id)
+    return wh
+
+
+def test_previous_successful_run_of_the_same_version_is_the_baseline(warehouse):
+    out = verdicts.judge_run(warehouse, "a3", local_machine_type="e2-standard-4")
+    assert (out["baseline_run_id"], out["baseline_rule"]) == ("a1", "previous")
+    assert out["verdict"] == "regression" and "p95_ms" in out["reason"]
+    assert out["cost_basis"] == "throughput_rps" and out["cost_per_hour"] > 0
+    stored = warehouse.query("SELECT verdict, baseline_run_id, cost_per_1k, price_date "
+                             "FROM verdicts WHERE run_id = 'a3'")
+    assert list(stored["verdict"]) == ["regression"] and stored["price_date"].iloc[0]
+    rows = warehouse.query("SELECT metric, change_pct, ci_low_pct, worse FROM comparisons "
+                           "WHERE run_id = 'a3' ORDER BY metric")
+    assert list(rows["metric"]) == ["max_sustainable_rps", "p50_ms", "p95_ms", "p99_ms",
+                                    "throughput_rps"]
+    p95 = rows.set_index("metric").loc["p95_ms"]
+    assert 20 < p95["change_pct"] < 40 and p95["ci_low_pct"] > 0 and p95["worse"]
+    # judging again replaces the rows
+    verdicts.judge_run(warehouse, "a3")
+    assert len(warehouse.query("SELECT * FROM verdicts")) == 1
+    assert len(warehouse.query("SELECT * FROM comparisons")) == 5
+    # and re-harvesting the run drops its stale verdict with its other rows
+    warehouse.replace_run(run_tables("a3", "v1", T0 + 200, 1.3, seed=3), "a3")
+    assert warehouse.query("SELECT * FROM verdicts").empty
+
+
+def test_named_baseline_version_and_no_baseline(warehouse):
+    out = verdicts.judge_run(warehouse, "a3", baseline_version="v2")
+    assert (out["baseline_run_id"], out["baseline_rule"]) == ("b1", "version:v2")
+    assert out["verdict"] == "regression"
+    first = verdicts.judge_run(warehouse, "a1")
+    assert first["verdict"] == "no baseline" and first["baseline_run_id"] is None
+    assert first["cost_per_hour"] == 0.0 and "cost 0" in first["cost_note"]
+
+
+def test_per_second_bins_cover_the_steady_window():
+    ts = T0 + np.arange(0, 10, 0.1)  # 10 req/s for 10 s; steady window [T0+0.99, T0+8.91)
+    counts = verdicts.per_second_ok(ts, np.ones(ts.size, bool))
+    assert counts.tolist() == [10.0] * 7
+
+
+def test_history_report_marks_regressions(warehouse, tmp_path):
+    from caio_operators.analysis.reports import history_report
+
+    verdicts.judge_run(warehouse, "a3")
+    bucket = f"file://{tmp_path}/bucket"
+    out = history_report(warehouse, bucket)
+    assert (out["runs"], out["regressions"]) == (4, 1)
+    page = (tmp_path / "bucket" / "reports" / "history.html").read_text()
+    assert page.count("data:image/png;base64,") == 1
+    assert "tiny:v1" in page and "tiny:v2" in page and "regression" in page
+
+
+def test_rank_variants_by_capacity_then_latency():
+    from caio_operators.analysis.reports import rank_variants
+
+    rows = [{"variant": "slow", "status": "success", "throughput_rps": 10.0, "p95_ms": 90.0},
+            {"variant": "down", "status": "failed", "throughput_rps": None},
+            {"variant": "fast", "status": "success", "throughput_rps": 40.0, "p95_ms": 20.0}]
+    ranked = rank_variants(rows)
+    assert [(r["variant"], r["rank"]) for r in ranked] == [("fast", 1), ("slow", 2),
+                                                         ("down", None)]
+    assert ranked[0]["capacity_basis"] == "throughput_rps"
+    with_peak = rank_variants([{**rows[0], "max_sustainable_rps": 50.0},
+                               {**rows[2], "max_sustainable_rps": 45.0}])
+    assert [r["variant"] for r in with_peak] == ["slow", "fast"]
+    assert with_peak[0]["capacity_basis"] == "max_sustainable_rps"
+
+
+def test_a_missing_price_leaves_the_verdict_unpriced(warehouse):
+    out = verdicts.judge_run(warehouse, "a3", local_machine_type="no-such-machine")
+    assert out["verdict"] == "regression" and out["cost_per_hour"] is None
+    assert "not priced" in out["cost_note"] and "no-such-machine" in out["cost_note"]
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_a_regression_fails_the_run_only_when_asked(warehouse, tmp_path, images_dir, fail):
+    import dataclasses
+
+    from caio_operators import pipeline
+    from caio_operators.spec import param_schema, validate_params
+
+    spec = validate_params(
+        {"model_name": "tiny", "model_version": "v1", "warehouse": warehouse.uri,
+         "fail_on_regression": fail, "regression_percentile": "p99"},
+        param_schema(tmp_path, images_dir), dag_id="caio_load_test", airflow_run_id="manual")
+    spec = dataclasses.replace(spec, run_id="a3")
+    if fail:
+        with pytest.raises(pipeline.RegressionFound, match=r"a3 regressed against a1.*p99_ms"):
+            pipeline.judge(spec)
+    else:
+        assert pipeline.judge(spec)["verdict"] == "regression"  # stored, warned
+    stored = warehouse.query("SELECT verdict, percentile FROM verdicts WHERE run_id = 'a3'")
+    assert stored.values.tolist() == [["regression", "p99"]]

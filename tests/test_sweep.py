@@ -1,0 +1,169 @@
+"""Sweeps and scheduled runs: variant planning, run keys, and real `airflow dags test` runs
+(a two-variant sweep ranked and reported; two dates run twice, one row per run key)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from caio_testing import REPO, our_processes
+
+from caio_operators.spec import SpecError, make_run_id, param_schema, run_key
+from caio_operators.sweep import plan_sweep
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+DATE = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory, images_dir):
+    return param_schema(tmp_path_factory.mktemp("home"), images_dir)
+
+
+def test_runs_of_a_logical_date_share_a_key():
+    scheduled = run_key("scheduled__2026-03-01T00:00:00+00:00", DATE)
+    backfill = run_key("backfill__2026-03-01T00:00:00+00:00", DATE)
+    assert scheduled == backfill == "2026-03-01T00:00:00+00:00"
+    assert make_run_id("m", "v2", backfill) == "m-v2-2026-03-01t00-00-00-00-00"
+    assert make_run_id("m", "v1", backfill) != make_run_id("m", "v2", backfill)  # per version
+    # a manual trigger's logical date is its trigger time, or none: unique either way
+    manual = "manual__2026-03-01T10:11:12.5+00:00"
+    assert run_key(manual, None) == manual
+
+
+def test_plan_gives_each_variant_its_own_validated_spec(schema):
+    specs = plan_sweep({"model_name": "m", "users": 2, "variants": [
+        {"name": "a", "model_version": "v1", "model_source": "builtin:tiny"},
+        {"name": "b", "model_version": "v1", "model_source": "builtin:tiny", "replicas": 1},
+        {"model_version": "v2", "model_source": "builtin:mobilenet_v3_small"}]},
+        schema, dag_id="caio_version_sweep", airflow_run_id="manual__x")
+    assert [s["extra"]["variant"] for s in specs] == ["a", "b", "v2"]
+    assert [s["run_id"] for s in specs] == ["m-v1-manual-x-a", "m-v1-manual-x-b",
+                                            "m-v2-manual-x-v2"]
+    assert [s["replicas"] for s in specs] == [2, 1, 2] and {s["users"] for s in specs} == {2}
+
+
+def test_plan_reports_every_bad_variant_at_once(schema):
+    with pytest.raises(SpecError) as err:
+        plan_sweep({"variants": [
+            {"name": "a", "users": 0}, {"name": "a", "target": "mars"},
+            {"name": "c", "model_version": "v1", "model_source": "builtin:tiny"},
+            {"name": "d", "model_version": "v1", "model_source": "builtin:mobilenet_v3_small"},
+        ]}, schema, dag_id="d", airflow_run_id="r")
+    text = str(err.value)
+    assert "variants[0].users=0" in text and "variants[1].target='mars'" in text
+    assert "variants[1].name='a'" in text and "two model sources" in text
+    with pytest.raises(SpecError, match="non-empty list"):
+        plan_sweep({"variants": []}, schema, dag_id="d", airflow_run_id="r")
+
+
+# --- real Airflow runs -------------------------------------------------------------------------
+
+def _env(home: Path) -> dict[str, str]:
+    return {**os.environ, "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "CAIO_HOME": str(home / "caio"),
+            "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("airflow")
+    subprocess.run([AIRFLOW, "db", "migrate"], env=_env(home), check=True,
+                   capture_output=True, timeout=300)
+    return home
+
+
+def _dags_test(home: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([AIRFLOW, "dags", "test", *args], env=_env(home),
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return proc
+
+
+def _query(warehouse: Path, sql: str):
+    import duckdb
+
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_sweep_of_two_variants_ranks_them_and_writes_both_reports(airflow_home, tmp_path):
+    bucket, warehouse = tmp_path / "bucket", tmp_path / "wh.duckdb"
+    conf = {"variants": [
+        {"name": "mobile", "model_version": "mob", "model_source": "builtin:mobilenet_v3_small"},
+        {"name": "tiny", "model_version": "tiny", "model_source": "builtin:tiny"}],
+        "model_name": "m", "load_shape": "constant", "users": 4, "duration_s": 10,
+        "replicas": 1, "workers": 1, "local_machine_type": "e2-standard-4",
+        "bucket": f"file://{bucket}", "warehouse": f"duckdb://{warehouse}"}
+    _dags_test(airflow_home, "caio_version_sweep", "--conf", json.dumps(conf))
+
+    runs = dict(_query(warehouse, "SELECT model_version, throughput_rps FROM runs "
+                                  "WHERE status = 'success'"))
+    assert set(runs) == {"mob", "tiny"} and runs["tiny"] > runs["mob"]
+    [comparison] = (bucket / "sweeps").glob("*/comparison.json")
+    ranking = json.loads(comparison.read_text())["ranking"]
+    assert [r["variant"] for r in ranking] == ["tiny", "mobile"]  # faster first
+    assert [r["rank"] for r in ranking] == [1, 2]
+    assert ranking[1]["verdict"] == "baseline" and ranking[0]["verdict"] == "improvement"
+    assert all(r["cost_per_1k"] > 0 for r in ranking)  # priced as an e2-standard-4
+    html = comparison.with_suffix(".html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "Latency vs throughput" in html
+    history = (bucket / "reports" / "history.html").read_text()
+    assert "History of all runs" in history and "m:tiny" in history
+    verdicts = dict(_query(warehouse, "SELECT v.verdict, r.model_version FROM verdicts v "
+                                      "JOIN runs r USING (run_id)"))
+    assert verdicts["improvement"] == "tiny"
+    assert not our_processes()
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_two_dates_run_twice_leave_one_row_per_run_key(airflow_home, tmp_path):
+    """What `airflow backfill create` does per date, without a scheduler: the DAG run of a
+    logical date, run again, replaces its rows."""
+    warehouse = tmp_path / "wh.duckdb"
+    conf = json.dumps({"model_name": "m", "model_version": "daily",
+                       "model_source": "builtin:tiny", "load_shape": "constant", "users": 2,
+                       "duration_s": 5, "replicas": 1, "bucket": f"file://{tmp_path}/bucket",
+                       "warehouse": f"duckdb://{warehouse}"})
+    for _ in range(2):
+        for date in ("2026-03-01", "2026-03-02"):
+            _dags_test(airflow_home, "caio_load_test", date, "--conf", conf)
+    rows = _query(warehouse, "SELECT run_id, count(*) FROM runs GROUP BY run_id ORDER BY 1")
+    assert [n for _, n in rows] == [1, 1]
+    assert [r for r, _ in rows] == ["m-daily-2026-03-01t00-00-00-00-00",
+                                    "m-daily-2026-03-02t00-00-00-00-00"]
+    assert _query(warehouse, "SELECT count(*) FROM verdicts")[0][0] == 2
+    per_run = _query(warehouse, "SELECT count(DISTINCT run_id), count(*) FROM requests "
+                                "WHERE source = 'client'")[0]
+    assert per_run[0] == 2
+    assert not our_processes()
+
+
+def test_sweep_and_reports_dags():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    sweep = bag.dags["caio_version_sweep"]
+    tasks = {t.task_id: t for t in sweep.tasks}
+    assert {"plan", "variant.export", "variant.deploy", "variant.load", "variant.undeploy",
+            "variant.harvest", "compare"} <= set(tasks)
+    assert tasks["variant.deploy"].is_setup and tasks["variant.undeploy"].is_teardown
+    assert sweep.max_active_tasks == 1  # one variant at a time by default
+    assert [a.name for a in tasks["variant.harvest"].outlets] == [
+        "caio_runs", "caio_timeseries", "caio_requests"]
+    assert "variants" in sweep.params and "model_version" in sweep.params
+    load = bag.dags["caio_load_test"]
+    assert [a.name for a in load.get_task("analyse").outlets] == ["caio_verdicts",
+                                                                  "caio_comparisons"]
+    reports = bag.dags["caio_reports"]
+    assert "caio_verdicts" in str(reports.timetable.asset_condition)
