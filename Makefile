@@ -17,11 +17,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 CONF ?= {}
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test lint lock clean bench-loadgen
+.PHONY: help setup demo test lint lock clean bench bench-loadgen
 
 help:
 	@echo "make demo   run caio_load_test end to end on this machine (local target)"
 	@echo "make test   lint + the test suite"
+	@echo "make bench   every benchmark in bench/ one after another, then one summary table"
 	@echo "make bench-loadgen   load-generator efficiency (bench/README.md; BENCH_ARGS='--seconds 15')"
 	@echo "make lint | lock | clean"
 
@@ -53,6 +54,12 @@ test: setup lint
 BENCH_ARGS ?=
 bench-loadgen: $(STAMP)
 	$(BIN)/python bench/loadgen.py $(BENCH_ARGS)
+
+# loadgen, serving (when present), harvest, pipeline; figures in bench/results/*.json.
+# BENCH_ONLY=harvest,pipeline runs a subset; the table alone: bench/run_all.py --summary-only
+BENCH_ONLY ?=
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from caio_operators.results import hdr, stats
 from caio_operators.results import schema as sc
@@ -33,41 +35,107 @@ META_FIELDS = ("run_id", *META_STRINGS, *META_INTS, "status", "reason", "started
                "ended_at", "provenance", "params", "harvested_at")
 
 _TS_COLS = ["ts", "metric", "dimension", "value"]
+#: rows per batch of the streamed ``requests`` table (a Parquet row group each)
+REQUEST_BATCH_ROWS = 1 << 20
+_RECORD_TYPES = {"ts": pa.float64(), "latency_ms": pa.float64(), "ok": pa.bool_(),
+                 "status_code": pa.int64(), "signature": pa.string(), "origin": pa.string(),
+                 "error": pa.string()}
 
 
-def build_tables(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFrame,
-                 samples: pd.DataFrame, locust_history: pd.DataFrame,
-                 interval_s: float = sc.DEFAULT_INTERVAL_S, *,
-                 worker_cpu: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+def build_tables(meta: Mapping[str, Any], client: pd.DataFrame | pa.Table,
+                 server: pd.DataFrame | pa.Table, samples: pd.DataFrame,
+                 locust_history: pd.DataFrame, interval_s: float = sc.DEFAULT_INTERVAL_S, *,
+                 worker_cpu: pd.DataFrame | None = None,
+                 batched_requests: bool = False) -> dict[str, Any]:
     """Build ``runs``, ``timeseries`` and ``requests`` for one run, exactly per the schema.
 
-    ``worker_cpu``: the Locust workers' CPU samples (``ts,worker,cpu_percent``), if any."""
+    ``client`` / ``server``: the raw records as DataFrames or Arrow tables (see
+    ``readers.read_record_tables``). ``worker_cpu``: the Locust workers' CPU samples
+    (``ts,worker,cpu_percent``), if any. ``batched_requests``: ``requests`` comes back as a
+    ``schema.BatchedTable`` that Parquet and DuckDB stream (a long run's millions of rows
+    never become Python objects), else as a DataFrame like the other tables."""
     run_id = meta.get("run_id")
     if not run_id:
         raise ValueError("meta['run_id'] is required to build a run's tables")
     if interval_s <= 0:
         raise ValueError(f"interval_s must be > 0, got {interval_s}")
-    client, server = _clean_records(client), _clean_records(server)
+    client_rec, server_rec = _records(client, "worker"), _records(server, "replica")
+    client, server = _stats_frame(client_rec), _stats_frame(server_rec)
     worker_cpu = _clean_worker_cpu(worker_cpu)
-    requests = _requests_table(run_id, client, server)
+    requests = _requests_table(run_id, client_rec, server_rec)
     timeseries = _timeseries_table(run_id, client, server, samples, locust_history, interval_s,
                                    worker_cpu)
     runs = _runs_table(meta, client, server, samples, worker_cpu)
     return {
         "runs": sc.conform("runs", runs),
         "timeseries": sc.conform("timeseries", timeseries),
-        "requests": sc.conform("requests", requests),
+        "requests": requests if batched_requests else sc.conform(
+            "requests", requests.to_arrow().to_pandas(types_mapper=_pandas_type)),
     }
 
 
 # --- records ------------------------------------------------------------------------------
 
-def _clean_records(df: pd.DataFrame) -> pd.DataFrame:
-    """Drop rows without a start time; a missing ``ok`` counts as a failure."""
-    if df.empty:
-        return df
-    out = df[df["ts"].notna()]
-    return out.assign(ok=out["ok"].fillna(False).astype(bool))
+def _pandas_type(arrow_type: pa.DataType):
+    if pa.types.is_string(arrow_type):
+        return pd.StringDtype(na_value=float("nan"))
+    if pa.types.is_integer(arrow_type):
+        return pd.Int32Dtype() if arrow_type == pa.int32() else pd.Int64Dtype()
+    if pa.types.is_boolean(arrow_type):
+        return pd.BooleanDtype()
+    return None
+
+
+def _column(data: pd.DataFrame | pa.Table, name: str, type_: pa.DataType) -> pa.ChunkedArray:
+    """Column ``name`` of ``data`` as Arrow (strings as dictionaries); all null if absent."""
+    n = len(data)
+    if isinstance(data, pa.Table):
+        col = data[name] if name in data.column_names else pa.chunked_array(
+            [pa.nulls(n, type_)])
+    elif name in data.columns:
+        values = data[name]
+        if values.dtype == object:  # Python objects: None and NaN are both missing
+            values = values.where(values.notna(), None)
+        arr = pa.array(values, from_pandas=True) if n else pa.array([], type_)
+        col = arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])
+    else:
+        col = pa.chunked_array([pa.nulls(n, type_)])
+    if type_ == pa.string():
+        if not pa.types.is_dictionary(col.type):
+            col = pc.dictionary_encode(col.cast(pa.string()))
+        return col
+    return col.cast(type_)
+
+
+def _records(data: pd.DataFrame | pa.Table, origin: str) -> pa.Table:
+    """Raw records -> an Arrow table (ts, latency_ms, ok, status_code, signature, origin,
+    error; text as dictionaries): rows without a start time dropped, a missing ``ok``
+    counted as a failure."""
+    table = pa.table({name: _column(data, origin if name == "origin" else name, type_)
+                      for name, type_ in _RECORD_TYPES.items()})
+    table = table.unify_dictionaries()  # one dictionary per column: batches concatenate
+    if table["ts"].null_count:
+        table = table.filter(pc.is_valid(table["ts"]))
+    if table["ok"].null_count:
+        table = table.set_column(2, "ok", pc.fill_null(table["ok"], False))
+    return table
+
+
+def _floats(col: pa.ChunkedArray) -> np.ndarray:
+    if not len(col):
+        return np.zeros(0)
+    return pc.fill_null(col, np.nan).to_numpy() if col.null_count else col.to_numpy()
+
+
+def _stats_frame(records: pa.Table) -> pd.DataFrame:
+    """The columns statistics read (ts, latency_ms, ok, signature, error) as a slim
+    DataFrame: numpy numbers, text as categoricals."""
+    cat = {name: records[name].to_pandas().array if len(records) else pd.Categorical([])
+           for name in ("signature", "error")}
+    return pd.DataFrame({  # copy=False: no 2-D block of the float columns (a copy)
+        "ts": _floats(records["ts"]), "latency_ms": _floats(records["latency_ms"]),
+        "ok": records["ok"].to_numpy() if len(records) else np.zeros(0, dtype=bool),
+        "signature": cat["signature"], "error": cat["error"]}, copy=False)
 
 
 def _clean_worker_cpu(df: pd.DataFrame | None) -> pd.DataFrame:
@@ -94,33 +162,64 @@ def replica_name(value: Any) -> str:
     return f"replica-{text}" if text.isdigit() else text
 
 
-def _nonempty_or_null(col: pd.Series) -> pd.Series:
-    col = col.astype("str")
-    return col.where(col.str.len() > 0)
-
-
-def _requests_table(run_id: str, client: pd.DataFrame, server: pd.DataFrame) -> pd.DataFrame:
-    parts = []
-    for source, df, origin in (("client", client, "worker"), ("server", server, "replica")):
-        if df.empty:
+def _requests_table(run_id: str, client: pa.Table, server: pa.Table) -> sc.BatchedTable:
+    """The ``requests`` rows, made batch by batch from the record tables."""
+    sources = []
+    for source, records in (("client", client), ("server", server)):
+        if not len(records):
             continue
-        origins = df[origin].astype("str")
+        # text edits on each distinct value, not on each row
+        records = records.set_column(6, "error", _map_text(records["error"], _nonempty))
         if source == "server":
-            origins = origins.map(replica_name, na_action="ignore")
-        parts.append(pd.DataFrame({
-            "run_id": run_id,
-            "source": source,
-            "ts": _utc(df["ts"]),
-            "latency_ms": df["latency_ms"].to_numpy(dtype=float, na_value=np.nan),
-            "ok": df["ok"].to_numpy(dtype=bool),
-            "status_code": df["status_code"].astype("Int32").to_numpy(),
-            "signature": df["signature"].astype("str").to_numpy(),
-            "origin": origins.to_numpy(),
-            "error": _nonempty_or_null(df["error"]).to_numpy(),
-        }))
-    if not parts:
-        return sc.empty_frame("requests")
-    return pd.concat(parts, ignore_index=True)
+            records = records.set_column(5, "origin", _map_text(records["origin"], replica_name))
+        sources.append((source, records))
+
+    def batches():
+        for source, records in sources:
+            for start in range(0, len(records), REQUEST_BATCH_ROWS):
+                yield _request_batch(run_id, source, records.slice(start, REQUEST_BATCH_ROWS))
+
+    return sc.BatchedTable("requests", run_id, sum(len(r) for _, r in sources), batches)
+
+
+def _nonempty(text: str) -> str | None:
+    return text or None
+
+
+def _map_text(column: pa.ChunkedArray, fn) -> pa.ChunkedArray:
+    """Apply ``fn`` (str -> str | None) to each dictionary value of a text column."""
+    mapped: list[tuple[pa.Array, pa.Array]] = []  # (dictionary, mapped): chunks share one
+
+    def apply(chunk: pa.DictionaryArray) -> pa.DictionaryArray:
+        names = next((new for old, new in mapped if old.equals(chunk.dictionary)), None)
+        if names is None:
+            names = pa.array([None if v is None else fn(v)
+                              for v in chunk.dictionary.to_pylist()], pa.string())
+            mapped.append((chunk.dictionary, names))
+        return pa.DictionaryArray.from_arrays(chunk.indices, names)
+
+    return pa.chunked_array([apply(c) for c in column.chunks], column.type)
+
+
+def _request_batch(run_id: str, source: str, records: pa.Table) -> pa.RecordBatch:
+    n = len(records)
+    micros = np.round(_floats(records["ts"]) * 1e6).astype("int64")
+    return pa.RecordBatch.from_arrays([
+        pa.repeat(pa.scalar(run_id), n), pa.repeat(pa.scalar(source), n),
+        pa.array(micros, sc.UTC_TS),
+        _combined(records["latency_ms"]), _combined(records["ok"]),
+        _combined(records["status_code"]).cast(pa.int32()),
+        _text(records["signature"]), _text(records["origin"]), _text(records["error"]),
+    ], schema=sc.arrow_schema("requests"))
+
+
+def _combined(col: pa.ChunkedArray) -> pa.Array:
+    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+
+
+def _text(col: pa.ChunkedArray) -> pa.Array:
+    """A dictionary column -> plain strings (nulls stay null)."""
+    return _combined(col).cast(pa.string())
 
 
 # --- timeseries ---------------------------------------------------------------------------
@@ -311,7 +410,7 @@ def _status(meta: Mapping[str, Any], figures: Mapping[str, Any],
         return "degraded", "no client requests were recorded"
     if status == "success" and failures == requests:
         # nothing was served: the figures describe errors, not the model
-        errors = client["error"].dropna()
+        errors = client["error"].dropna().astype(object)
         common = errors.mode().iloc[0] if not errors.empty else "unknown"
         return "failed", f"all {requests} requests failed; most frequent error: {common}"
     return status, reason

@@ -2,6 +2,10 @@
 
 Idempotent: the Parquet files are overwritten atomically and the warehouse replaces the
 run's rows in one transaction, so harvesting twice leaves exactly one copy.
+
+Memory stays bounded by the raw records: they are read as Arrow tables (text as
+dictionaries) and the ``requests`` table is streamed, a million rows at a time, into the
+Parquet file and the warehouse (``bench/harvest.py`` measures it).
 """
 
 from __future__ import annotations
@@ -34,10 +38,16 @@ KEY_FIGURES = ("status", "reason", "requests", "failures", "error_rate", "throug
                "max_worker_cpu_pct", "generator_saturated", "max_sustainable_rps")
 
 
-def parquet_bytes(table: str, frame: pd.DataFrame) -> bytes:
-    """``frame`` as a Parquet file with exactly the schema of ``table`` (zstd)."""
+def parquet_bytes(table: str, frame: pd.DataFrame | sc.BatchedTable) -> bytes:
+    """``frame`` as a Parquet file with exactly the schema of ``table`` (zstd); a
+    ``BatchedTable`` is written batch by batch (one row group each)."""
     buffer = io.BytesIO()
-    pq.write_table(sc.to_arrow(table, frame), buffer, compression="zstd")
+    if isinstance(frame, sc.BatchedTable):
+        with pq.ParquetWriter(buffer, sc.arrow_schema(table), compression="zstd") as writer:
+            for batch in frame.batches():
+                writer.write_batch(batch)
+    else:
+        pq.write_table(sc.to_arrow(table, frame), buffer, compression="zstd")
     return buffer.getvalue()
 
 
@@ -122,11 +132,12 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
         raise ValueError(f"meta run_id {meta.get('run_id')!r} does not match the layout's "
                          f"run_id {layout.run_id!r}")
     t0 = time.perf_counter()
-    raw = read_run_inputs(layout)
+    raw = read_run_inputs(layout, records="arrow")
     histograms = read_histograms(layout, raw.skipped)
     t_read = time.perf_counter()
     tables = build_tables(meta, raw.client, raw.server, raw.samples, raw.locust_history,
-                          interval_s=interval_s, worker_cpu=raw.worker_cpu)
+                          interval_s=interval_s, worker_cpu=raw.worker_cpu,
+                          batched_requests=True)
     # when the workers wrote histograms, client latency percentiles come from them
     tables = apply_histograms(tables, histograms, interval_s)
     sample = record_sample(layout)

@@ -4,6 +4,8 @@ Each reader returns a pandas DataFrame with fixed columns and dtypes, empty when
 was written (a failed run still harvests whatever exists). Extra columns in a file are
 ignored, missing ones read as null, so writers can evolve without breaking harvest.
 A file that cannot be parsed is skipped with a warning and reported, not fatal.
+``read_record_tables`` gives the request records as Arrow tables instead (what harvest
+uses: millions of rows without a pandas copy).
 """
 
 from __future__ import annotations
@@ -55,15 +57,17 @@ LOCUST_HISTORY_COLUMNS: dict[str, tuple[str, pa.DataType]] = {
 }
 LOCUST_HISTORY_SUFFIX = "_stats_history.csv"
 _NULLS = ["", "N/A", "nan", "NaN", "None"]
-_READ_THREADS = 8  # overlaps object-store round trips; local reads barely notice
+DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+_READ_THREADS = 8  # overlaps object-store round trips and parses files in parallel
+_THREADED_PARSE_BYTES = 16 << 20
 
 
 @dataclass
 class RawInputs:
     """Everything harvest reads for one run, plus the files it had to skip."""
 
-    client: pd.DataFrame
-    server: pd.DataFrame
+    client: pd.DataFrame | pa.Table
+    server: pd.DataFrame | pa.Table
     samples: pd.DataFrame
     locust_history: pd.DataFrame
     skipped: list[str] = field(default_factory=list)
@@ -93,16 +97,16 @@ def _parse(data: bytes, columns: dict[str, pa.DataType]) -> pa.Table:
         null_values=_NULLS,
         strings_can_be_null=False,
     )
-    return pacsv.read_csv(io.BytesIO(data), convert_options=convert)
+    # files are read in parallel by a thread pool; only a big one is worth splitting too
+    read = pacsv.ReadOptions(use_threads=len(data) > _THREADED_PARSE_BYTES)
+    return pacsv.read_csv(io.BytesIO(data), read_options=read, convert_options=convert)
 
 
-def read_csv_files(uris: Iterable[str], columns: dict[str, pa.DataType],
-                   skipped: list[str] | None = None) -> pd.DataFrame:
-    """Concatenate CSV files into one DataFrame with exactly ``columns``.
-
-    Empty files are ignored; unparseable ones are logged, appended to ``skipped`` and
-    left out.
-    """
+def read_csv_table(uris: Iterable[str], columns: dict[str, pa.DataType],
+                   skipped: list[str] | None = None) -> pa.Table:
+    """Concatenate CSV files into one Arrow table with exactly ``columns`` (one chunk per
+    file). Empty files are ignored; unparseable ones are logged, appended to ``skipped``
+    and left out."""
     uris = list(uris)
 
     def load(uri: str) -> pa.Table | None:
@@ -123,9 +127,41 @@ def read_csv_files(uris: Iterable[str], columns: dict[str, pa.DataType],
     else:
         tables = [t for t in map(load, uris) if t is not None]
     schema = pa.schema(list(columns.items()))
-    table = pa.concat_tables([t.select(list(columns)).cast(schema) for t in tables]) \
+    return pa.concat_tables([t.select(list(columns)).cast(schema) for t in tables]) \
         if tables else _empty_table(columns)
-    return table.to_pandas(types_mapper=_types_mapper)
+
+
+def read_csv_files(uris: Iterable[str], columns: dict[str, pa.DataType],
+                   skipped: list[str] | None = None) -> pd.DataFrame:
+    """Concatenate CSV files into one DataFrame with exactly ``columns``.
+
+    Empty files are ignored; unparseable ones are logged, appended to ``skipped`` and
+    left out.
+    """
+    return read_csv_table(uris, columns, skipped).to_pandas(types_mapper=_types_mapper)
+
+
+def record_columns(columns: dict[str, pa.DataType], origin: str) -> dict[str, pa.DataType]:
+    """The columns of request records that consolidation uses, text as dictionaries (a
+    few distinct signatures, workers and errors over millions of rows: 4 bytes a row)."""
+    keep = ("ts", "latency_ms", "ok", "status_code", "signature", origin, "error")
+    return {name: DICTIONARY if columns[name] == pa.string() else columns[name]
+            for name in keep}
+
+
+def read_record_tables(layout: RunLayout, skipped: list[str] | None = None
+                       ) -> tuple[pa.Table, pa.Table]:
+    """Client and server request records as Arrow tables (``record_columns``): what
+    harvest consolidates, without a pandas copy of every row."""
+    def read(folder: str, columns: dict[str, pa.DataType], origin: str) -> pa.Table:
+        table = read_csv_table(storage.list_files(folder, ".csv"),
+                               record_columns(columns, origin), skipped)
+        # one chunk per column with one dictionary instead of one per file: later steps
+        # work on whole arrays (thousands of files otherwise mean thousands of tiny calls)
+        return table.unify_dictionaries().combine_chunks()
+
+    return (read(layout.client_requests_dir, CLIENT_COLUMNS, "worker"),
+            read(layout.server_requests_dir, SERVER_COLUMNS, "replica"))
 
 
 def read_client_records(requests_dir: str, skipped: list[str] | None = None) -> pd.DataFrame:
@@ -167,12 +203,22 @@ def read_locust_history(csv_prefix: str, skipped: list[str] | None = None) -> pd
     return frame.rename(columns={h: name for h, (name, _) in LOCUST_HISTORY_COLUMNS.items()})
 
 
-def read_run_inputs(layout: RunLayout) -> RawInputs:
-    """All raw inputs of one run under ``layout``; missing pieces come back empty."""
+def read_run_inputs(layout: RunLayout, records: str = "pandas") -> RawInputs:
+    """All raw inputs of one run under ``layout``; missing pieces come back empty.
+
+    ``records="arrow"``: client and server records as Arrow tables (``read_record_tables``),
+    what ``build_tables`` takes fastest; the default gives DataFrames of every column."""
+    if records not in ("pandas", "arrow"):
+        raise ValueError(f"records must be 'pandas' or 'arrow', got {records!r}")
     skipped: list[str] = []
+    if records == "arrow":
+        client, server = read_record_tables(layout, skipped)
+    else:
+        client = read_client_records(layout.client_requests_dir, skipped)
+        server = read_server_records(layout.server_requests_dir, skipped)
     return RawInputs(
-        client=read_client_records(layout.client_requests_dir, skipped),
-        server=read_server_records(layout.server_requests_dir, skipped),
+        client=client,
+        server=server,
         samples=read_samples(layout.samples_dir, skipped),
         locust_history=read_locust_history(layout.locust_csv_prefix, skipped),
         skipped=skipped,

@@ -12,6 +12,7 @@ columns and dtypes; ``schema_markdown()`` renders the documentation used in the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -297,8 +298,38 @@ def conform(table: str, df):
     return pd.DataFrame(out, index=pd.RangeIndex(len(df)))
 
 
+@dataclass(frozen=True)
+class BatchedTable:
+    """A table made batch by batch, for one too large to hold whole as Python objects (a
+    long run's ``requests``): the Parquet writer and DuckDB stream it, ``to_arrow()``
+    materialises it. Every call of ``batches`` starts a fresh pass; all rows are of
+    ``run_id``."""
+
+    table: str
+    run_id: str
+    num_rows: int
+    batches: Callable[[], Iterator[pa.RecordBatch]]
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def reader(self) -> pa.RecordBatchReader:
+        return pa.RecordBatchReader.from_batches(arrow_schema(self.table), self.batches())
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_batches(list(self.batches()), schema=arrow_schema(self.table))
+
+
 def to_arrow(table: str, df) -> pa.Table:
-    """An Arrow table of ``df`` with exactly the schema of ``table``."""
+    """An Arrow table of ``df`` (a DataFrame, an Arrow table or a ``BatchedTable``) with
+    exactly the schema of ``table``."""
+    if isinstance(df, BatchedTable):
+        return df.to_arrow()
+    if isinstance(df, pa.Table):
+        missing = [name for name in columns(table) if name not in df.column_names]
+        if missing:
+            raise ValueError(f"{table}: missing columns {missing}; expected {columns(table)}")
+        return df.select(columns(table)).cast(arrow_schema(table))
     frame = conform(table, df)
     return pa.Table.from_pandas(frame, schema=arrow_schema(table), preserve_index=False)
 

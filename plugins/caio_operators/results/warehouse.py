@@ -23,6 +23,8 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from caio_operators.results import schema as sc
 
@@ -82,26 +84,34 @@ def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _check_one_run(name: str, frame: pd.DataFrame, run_id: str) -> None:
+def _check_one_run(name: str, frame, run_id: str) -> None:
     if not len(frame):
         return
-    ids = frame["run_id"].unique() if "run_id" in frame else []
+    if isinstance(frame, sc.BatchedTable):
+        ids = [frame.run_id]
+    elif isinstance(frame, pa.Table):
+        ids = pc.unique(frame["run_id"]).to_pylist() if "run_id" in frame.column_names else []
+    else:
+        ids = frame["run_id"].unique() if "run_id" in frame else []
     if len(ids) != 1 or ids[0] != run_id:
         raise WarehouseError(
             f"table {name!r} holds rows for run_ids {list(ids)[:5]}, not only {run_id!r}; "
             "replace_run writes exactly one run")
 
 
-def run_frames_as_arrow(tables, run_id: str) -> dict:
+def run_frames_as_arrow(tables, run_id: str, stream: bool = False) -> dict:
     """Check ``tables`` (allow-listed names, rows of ``run_id`` only) and convert each to
-    Arrow with the schema's types: what every warehouse's ``replace_run`` loads."""
+    Arrow with the schema's types: what every warehouse's ``replace_run`` loads.
+
+    ``stream``: a ``BatchedTable`` stays a ``RecordBatchReader`` (bounded memory)."""
     if not run_id:
         raise WarehouseError("replace_run needs a run_id")
     arrow = {}
     for name, frame in tables.items():
         _check_table(name)
         _check_one_run(name, frame, run_id)
-        arrow[name] = sc.to_arrow(name, frame)
+        arrow[name] = frame.reader() if stream and isinstance(frame, sc.BatchedTable) \
+            else sc.to_arrow(name, frame)
     return arrow
 
 
@@ -189,7 +199,7 @@ class DuckDBWarehouse:
 
     def _replace(self, tables: Mapping[str, pd.DataFrame], run_id: str,
                  clear: tuple[str, ...]) -> dict[str, int]:
-        arrow = run_frames_as_arrow(tables, run_id)
+        arrow = run_frames_as_arrow(tables, run_id, stream=True)
         import duckdb
 
         counts = {}
@@ -208,7 +218,7 @@ class DuckDBWarehouse:
                     con.execute(f"INSERT INTO {_quote(name)} ({cols}) "  # noqa: S608
                                 f"SELECT {cols} FROM {_quote(view)}")
                     con.unregister(view)
-                    counts[name] = data.num_rows
+                    counts[name] = len(tables[name])
                 con.execute("COMMIT")
             except BaseException as exc:
                 con.execute("ROLLBACK")
