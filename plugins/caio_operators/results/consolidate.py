@@ -48,6 +48,7 @@ def build_tables(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataF
     if interval_s <= 0:
         raise ValueError(f"interval_s must be > 0, got {interval_s}")
     client, server = _clean_records(client), _clean_records(server)
+    server = _since(server, meta.get("started_at"))
     worker_cpu = _clean_worker_cpu(worker_cpu)
     requests = _requests_table(run_id, client, server)
     timeseries = _timeseries_table(run_id, client, server, samples, locust_history, interval_s,
@@ -68,6 +69,15 @@ def _clean_records(df: pd.DataFrame) -> pd.DataFrame:
         return df
     out = df[df["ts"].notna()]
     return out.assign(ok=out["ok"].fillna(False).astype(bool))
+
+
+def _since(server: pd.DataFrame, started_at: Any) -> pd.DataFrame:
+    """The server records of this load: a retried load's server (deployed once) also
+    recorded the requests of the killed try before it, which are not this run's."""
+    started = to_utc_timestamp(started_at)
+    if server.empty or started is None:
+        return server
+    return server[server["ts"].to_numpy(dtype=float) >= started.timestamp()]
 
 
 def _clean_worker_cpu(df: pd.DataFrame | None) -> pd.DataFrame:
