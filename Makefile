@@ -17,11 +17,12 @@ export PYTHONDONTWRITEBYTECODE := 1
 CONF ?= {}
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test lint lock clean bench bench-loadgen
+.PHONY: help setup demo test test-faults lint lock clean bench bench-loadgen
 
 help:
 	@echo "make demo   run caio_load_test end to end on this machine (local target)"
 	@echo "make test   lint + the test suite"
+	@echo "make test-faults   the fault-injection suite (README: Faults and bad input)"
 	@echo "make bench   every benchmark in bench/ one after another, then one summary table"
 	@echo "make bench-loadgen   load-generator efficiency (bench/README.md; BENCH_ARGS='--seconds 15')"
 	@echo "make lint | lock | clean"
@@ -48,7 +49,11 @@ demo: setup
 	$(BIN)/python -m caio_operators.cli summary --warehouse "duckdb://$(CAIO_HOME)/warehouse.duckdb"
 
 test: setup lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
+
+# Kills, full disks, races and abuse against real processes (tests/faults, marker faults).
+test-faults: setup
+	$(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
 # Uses nginx and wrk when they are on PATH (apt-get install -y nginx wrk); installs neither.
 BENCH_ARGS ?=

@@ -200,6 +200,11 @@ def run_load(
     from caio_operators.loadgen.payload import write_payload
 
     layout = spec.layout
+    if spec.load_runner == "local":
+        # A retry starts clean: the records of a killed or timed-out try (its processes all
+        # ended with it) must not be harvested with this try's. GKE retries re-attach to the
+        # pods of the try before instead, so their records stay.
+        clear_load_outputs(layout)
     result: dict[str, Any] = {"status": "failed", "reason": "load did not start",
                               "started_at": time.time(), "ended_at": None}
     try:
@@ -236,9 +241,18 @@ def run_load(
         result.setdefault("ended_at", time.time())
         result["ended_at"] = result["ended_at"] or time.time()
         storage.write_text(layout.load_result_uri, json.dumps(result, indent=2, default=str))
-    if result.get("status") != "success":
+    if result.get("status") == "degraded":  # measured, with a caveat harvest keeps
+        log.warning("load degraded: %s", result.get("reason"))
+    elif result.get("status") != "success":
         raise RunFailed(f"load test failed: {result.get('reason')}")
     return result
+
+
+def clear_load_outputs(layout: Any) -> None:
+    """Remove what an earlier try of the load left in the run's load folder."""
+    if storage.exists(layout.load_dir):
+        _log.info("removing the outputs of an earlier load try in %s", layout.load_dir)
+        storage.remove_tree(layout.load_dir)
 
 
 def _protocol(spec: RunSpec, deployment: Mapping[str, Any] | None) -> str:
@@ -263,6 +277,7 @@ def run_meta(spec: RunSpec, export_info: dict[str, Any] | None,
         load = json.loads(storage.read_text(layout.load_result_uri))
     else:
         load = {"status": "failed", "reason": "the load did not run (an upstream task failed)"}
+    load = with_server_fate(load, deployment)
     prov = provenance.collect()
     if export_info:
         prov["model"] = {k: export_info.get(k) for k in
@@ -279,6 +294,27 @@ def run_meta(spec: RunSpec, export_info: dict[str, Any] | None,
         "started_at": load.get("started_at"), "ended_at": load.get("ended_at"),
         "provenance": prov, "params": spec.params(),
     }
+
+
+def with_server_fate(load: dict[str, Any], deployment: Mapping[str, Any] | None
+                     ) -> dict[str, Any]:
+    """The load outcome, failed when the local server had died before its teardown and
+    degraded when some of its replicas had (``teardown.json``, written by undeploy)."""
+    if not deployment or deployment.get("target") != "local" or not deployment.get("server_dir"):
+        return load
+    from caio_operators.targets.local import TEARDOWN_FILE, teardown_problem
+
+    uri = storage.join(storage.to_uri(str(deployment["server_dir"])), TEARDOWN_FILE)
+    if not storage.exists(uri):
+        return load
+    problem = teardown_problem(json.loads(storage.read_text(uri)))
+    if problem is None:
+        return load
+    status, reason = problem
+    before, why = load.get("status", "failed"), load.get("reason") or ""
+    if before == "failed" or (before == "degraded" and status == "degraded"):
+        status = before
+    return {**load, "status": status, "reason": f"{why}; {reason}" if why else reason}
 
 
 def cloud_timeseries(spec: RunSpec, deployment: Mapping[str, Any] | None,

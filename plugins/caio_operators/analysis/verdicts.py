@@ -46,6 +46,15 @@ def run_row(warehouse, run_id: str) -> dict[str, Any] | None:
     return {k: _plain(v) for k, v in runs.iloc[0].to_dict().items()}
 
 
+
+_LATEST_OF_VERSION = (
+    "SELECT run_id FROM runs WHERE model_name = $model AND model_version = $version "
+    "AND status = 'success' AND run_id <> $run ORDER BY started_at DESC LIMIT 1")
+_PREVIOUS_OF_VERSION = (
+    "SELECT run_id FROM runs WHERE model_name = $model AND model_version = $version "
+    "AND status = 'success' AND run_id <> $run AND started_at < $started "
+    "ORDER BY started_at DESC LIMIT 1")
+
 def find_baseline(warehouse, run: Mapping[str, Any], baseline_version: str = ""
                   ) -> tuple[str | None, str]:
     """``(baseline run id or None, rule)``: the latest successful run of
@@ -55,7 +64,7 @@ def find_baseline(warehouse, run: Mapping[str, Any], baseline_version: str = ""
     if baseline_version:
         rule = f"version:{baseline_version}"
         params["version"] = baseline_version
-        where = ""
+        sql = _LATEST_OF_VERSION
     else:
         rule = "previous"
         params["version"] = run["model_version"]
@@ -63,11 +72,8 @@ def find_baseline(warehouse, run: Mapping[str, Any], baseline_version: str = ""
         if started is None:
             return None, rule
         params["started"] = pd.Timestamp(started).to_pydatetime()
-        where = " AND started_at < $started"
-    found = warehouse.query(  # values are parameters; ``where`` is one of two constants
-        "SELECT run_id FROM runs WHERE model_name = $model AND model_version = $version "  # noqa: S608
-        "AND status = 'success' AND run_id <> $run" + where +
-        " ORDER BY started_at DESC LIMIT 1", params)
+        sql = _PREVIOUS_OF_VERSION
+    found = warehouse.query(sql, params)  # values are parameters, the SQL is constant
     return (None if found.empty else str(found["run_id"].iloc[0])), rule
 
 

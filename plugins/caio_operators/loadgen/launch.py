@@ -177,7 +177,7 @@ def build_launch_spec(
     common = {"locust_cmd": list(locust_cmd), "locustfile": locustfile, "config_uri": config_uri}
     shape = config["shape"]
     # closed loop: let each user's last request finish; open loop has its own drain_s
-    stop_timeout = 0.0 if "drain_s" in shape else float(config["request_timeout_s"])
+    stop_timeout = 0.0 if "drain_s" in shape else float(config.get("request_timeout_s", 30.0))
     master = master_argv(
         **common, predict_url=config["predict_url"], workers=workers, csv_prefix=csv_prefix,
         html_path=html_path, bind_host=bind_host, bind_port=master_port,

@@ -189,6 +189,8 @@ class LocalLauncher:
         self.workers: list[subprocess.Popen] = []
         self._logs: list[IO[bytes]] = []
         self._stop_requested = False
+        # (index, pid, exit code) of workers that died while the master still ran
+        self.worker_deaths: list[tuple[int, int, int | None]] = []
 
     # ---------------------------------------------------------------- public
 
@@ -217,8 +219,12 @@ class LocalLauncher:
         master_code = self.master.returncode if self.master else None
         if not reason and master_code != 0:
             reason = f"locust master exited with code {master_code}: {self._log_tail('master.log')}"
+        status = "failed" if reason else "success"
+        if status == "success" and self.worker_deaths:
+            # the others carried the load on: the run is measured, but not as configured
+            status, reason = "degraded", worker_deaths_reason(self.worker_deaths)
         result = {
-            "status": "failed" if reason else "success",
+            "status": status,
             "reason": reason,
             "master_exit_code": master_code,
             "worker_exit_codes": [w.returncode for w in self.workers],
@@ -230,7 +236,7 @@ class LocalLauncher:
             "html_path": spec.html_path,
             "log_dir": spec.log_dir,
         }
-        log = self.log.info if not reason else self.log.error
+        log = self.log.info if status == "success" else self.log.error
         log(f"load: {result['status']}{f' ({reason})' if reason else ''} in "
             f"{ended_at - started_at:.1f} s, {result['request_files']} raw record files")
         return result
@@ -292,6 +298,8 @@ class LocalLauncher:
                 if worker.poll() is not None and i not in reported_dead:
                     reported_dead.add(i)
                     log = self.log.info if worker.returncode == 0 else self.log.warning
+                    if worker.returncode != 0:
+                        self.worker_deaths.append((i, worker.pid, worker.returncode))
                     log(f"load: locust worker {i} (pid {worker.pid}) exited with code "
                         f"{worker.returncode}; log: {Path(self.spec.log_dir) / f'worker-{i}.log'}")
             if self.workers and len(reported_dead) == len(self.workers):
@@ -344,6 +352,13 @@ class LocalLauncher:
         return " | ".join(tail) or f"(empty {name})"
 
 
+def worker_deaths_reason(deaths: list[tuple[int, int, int | None]]) -> str:
+    """Why a run whose master finished is degraded: the workers that died mid-run."""
+    which = ", ".join(f"{i} (pid {pid}, exit code {code})" for i, pid, code in deaths)
+    return (f"locust worker {which} died mid-run; the records it flushed before are kept, "
+            "those it still held are lost, and the other workers carried on")
+
+
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)  # start_new_session: the group id is the pid
@@ -373,4 +388,5 @@ def upload_outputs(spec: LaunchSpec, load_dir_uri: str) -> list[str]:
 
 
 __all__ = ["LocalLauncher", "build_launch", "default_locustfile", "format_progress", "free_port",
-           "local_launch_spec", "parse_progress", "read_progress", "upload_outputs"]
+           "local_launch_spec", "parse_progress", "read_progress", "upload_outputs",
+           "worker_deaths_reason"]

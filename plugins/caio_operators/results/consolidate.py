@@ -59,7 +59,8 @@ def build_tables(meta: Mapping[str, Any], client: pd.DataFrame | pa.Table,
         raise ValueError("meta['run_id'] is required to build a run's tables")
     if interval_s <= 0:
         raise ValueError(f"interval_s must be > 0, got {interval_s}")
-    client_rec, server_rec = _records(client, "worker"), _records(server, "replica")
+    client_rec = _records(client, "worker")
+    server_rec = _since(_records(server, "replica"), meta.get("started_at"))
     client, server = _stats_frame(client_rec), _stats_frame(server_rec)
     worker_cpu = _clean_worker_cpu(worker_cpu)
     requests = _requests_table(run_id, client_rec, server_rec)
@@ -136,6 +137,15 @@ def _stats_frame(records: pa.Table) -> pd.DataFrame:
         "ts": _floats(records["ts"]), "latency_ms": _floats(records["latency_ms"]),
         "ok": records["ok"].to_numpy() if len(records) else np.zeros(0, dtype=bool),
         "signature": cat["signature"], "error": cat["error"]}, copy=False)
+
+
+def _since(server: pa.Table, started_at: Any) -> pa.Table:
+    """The server records of this load: a retried load's server (deployed once) also
+    recorded the requests of the killed try before it, which are not this run's."""
+    started = to_utc_timestamp(started_at)
+    if not len(server) or started is None:
+        return server
+    return server.filter(pc.greater_equal(server["ts"], started.timestamp()))
 
 
 def _clean_worker_cpu(df: pd.DataFrame | None) -> pd.DataFrame:

@@ -221,7 +221,9 @@ class DuckDBWarehouse:
                     counts[name] = len(tables[name])
                 con.execute("COMMIT")
             except BaseException as exc:
-                con.execute("ROLLBACK")
+                # a COMMIT that failed (disk full) has already rolled back: keep its error
+                with contextlib.suppress(duckdb.Error):
+                    con.execute("ROLLBACK")
                 if isinstance(exc, duckdb.Error):
                     raise WarehouseError(
                         f"could not store run {run_id!r} in {self.path}, nothing changed: {exc}. "

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 NAME = "local"
 READY_FILE = "ready.json"
+TEARDOWN_FILE = "teardown.json"  # what undeploy found still running (read by harvest)
 LOG_FILE = "server.log"
 STOP_TIMEOUT_S = 30.0  # the supervisor gives replicas 10 s after SIGTERM
 KILL_TIMEOUT_S = 10.0
@@ -191,6 +192,7 @@ class LocalTarget:
         ready_file, log_path = root / READY_FILE, root / LOG_FILE
         _clear_records(records_dir, samples_dir)
         ready_file.unlink(missing_ok=True)
+        (root / TEARDOWN_FILE).unlink(missing_ok=True)
         argv = [
             sys.executable, "-m", MODULE,
             "--model-dir", str(model_dir), "--model-name", str(model_name),
@@ -269,5 +271,46 @@ class LocalTarget:
                 f"the local model server pid {pid} runs on host {host!r}, not on this host "
                 f"({socket.gethostname()!r}); run the teardown on the same machine as the "
                 "deploy (it stops by itself at its deadline anyway)")
-        stop_server(int(pid), float(deployment.get("pid_create_time", 0.0)),
-                    str(deployment.get("ready_file", "")))
+        create_time = float(deployment.get("pid_create_time", 0.0))
+        ready_file = str(deployment.get("ready_file", ""))
+        record_teardown_state(deployment, _server_processes(int(pid), create_time, ready_file))
+        stop_server(int(pid), create_time, ready_file)
+
+
+def record_teardown_state(deployment: Mapping[str, Any], procs: list[psutil.Process]) -> dict:
+    """Write ``<server_dir>/teardown.json``: whether the supervisor and each replica were
+    still running when the teardown came. A server or replica that died mid-run is how
+    harvest tells a crashed server from one that served to the end."""
+    running = {proc.pid for proc in procs}
+    replica_pids = list(deployment.get("replica_pids") or [])
+    state = {
+        "checked_at": time.time(),
+        "supervisor_pid": deployment.get("pid"),
+        "supervisor_running": deployment.get("pid") in running,
+        "replicas": len(replica_pids),
+        "dead_replicas": [i for i, rp in enumerate(replica_pids) if rp not in running],
+        "log_path": deployment.get("log_path"),
+    }
+    server_dir = deployment.get("server_dir")
+    if server_dir:
+        try:
+            storage.write_text(storage.join(storage.to_uri(str(server_dir)), TEARDOWN_FILE),
+                               json.dumps(state, indent=2))
+        except storage.StorageError as exc:  # stopping the server matters more
+            log.error("cannot record the server's state at teardown: %s", exc)
+    return state
+
+
+def teardown_problem(state: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(status, reason)`` for a run whose server (``failed``) or some replicas
+    (``degraded``) had died before the teardown; None when all were serving."""
+    log_path = state.get("log_path") or "server.log"
+    if not state.get("supervisor_running", True):
+        return ("failed", f"the local model server (pid {state.get('supervisor_pid')}) had "
+                f"died before the teardown: requests after its death failed; see {log_path}")
+    dead = list(state.get("dead_replicas") or [])
+    if dead:
+        names = ", ".join(f"replica-{i}" for i in dead)
+        return ("degraded", f"{names} of {state.get('replicas')} died mid-run; the other "
+                f"replicas kept serving; see {log_path}")
+    return None

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import gc
 import importlib.machinery
+import io
 import logging
 import os
 import signal
@@ -36,6 +37,9 @@ from caio_operators.targets.serving_app import Reply, ServingApp, error_reply, r
 log = logging.getLogger("caio_operators.targets.replica")
 
 IDLE_TIMEOUT_S = 120  # an idle keep-alive connection is closed after this
+# Once a request has begun, its head and body must arrive within this, however slowly the
+# bytes trickle in: a slow client (slowloris) gets a 408 instead of holding a thread.
+REQUEST_TIMEOUT_S = 30.0
 DRAIN_LIMIT = 64 * 2**20  # read and drop an oversized body up to this size to answer it cleanly
 FLUSH_INTERVAL_S = 2.0
 ERROR_TEXT_LIMIT = 200
@@ -206,6 +210,28 @@ class HandoffServer(_Server):
             self.channel.shutdown(socket.SHUT_RDWR)
 
 
+class DeadlineReader(socket.SocketIO):
+    """A connection's raw reader with a deadline: while ``deadline`` is set, every read
+    waits only for the time left before it, so a request trickling in a byte at a time
+    still ends there (``timed_out``)."""
+
+    deadline: float | None = None
+    timed_out = False
+
+    def readinto(self, buffer) -> int | None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self.timed_out = True
+                raise TimeoutError("the request did not arrive in time")
+            self._sock.settimeout(left)
+        try:
+            return super().readinto(buffer)
+        except TimeoutError:
+            self.timed_out = self.deadline is not None
+            raise
+
+
 def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int):
     replica = app.replica
 
@@ -217,6 +243,37 @@ def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int)
 
         def log_message(self, format, *args) -> None:
             pass  # per-request logging would cost more than the request
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile.close()  # replaced by one whose reads keep the request's deadline
+            self.connection._io_refs += 1  # what socket.makefile does for its readers
+            self.raw_reader = DeadlineReader(self.connection, "rb")
+            self.rfile = io.BufferedReader(self.raw_reader)
+
+        def _idle(self) -> None:
+            self.raw_reader.deadline = None
+            self.connection.settimeout(IDLE_TIMEOUT_S)
+
+        def handle_one_request(self) -> None:
+            # Waiting for the next request on a keep-alive connection is idle time; the
+            # request's own deadline starts with its first byte.
+            self._idle()
+            try:
+                if not self.rfile.peek(1):
+                    self.close_connection = True
+                    return
+            except (TimeoutError, OSError):
+                self.close_connection = True
+                return
+            ts, t0 = time.time(), time.perf_counter()
+            self.raw_reader.deadline = time.monotonic() + REQUEST_TIMEOUT_S
+            super().handle_one_request()
+            if self.raw_reader.timed_out:
+                self.raw_reader.timed_out = False
+                self.connection.settimeout(IDLE_TIMEOUT_S)  # for the answer
+                self._reject(408, f"the request did not arrive within {REQUEST_TIMEOUT_S:.0f} "
+                             "s of its first byte", True, ts, t0)
 
         def _record(self, reply: Reply, ts: float, latency_s: float) -> None:
             if reply.record:
@@ -303,6 +360,7 @@ def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int)
             body = self._read_body(ts, t0)
             if body is None:
                 return
+            self._idle()  # the request is in: answering it is not bound by its deadline
             # Server-side latency: from the request fully read to the response ready.
             ts, t0 = time.time(), time.perf_counter()
             try:
