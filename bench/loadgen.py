@@ -1,6 +1,7 @@
 """Load-generator efficiency (issue 4, part 1): requests per second from ONE Locust process
 pinned to one core, against the fastest static responder available pinned to another core,
-for this project's predict user and the stock clients, side by side in one run.
+for this project's predict user and the stock clients, side by side in one run; then the
+fidelity runs (issue 4, part 2: ``bench/fidelity.py``) unless ``--no-fidelity``.
 
     .venv/bin/python bench/loadgen.py [--seconds 15] [--users 64] [--out bench/results/loadgen.json]
 
@@ -9,8 +10,9 @@ Clients (each run alone, headless, one process, ``--users`` users, no wait time)
 - ``caio_predict``: ``locust/locustfile.py`` (closed loop) driven by a test config from
   ``make_config`` and a payload from ``build_payload`` on ``test_images/``, exactly as the
   pipeline does, raw records included (checked: one record per request);
-- ``caio_open_loop``: the same locustfile's open-loop mode, skipped (with the reason) until
-  the locustfile has one;
+- ``caio_open_loop``: the same locustfile's ``open_rate`` mode offered twice the best
+  ``stock_fasthttp`` req/s so far (or ``--open-rate``): req/s it achieves, from its raw
+  records, with its dropped and late sends;
 - ``stock_fasthttp`` / ``stock_http``: Locust's ``FastHttpUser`` / ``HttpUser`` posting the
   same bodies (``bench/bench_users.py``);
 - ``google_sample``: a user built like Google's original sample (google-auth
@@ -38,20 +40,22 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "plugins"))
+
+import fidelity  # noqa: E402
+from procs import free_port, pin, stop, wait_listening  # noqa: E402
 
 from caio_operators.loadgen.launch import make_config  # noqa: E402
 from caio_operators.loadgen.payload import build_payload  # noqa: E402
@@ -77,41 +81,6 @@ def pick_cores() -> Cores:
     """Generator on the first allowed core, responder on the next (the same one if only one)."""
     allowed = sorted(os.sched_getaffinity(0))
     return Cores(allowed[0], allowed[1] if len(allowed) > 1 else allowed[0])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the responder exited with code {proc.returncode} before "
-                               f"listening on 127.0.0.1:{port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f} s")
-
-
-def pin(proc: subprocess.Popen, core: int) -> None:
-    # Set right after the start, before the child creates any thread (threads inherit it).
-    os.sched_setaffinity(proc.pid, {core})
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class CpuSampler:
@@ -235,6 +204,12 @@ class Bench:
     config_uri: str
     output_dir: Path
     bodies_file: Path
+    payload_uri: str = ""
+    signature: str = "serving_preprocess"
+    open_rate: float | None = None  # --open-rate; else twice the best stock_fasthttp so far
+    open_max_in_flight: int = 1024
+    reference_rps: float | None = None  # best stock_fasthttp req/s so far in this run
+    runs: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     @property
     def url(self) -> str:
@@ -317,15 +292,91 @@ def count_records(requests_dir: Path) -> int:
 
 
 def client_caio_open_loop(bench: Bench) -> dict[str, Any]:
-    # OPEN-LOOP CLIENT GOES HERE: once locust/locustfile.py has its open_rate mode, run it
-    # like client_caio_predict with a config asking for a rate well above the closed-loop
-    # figure (so the generator, not the schedule, is the limit) and report the sent rate.
-    source = (REPO / "locust" / "locustfile.py").read_text()
-    if "open_rate" not in source:
-        raise Skip("locust/locustfile.py has no open_rate mode yet (open-loop is a separate "
-                   "change); this entry measures it once it lands")
-    raise Skip("locust/locustfile.py mentions open_rate, but this benchmark does not drive "
-               "it yet: fill in client_caio_open_loop in bench/loadgen.py")
+    """The locustfile's open_rate mode offered far more than one core can send (twice the
+    best stock_fasthttp so far, or ``--open-rate``): what it sends is the generator's limit.
+    Figures from its raw records: completions per second over the steady window, sends
+    dropped (in-flight cap, or over 1 s late), and on time / late from its final log line."""
+    rate = bench.open_rate or (2 * bench.reference_rps if bench.reference_rps else None)
+    if not rate:
+        raise Skip("no rate to offer: put stock_fasthttp before it in --clients, or pass "
+                   "--open-rate")
+    name = f"caio_open_loop-{next(bench.runs)}"
+    output_dir = bench.tmp / name
+    config = make_config(
+        test_id=f"bench-{name}", predict_url=bench.url, protocol="tfserving",
+        signature=bench.signature, payload_uri=bench.payload_uri,
+        output_uri=output_dir.as_uri(), load_shape="open_rate", users=1, spawn_rate=1,
+        duration_s=bench.seconds, rate=round(rate, 1), max_in_flight=bench.open_max_in_flight)
+    config_path = bench.tmp / f"{name}.json"
+    config_path.write_text(json.dumps(config))
+    # no -t: the shape ends the run after duration_s plus drain_s; INFO for the final counts
+    argv = [sys.executable, "-m", "locust", "-f", str(REPO / "locust" / "locustfile.py"),
+            "--headless", "--host", bench.host, "--csv", str(bench.tmp / name),
+            "--exit-code-on-error", "0", "--loglevel", "INFO", "--stop-timeout", "5",
+            "--caio-config", config_path.as_uri()]
+    log_path = bench.tmp / f"{name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        pin(proc, bench.core)
+        sampler = CpuSampler(proc.pid)
+        try:
+            proc.wait(timeout=bench.seconds + 120)
+        finally:
+            stop(proc)
+            sampler.stop()
+    log_text = log_path.read_text(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"caio_open_loop: locust exited with code {proc.returncode}; "
+                           f"log tail:\n{log_text[-2000:]}")
+    result = open_loop_result(read_open_records(output_dir / "requests"), bench.seconds)
+    start, end = result.pop("window")
+    shutil.rmtree(output_dir, ignore_errors=True)
+    result |= {"offered_rate": round(rate, 1), "max_in_flight": bench.open_max_in_flight,
+               **scheduler_counts(log_text)}
+    return with_cpu(result, sampler.cpu_between(start, end))
+
+
+def read_open_records(requests_dir: Path) -> list[tuple[float, float, bool, str]]:
+    """(intended ts, latency ms or nan, ok, error) of every raw record of an open-loop run."""
+    rows = []
+    for path in sorted(requests_dir.glob("*.csv")):
+        with open(path, newline="") as f:
+            rows.extend((float(r["ts"]), float(r["latency_ms"] or "nan"), r["ok"] == "1",
+                         r["error"]) for r in csv.DictReader(f))
+    return rows
+
+
+def open_loop_result(rows: list[tuple[float, float, bool, str]], seconds: float
+                     ) -> dict[str, Any]:
+    """req/s = successful completions per second between ``warmup`` after the first
+    intended send and the end of the schedule (completion = intended ts + latency, the
+    latency being measured from the intended time); counts of every kind of record."""
+    if not rows:
+        raise RuntimeError("caio_open_loop wrote no raw records; see its log")
+    t0 = min(ts for ts, *_ in rows)
+    warmup = min(2.0, seconds / 4)
+    start, end = t0 + warmup, t0 + seconds
+    done = [ts + latency / 1000.0 for ts, latency, ok, _ in rows if ok]
+    in_window = sum(1 for t in done if start <= t < end)
+    cap = sum(1 for *_, error in rows if error.startswith("dropped:") and "in flight" in error)
+    late = sum(1 for *_, error in rows if error.startswith("dropped:")) - cap
+    sent = len(rows) - cap - late
+    return {"rps": round(in_window / (end - start), 1), "requests": sent,
+            "failures": sum(1 for _, _, ok, _ in rows if not ok) - cap - late,
+            "seconds": round(end - start, 1), "run_seconds": seconds, "window": (start, end),
+            "intended": len(rows), "dropped_cap": cap, "dropped_late": late}
+
+
+def scheduler_counts(log_text: str) -> dict[str, Any]:
+    """on_time / late (started within 1 ms / later) and the max lateness, from the
+    open-loop worker's final log line ({} when it is missing)."""
+    found = re.search(r"open_rate worker \d+ done: on_time (\d+), late (\d+), dropped_cap "
+                      r"(\d+), dropped_late (\d+), max lateness ([\d.]+) ms", log_text)
+    if not found:
+        return {}
+    on_time, late, _, _, lateness = found.groups()
+    return {"on_time": int(on_time), "late": int(late), "max_lateness_ms": float(lateness)}
 
 
 def _bench_users(name: str, user_class: str) -> Callable[[Bench], dict[str, Any]]:
@@ -409,12 +460,19 @@ CLIENTS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 
 # --- the run ----------------------------------------------------------------------------
 
-def prepare(tmp: Path, host: str, users: int, seconds: int, signature: str, core: int) -> Bench:
-    """Payload and test config as the pipeline writes them, plus the same bodies one per line
-    for the stock clients."""
+def write_payload(tmp: Path, signature: str) -> tuple[list[dict[str, Any]], Path]:
+    """The payload as the pipeline builds it from ``test_images/``."""
     payload = build_payload(REPO / "test_images", signature)
     payload_path = tmp / "payload.json"
     payload_path.write_text(json.dumps(payload, separators=(",", ":")))
+    return payload, payload_path
+
+
+def prepare(tmp: Path, host: str, users: int, seconds: int, signature: str, core: int,
+            **open_loop: Any) -> Bench:
+    """Payload and test config as the pipeline writes them, plus the same bodies one per line
+    for the stock clients. ``open_loop``: ``open_rate`` / ``open_max_in_flight``."""
+    payload, payload_path = write_payload(tmp, signature)
     output_dir = tmp / "load"
     config = make_config(
         test_id="bench-loadgen", predict_url=host + PREDICT_PATH, protocol="tfserving",
@@ -428,7 +486,8 @@ def prepare(tmp: Path, host: str, users: int, seconds: int, signature: str, core
     bodies_file = tmp / "bodies.jsonl"
     bodies_file.write_text("\n".join(bodies) + "\n")
     return Bench(tmp=tmp, host=host, users=users, seconds=seconds, core=core,
-                 config_uri=config_path.as_uri(), output_dir=output_dir, bodies_file=bodies_file)
+                 config_uri=config_path.as_uri(), output_dir=output_dir, bodies_file=bodies_file,
+                 payload_uri=payload_path.as_uri(), signature=signature, **open_loop)
 
 
 def ratios(clients: dict[str, dict[str, Any]], reference: str = REFERENCE,
@@ -447,7 +506,7 @@ def targets(clients: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         recorded = client != "caio_predict" or bool(clients.get(client, {}).get("all_recorded"))
         row: dict[str, Any] = {"client": client, "reference": reference,
                                "minimum_ratio": minimum}
-        for key, suffix in (("rps", ""), ("rps_per_cpu", "_per_cpu")):
+        for key, suffix in (("rps", ""), ("best_rps_per_cpu", "_per_cpu")):
             value, ref = clients.get(client, {}).get(key), clients.get(reference, {}).get(key)
             ratio = round(value / ref, 2) if value and ref else None
             # the first target holds "while recording every latency"
@@ -469,46 +528,70 @@ def machine() -> dict[str, Any]:
 
 
 def run(seconds: int, users: int, signature: str, responder: str,
-        names: list[str], rounds: int = 1) -> dict[str, Any]:
+        names: list[str], rounds: int = 1, *, open_rate: float | None = None,
+        open_max_in_flight: int = 1024,
+        fidelity_settings: fidelity.Settings | None = None) -> dict[str, Any]:
+    """The efficiency table for ``names`` (none: skipped), then the fidelity runs (when
+    ``fidelity_settings``), in one temp dir."""
     cores = pick_cores()
-    kind = responder if responder != "auto" else ("nginx" if shutil.which("nginx") else "python")
-    if kind == "nginx" and not shutil.which("nginx"):
-        raise SystemExit("--responder nginx: nginx is not on PATH (apt-get install -y nginx)")
     result: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                              "machine": machine(), "users": users, "signature": signature,
-                              "seconds_per_client": seconds, "rounds": rounds,
+                              "machine": machine(), "signature": signature,
                               "generator_core": cores.generator}
     with tempfile.TemporaryDirectory(prefix="caio-bench-loadgen-") as tmp_name:
         tmp = Path(tmp_name)
-        proc, result["responder"] = start_responder(kind, tmp, cores.responder)
-        try:
-            bench = prepare(tmp, f"http://127.0.0.1:{result['responder']['port']}", users,
-                            seconds, signature, cores.generator)
-            clients: dict[str, dict[str, Any]] = {}
-            # Clients alternate within each round, and each keeps its best round: other
-            # work on the machine only ever lowers a figure.
-            for round_no in range(1, rounds + 1):
-                for name in names:
-                    if clients.get(name, {}).get("skipped"):
-                        continue
-                    print(f"  round {round_no}: {name} ...", end=" ", flush=True)
-                    try:
-                        got = CLIENTS[name](bench)
-                    except Skip as reason:
-                        clients[name] = {"rps": None, "skipped": str(reason)}
-                        print(f"skipped: {reason}", flush=True)
-                        continue
-                    print(f"{got['rps']:.0f} req/s", flush=True)
-                    seen = clients.get(name, {}).get("rounds_rps", [])
-                    best = clients.get(name) if seen and clients[name]["rps"] >= got["rps"] else got
-                    clients[name] = {**best, "rounds_rps": [*seen, got["rps"]]}
-        finally:
-            stop(proc)
-    result["clients"] = clients
-    result["ratios"] = ratios(clients)
-    result["ratios_per_cpu"] = ratios(clients, key="rps_per_cpu")
-    result["targets"] = targets(clients)
+        if names:
+            result |= {"users": users, "seconds_per_client": seconds, "rounds": rounds}
+            result |= efficiency(tmp, cores, seconds, users, signature, responder, names,
+                                 rounds, open_rate=open_rate,
+                                 open_max_in_flight=open_max_in_flight)
+        if fidelity_settings is not None:
+            _, payload_path = write_payload(tmp, signature)
+            result["fidelity"] = fidelity.run(
+                fidelity_settings, tmp, payload_path.as_uri(), signature=signature,
+                generator_core=cores.generator, responder_core=cores.responder)
     return result
+
+
+def efficiency(tmp: Path, cores: Cores, seconds: int, users: int, signature: str,
+               responder: str, names: list[str], rounds: int, **open_loop: Any
+               ) -> dict[str, Any]:
+    kind = responder if responder != "auto" else ("nginx" if shutil.which("nginx") else "python")
+    if kind == "nginx" and not shutil.which("nginx"):
+        raise SystemExit("--responder nginx: nginx is not on PATH (apt-get install -y nginx)")
+    proc, responder_info = start_responder(kind, tmp, cores.responder)
+    try:
+        bench = prepare(tmp, f"http://127.0.0.1:{responder_info['port']}", users, seconds,
+                        signature, cores.generator, **open_loop)
+        clients: dict[str, dict[str, Any]] = {}
+        # Clients alternate within each round, and each keeps its best round: other
+        # work on the machine only ever lowers a figure.
+        for round_no in range(1, rounds + 1):
+            for name in names:
+                if clients.get(name, {}).get("skipped"):
+                    continue
+                print(f"  round {round_no}: {name} ...", end=" ", flush=True)
+                try:
+                    got = CLIENTS[name](bench)
+                except Skip as reason:
+                    clients[name] = {"rps": None, "skipped": str(reason)}
+                    print(f"skipped: {reason}", flush=True)
+                    continue
+                print(f"{got['rps']:.0f} req/s", flush=True)
+                seen = clients.get(name, {}).get("rounds_rps", [])
+                seen_cpu = clients.get(name, {}).get("rounds_rps_per_cpu", [])
+                best = clients.get(name) if seen and clients[name]["rps"] >= got["rps"] else got
+                per_cpu = [x for x in [*seen_cpu, got.get("rps_per_cpu")] if x is not None]
+                # the least disturbed round by cost too: other work only raises a cost
+                clients[name] = {**best, "rounds_rps": [*seen, got["rps"]],
+                                 "rounds_rps_per_cpu": [*seen_cpu, got.get("rps_per_cpu")],
+                                 "best_rps_per_cpu": max(per_cpu) if per_cpu else None}
+                if name == REFERENCE:
+                    bench.reference_rps = clients[name]["rps"]
+    finally:
+        stop(proc)
+    return {"responder": responder_info, "clients": clients, "ratios": ratios(clients),
+            "ratios_per_cpu": ratios(clients, key="best_rps_per_cpu"),
+            "targets": targets(clients)}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -518,13 +601,15 @@ def table(result: dict[str, Any]) -> str:
         if res.get("rps") is None:
             lines.append(f"{name:<15} skipped: {res.get('skipped', '')}")
             continue
-        per_cpu = res.get("rps_per_cpu")
+        per_cpu = res.get("best_rps_per_cpu")
         lines.append(
             f"{name:<15} {res['rps']:>7.0f} {_x(result['ratios'].get(name)):>7} "
             f"{per_cpu if per_cpu is not None else '-':>9} "
             f"{_x(result['ratios_per_cpu'].get(name)):>7} "
             f"{_pct(res.get('cpu_share')):>5} {res['requests']:>8} {res['failures']:>8} "
             f"{res['seconds']:>7}")
+        if "offered_rate" in res:
+            lines.append(open_loop_line(res))
     for target in result["targets"]:
         lines.append(
             f"target {target['client']} >= {target['minimum_ratio']}x {target['reference']}: "
@@ -532,6 +617,16 @@ def table(result: dict[str, Any]) -> str:
             f"per CPU-second {_x(target['ratio_per_cpu'])} "
             f"{'MET' if target['met_per_cpu'] else 'NOT met'}")
     return "\n".join(lines)
+
+
+def open_loop_line(res: dict[str, Any]) -> str:
+    counts = ", ".join(f"{key.replace('_', ' ')} {res[key]}"
+                       for key in ("on_time", "late", "dropped_cap", "dropped_late")
+                       if key in res)
+    lateness = f", max lateness {res['max_lateness_ms']:.0f} ms" if "max_lateness_ms" in res \
+        else ""
+    return (f"{'':<15} offered {res['offered_rate']:.0f} req/s, max_in_flight "
+            f"{res['max_in_flight']}: of {res['intended']} intended sends: {counts}{lateness}")
 
 
 def _x(ratio: float | None) -> str:
@@ -543,7 +638,8 @@ def _pct(share: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Load-generator efficiency (issue 4, part 1).")
+    parser = argparse.ArgumentParser(
+        description="Load-generator efficiency and fidelity (issue 4, parts 1 and 2).")
     parser.add_argument("--seconds", type=int, default=15, help="run time per client")
     parser.add_argument("--users", type=int, default=64, help="concurrent users (connections)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "loadgen.json"))
@@ -555,26 +651,62 @@ def main(argv: list[str] | None = None) -> int:
                         choices=("serving_preprocess", "serving_default"),
                         help="payload kind (serving_default sends ~1 MB float bodies)")
     parser.add_argument("--responder", default="auto", choices=("auto", "nginx", "python"))
+    parser.add_argument("--open-rate", type=float, default=None,
+                        help="req/s offered to caio_open_loop (default: twice the best "
+                             "stock_fasthttp req/s measured before it in the run)")
+    parser.add_argument("--open-max-in-flight", type=int, default=1024,
+                        help="caio_open_loop's max_in_flight")
+    part = parser.add_mutually_exclusive_group()
+    part.add_argument("--fidelity-only", action="store_true", help="skip the efficiency table")
+    part.add_argument("--no-fidelity", action="store_true", help="skip the fidelity runs")
+    defaults = fidelity.Settings()
+    parser.add_argument("--fidelity-rate", type=float, default=defaults.rate,
+                        help="fixed arrival rate of the fidelity runs (req/s)")
+    parser.add_argument("--fidelity-seconds", type=float, default=defaults.seconds,
+                        help="length of each fidelity run")
+    parser.add_argument("--stall-period-s", type=float, default=defaults.period_s,
+                        help="the responder stalls once every this many seconds")
+    parser.add_argument("--stall-s", type=float, default=defaults.stall_s,
+                        help="length of each stall")
+    parser.add_argument("--service-ms", type=float, default=defaults.service_ms,
+                        help="the responder's reply time outside a stall")
+    parser.add_argument("--closed-think-s", type=float, default=defaults.closed_think_s,
+                        help="closed-loop think time (users = rate x (think + service))")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.clients.split(",") if n.strip()]
+    names = [] if args.fidelity_only else [n.strip() for n in args.clients.split(",")
+                                           if n.strip()]
     unknown = sorted(set(names) - set(CLIENTS))
-    if unknown or min(args.seconds, args.users, args.rounds) < 1:
+    if unknown or min(args.seconds, args.users, args.rounds, args.open_max_in_flight) < 1:
         parser.error(f"unknown clients {unknown} (use {','.join(ALL_CLIENTS)})" if unknown
-                     else "--seconds, --users and --rounds must be >= 1")
+                     else "--seconds, --users, --rounds and --open-max-in-flight must be >= 1")
+    settings = None
+    if not args.no_fidelity:
+        try:
+            settings = fidelity.Settings(args.fidelity_rate, args.fidelity_seconds,
+                                         args.stall_period_s, args.stall_s, args.service_ms,
+                                         args.closed_think_s)
+        except ValueError as exc:
+            parser.error(str(exc))
     python = os.path.relpath(sys.executable, REPO)
     python = python if not python.startswith("..") else sys.executable
     command = [python, "bench/loadgen.py", *(argv if argv is not None else sys.argv[1:])]
-    print(f"load-generator efficiency: {args.users} users, {args.seconds} s per client")
-    result = run(args.seconds, args.users, args.signature, args.responder, names, args.rounds)
+    if names:
+        print(f"load-generator efficiency: {args.users} users, {args.seconds} s per client")
+    result = run(args.seconds, args.users, args.signature, args.responder, names, args.rounds,
+                 open_rate=args.open_rate, open_max_in_flight=args.open_max_in_flight,
+                 fidelity_settings=settings)
     result["command"] = " ".join(command)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_suffix(".json.tmp")
     tmp_out.write_text(json.dumps(result, indent=2) + "\n")
     os.replace(tmp_out, out)
-    print(f"responder: {result['responder']['kind']} {result['responder']['version']} "
-          f"on core {result['responder']['core']}; generator on core {result['generator_core']}")
-    print(table(result))
+    if names:
+        print(f"responder: {result['responder']['kind']} {result['responder']['version']} on "
+              f"core {result['responder']['core']}; generator on core {result['generator_core']}")
+        print(table(result))
+    if "fidelity" in result:
+        print(fidelity.table(result["fidelity"]))
     print(f"wrote {out}")
     return 0
 

@@ -335,15 +335,40 @@ class CsvChunks:
 
 
 class RecordBuffer(CsvChunks):
-    """Client raw records, one CSV file per flush in ``<output_uri>/requests/``."""
+    """Client raw records, one CSV file per flush in ``<output_uri>/requests/``.
+
+    :meth:`add` runs once per request in the load generator's hot path, so it only keeps
+    the values; a flush formats them, one ``%`` per row for the common row (no error, plain
+    text fields), the csv module for the rest (quoting)."""
 
     folder = "requests"
     header = RECORD_HEADER
+    _PLAIN_ROW = "%.6f,%.3f,%d,%d,%s,%s,%d,\n"  # ts, latency_ms, ok ... bytes, no error
 
     def add(self, ts: float, latency_ms: float, ok: bool, status_code: int, signature: str,
             nbytes: int, error: str | None) -> None:
-        self.rows.append((f"{ts:.6f}", f"{latency_ms:.3f}", 1 if ok else 0, status_code,
-                          signature, self.worker, nbytes, (error or "")[:MAX_ERROR_CHARS]))
+        self.rows.append((ts, latency_ms, ok, status_code, signature, nbytes, error))
+
+    def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.header)
+        worker, plain_row, write = self.worker, self._PLAIN_ROW, buf.write
+        plain = {worker: _plain(worker)}  # text field -> needs no CSV quoting
+        for ts, latency_ms, ok, status_code, signature, nbytes, error in rows:
+            if signature not in plain:
+                plain[signature] = _plain(signature)
+            if not error and plain[worker] and plain[signature]:
+                write(plain_row % (ts, latency_ms, ok, status_code, signature, worker, nbytes))
+            else:
+                writer.writerow((f"{ts:.6f}", f"{latency_ms:.3f}", 1 if ok else 0, status_code,
+                                 signature, worker, nbytes, (error or "")[:MAX_ERROR_CHARS]))
+        return buf.getvalue().encode("utf-8")
+
+
+def _plain(text: str) -> bool:
+    """Whether the csv module would write ``text`` as is (no quoting needed)."""
+    return not any(c in text for c in ',"\r\n') and text.strip(" ") == text
 
 
 # ---------------------------------------------------------------- Locust's own files

@@ -1,8 +1,11 @@
-"""Smoke test of the load-generator benchmark (bench/loadgen.py): it runs end to end and
-writes the JSON its README documents. No figure is asserted: timings are not tests."""
+"""Smoke test of the load-generator benchmark (bench/loadgen.py): it runs end to end, both
+parts (efficiency with the open-loop client, and fidelity at a tiny size), and writes the
+JSON its README documents. No figure is compared: timings are not tests."""
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import subprocess
 import sys
@@ -15,14 +18,16 @@ from caio_testing import REPO
 def test_bench_loadgen_writes_its_json(tmp_path):
     out = tmp_path / "loadgen.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "loadgen.py"), "--seconds", "2", "--users", "4",
-         "--clients", "stock_fasthttp,caio_predict", "--responder", "python", "--out", str(out)],
-        capture_output=True, text=True, timeout=180, cwd=REPO,
+        [sys.executable, str(REPO / "bench" / "loadgen.py"), "--seconds", "3", "--users", "4",
+         "--clients", "stock_fasthttp,caio_predict,caio_open_loop", "--responder", "python",
+         "--fidelity-rate", "50", "--fidelity-seconds", "3", "--stall-period-s", "1.5",
+         "--stall-s", "0.3", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads(out.read_text())
     assert set(result) >= {"clients", "ratios", "targets", "responder", "machine", "command"}
-    assert set(result["clients"]) == {"stock_fasthttp", "caio_predict"}
+    assert set(result["clients"]) == {"stock_fasthttp", "caio_predict", "caio_open_loop"}
     for name, client in result["clients"].items():
         assert client["requests"] > 0 and client["rps"] > 0, name
         assert {"seconds", "failures"} <= set(client), name
@@ -32,6 +37,65 @@ def test_bench_loadgen_writes_its_json(tmp_path):
     assert result["responder"]["kind"] == "python"
     assert {"cores", "python", "locust"} <= set(result["machine"])
     assert "target caio_predict >= 1.0x stock_fasthttp" in proc.stdout
+    open_loop = result["clients"]["caio_open_loop"]
+    # offered twice the stock_fasthttp figure measured just before it
+    reference = result["clients"]["stock_fasthttp"]["rps"]
+    assert open_loop["offered_rate"] == pytest.approx(2 * reference, abs=0.1)
+    assert open_loop["intended"] == (open_loop["requests"] + open_loop["dropped_cap"]
+                                     + open_loop["dropped_late"])
+
+    fidelity = result["fidelity"]
+    for key in ("true_p99_ms", "open_p99_ms", "closed_p99_ms", "true_p999_ms", "open_p999_ms",
+                "closed_p999_ms", "rate", "stall_period_s", "stall_length_s"):
+        assert isinstance(fidelity[key], int | float) and fidelity[key] > 0, key
+    for key in ("open_error_p99_pct", "closed_error_p99_pct", "open_error_p999_pct",
+                "closed_error_p999_pct"):
+        assert isinstance(fidelity[key], int | float), key
+    assert fidelity["requests"]["intended"] > 0 and fidelity["requests"]["closed"] > 0
+    assert isinstance(fidelity["target"]["met"], bool)
+    assert "target open loop within 10% of the truth" in proc.stdout
+
+
+@pytest.fixture
+def fidelity(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    return importlib.import_module("fidelity")
+
+
+def test_fidelity_ground_truth_with_literal_numbers(fidelity):
+    stall = fidelity.Stall(period_s=10.0, stall_s=1.0, service_ms=1.0, origin=100.0)
+    truth = functools.partial(fidelity.true_latency_ms, stall=stall)
+    assert truth(100.0) == 1001.0  # a stall starts: all of it, plus the service time
+    assert truth(100.25) == 751.0
+    assert truth(101.0) == 1.0  # the stall is over
+    assert (truth(109.5), truth(110.5), truth(99.5)) == (1.0, 501.0, 1.0)
+
+    assert fidelity.nearest_rank(range(1, 1001), 99) == 990
+    assert fidelity.nearest_rank(range(1, 1001), 99.9) == 999
+    assert fidelity.nearest_rank([3, 1, 2], 100) == 3 and fidelity.nearest_rank([5], 50) == 5
+    with pytest.raises(ValueError):
+        fidelity.nearest_rank([], 99)
+
+    # 200 req/s for 30 s: 3 stalls of 200 sends each, 1001, 996, ..., 6 ms; 5 400 at 1 ms.
+    # p99 is rank 5 940, the 61st from the top: 3 copies each of the 20 highest, then 901.
+    intended = [100.0 + k / 200.0 for k in range(6000)]
+    assert fidelity.nearest_rank([truth(t) for t in intended], 99) == pytest.approx(901.0)
+    assert fidelity.nearest_rank([truth(t) for t in intended], 99.9) == pytest.approx(991.0)
+
+    record = fidelity.Record
+    open_loop = [record(t, truth(t) * 1.05, True, "") for t in intended]
+    # a dropped send (outside a stall) still counts in the truth, not in the reported figure
+    open_loop.append(record(105.0, float("nan"), False, "dropped: 4 requests already in flight"))
+    closed = [record(100.0 + k / 100.0, 2.0 if k % 300 else 900.0, True, "") for k in range(3000)]
+    got = fidelity.figures(open_loop, closed, stall)
+    assert got["open_p99_ms"] == pytest.approx(901.0 * 1.05, abs=0.01)
+    assert got["open_error_p99_pct"] == pytest.approx(5.0, abs=0.05)
+    assert got["closed_p99_ms"] == 2.0 and got["closed_p999_ms"] == 900.0
+    assert got["requests"] == {"intended": 6001, "open": 6000, "open_dropped": 1,
+                               "open_failed": 0, "closed": 3000, "closed_failed": 0}
+    assert fidelity.verdict(got) == {"max_error_pct": 10.0, "met_p99": True,
+                                     "met_p999": True, "met": True}
+    assert fidelity.verdict(got, max_error_pct=4.0)["met"] is False
 
 
 def _load_bench_module(name: str):
