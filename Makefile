@@ -24,7 +24,7 @@ help:
 	@echo "make test   lint + the test suite"
 	@echo "make test-faults   the fault-injection suite (README: Faults and bad input)"
 	@echo "make bench   every benchmark in bench/ one after another, then one summary table"
-	@echo "make bench-loadgen   load-generator efficiency (bench/README.md; BENCH_ARGS='--seconds 15')"
+	@echo "make bench-loadgen   load-generator efficiency and fidelity (bench/README.md; BENCH_ARGS='--seconds 15')"
 	@echo "make lint | lock | clean"
 
 $(STAMP): requirements.txt pyproject.toml

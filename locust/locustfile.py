@@ -591,6 +591,11 @@ class OpenLoop:
         t0_perf = now_perf + (t0_wall - now_wall)
         for offset in times:
             intended = t0_perf + offset
+            if intended <= time.perf_counter():
+                # behind schedule: let the sends already started run before starting more,
+                # or they would pile up to max_in_flight unsent (dropped for the cap, not as
+                # late, and timed from a send that waited on this loop)
+                gevent.sleep(0)
             while (delay := intended - time.perf_counter()) > 0:
                 # a peak-search step change must not wait out a long gap at a low rate
                 gevent.sleep(delay if step is None else min(delay, STEP_POLL_S))

@@ -233,7 +233,9 @@ def test_a_raw_record_sample_keeps_failures_and_histograms_count_everything(tmp_
     with (load / "locust_stats.csv").open() as handle:
         locust = next(r for r in csv.DictReader(handle) if r["Name"] == "Aggregated")
     total = int(locust["Request Count"])
-    assert whole["ok"] + whole["failed"] == total > 200
+    # Locust writes its final CSV before the last in-flight requests return (the workers
+    # record those): the histograms may count a few more, never fewer
+    assert total > 200 and 0 <= whole["ok"] + whole["failed"] - total <= 8
     kept_ok = sum(r["ok"] == "1" for r in rows)
     assert 0.15 * whole["ok"] <= kept_ok <= 0.35 * whole["ok"], (kept_ok, whole["ok"])
     assert sum(r["ok"] == "0" for r in rows) == whole["failed"]
