@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from collections import Counter
@@ -28,20 +29,33 @@ def caio_load_mod() -> ModuleType:
     return load_locust_module("caio_load")
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 512  # an overload piles up new connections
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # a client stopped mid-request is expected at the end of a run
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class PredictServer:
     """``POST PREDICT_PATH`` answers ``{"predictions": [...]}`` after ``delay_s``; every
-    ``error_every``-th request gets 200 ``{"error": ...}`` and every ``fail_every``-th a 500."""
+    ``error_every``-th request gets 200 ``{"error": ...}`` and every ``fail_every``-th a 500
+    (0: never). ``serial``: one request at a time (a server of known capacity, 1 / delay_s
+    req/s, whose queue grows without bound above it)."""
 
-    def __init__(self, delay_s: float = 0.005, error_every: int = 7, fail_every: int = 10):
+    def __init__(self, delay_s: float = 0.005, error_every: int = 7, fail_every: int = 10,
+                 serial: bool = False):
         self.delay_s = delay_s
-        self.error_every = error_every
-        self.fail_every = fail_every
+        self.error_every = error_every or 2**62
+        self.fail_every = fail_every or 2**62
+        self.serial = threading.Lock() if serial else contextlib.nullcontext()
         self.counts: Counter[str] = Counter()
         self.signatures: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._n = 0
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
+        self.httpd = _Server(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property
@@ -64,7 +78,8 @@ class PredictServer:
                 if self.path != PREDICT_PATH:
                     return self._send(404, {"error": f"no route {self.path}"})
                 doc = json.loads(body)
-                time.sleep(server.delay_s)
+                with server.serial:
+                    time.sleep(server.delay_s)
                 with server._lock:
                     server._n += 1
                     n = server._n
@@ -105,6 +120,17 @@ class PredictServer:
 @pytest.fixture
 def predict_server():
     with PredictServer() as server:
+        yield server
+
+
+SERIAL_SERVICE_S = 0.010  # the serial server's capacity: 100 req/s
+
+
+@pytest.fixture
+def serial_server():
+    """No errors, one request at a time in SERIAL_SERVICE_S."""
+    with PredictServer(delay_s=SERIAL_SERVICE_S, error_every=0, fail_every=0,
+                       serial=True) as server:
         yield server
 
 

@@ -6,12 +6,7 @@ progress file; harvest turns it into runs / timeseries rows."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,69 +15,16 @@ from test_open_rate import run_load
 from caio_operators.layout import RunLayout
 from caio_operators.results.harvest import harvest_run
 
-PATH = "/v1/projects/p/models/m/versions/v1:predict"
-SERVICE_MS = 10.0  # capacity 100 req/s
-
-
-class SerialServer:
-    """Answers one request at a time, each after SERVICE_MS."""
-
-    def __init__(self) -> None:
-        lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with lock:
-                    time.sleep(SERVICE_MS / 1000.0)
-                data = b'{"predictions": [{"classes": [1], "scores": [0.9]}]}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(data)
-
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 512
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                if not isinstance(sys.exc_info()[1], ConnectionError):
-                    super().handle_error(request, client_address)
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}{PATH}"
-
-    def __enter__(self) -> SerialServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+SERVICE_MS = 10.0  # conftest.SERIAL_SERVICE_S: capacity 100 req/s
 
 
 @pytest.mark.slow
-def test_peak_search_finds_the_capacity_of_a_serial_server(tmp_path: Path):
+def test_peak_search_finds_the_capacity_of_a_serial_server(tmp_path: Path, serial_server):
     capacity = 1000.0 / SERVICE_MS
     peak = {"slo_ms": 100.0, "slo_percentile": 99.0, "max_error_rate": 0.01,
             "precision": 0.1, "window_s": 2.0, "min_requests": 100}
-    with SerialServer() as server:
-        load = run_load(tmp_path, "peak", server.url, load_shape="peak_search", rate=40.0,
-                        duration_s=150, max_in_flight=128, users=1, spawn_rate=1, peak=peak)
+    load = run_load(tmp_path, "peak", serial_server.url, load_shape="peak_search", rate=40.0,
+                    duration_s=150, max_in_flight=128, users=1, spawn_rate=1, peak=peak)
 
     search = json.loads((load / "peak" / "search.json").read_text())
     steps = search["steps"]

@@ -19,6 +19,7 @@ import pandas as pd
 
 from caio_operators.analysis import compare as cmp
 from caio_operators.analysis import cost as costs
+from caio_operators.analysis.summary import plain
 from caio_operators.results import schema as sc
 from caio_operators.results.stats import epoch_seconds, steady_window
 
@@ -28,14 +29,7 @@ log = logging.getLogger(__name__)
 MAX_SUSTAINABLE = "max_sustainable_rps"
 
 
-def _plain(value: Any) -> Any:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
+_plain = plain  # JSON-friendly scalars, as in the summary
 
 
 def run_row(warehouse, run_id: str) -> dict[str, Any] | None:
