@@ -121,6 +121,18 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "title": "Threads per replica",
             "description": "TensorFlow intra-op threads per replica; 0 = cores / replicas.",
         },
+        "server_batch_max": {
+            "default": 0, "type": "integer", "minimum": 0, "maximum": 256, "section": deploy,
+            "title": "Dynamic batching",
+            "description": "Local server: run the instances of concurrent requests in one "
+                           "model call, up to this many; 0 = off (one call per request).",
+        },
+        "server_batch_timeout_ms": {
+            "default": 2.0, "type": "number", "minimum": 0, "maximum": 1000, "section": deploy,
+            "title": "Batching wait (ms)",
+            "description": "With server_batch_max > 1: how long the oldest queued request "
+                           "waits for others to fill its model call.",
+        },
         "load_shape": {
             "default": "staircase", "type": "string", "enum": list(LOAD_SHAPES), "section": load,
             "title": "Load shape",
@@ -450,6 +462,8 @@ class RunSpec:
     fail_on_regression: bool = False
     price_table: str = ""
     local_machine_type: str = ""
+    server_batch_max: int = 0
+    server_batch_timeout_ms: float = 2.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -598,6 +612,9 @@ def _rule_problems(p: Mapping[str, Any]) -> list[str]:
     elif p["endpoint_url"]:
         problems.append(f"endpoint_url={p['endpoint_url']!r}: only used with target=endpoint "
                         f"(target is {p['target']!r}); leave it empty")
+    if p["server_batch_max"] > 1 and p["target"] != "local":
+        problems.append(f"server_batch_max={p['server_batch_max']}: only the local model "
+                        f"server batches (target is {p['target']!r}); leave it 0")
     if p["load_shape"] == "staircase":
         if p["step_users"] > p["users"]:
             problems.append(f"step_users={p['step_users']}: larger than users={p['users']} "

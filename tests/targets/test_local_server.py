@@ -313,6 +313,10 @@ def test_requests_are_recorded(session, served):
     good = [r for r in rows if r["status_code"] == "200"]
     assert {r["signature"] for r in good} >= {"serving_default", "serving_preprocess"}
     assert all(r["ok"] == "1" and float(r["latency_ms"]) > 0 and not r["error"] for r in good)
+    # the model's share of the latency; the rest is the server's own overhead
+    assert all(0 < float(r["model_ms"]) <= float(r["latency_ms"]) for r in good)
+    assert {r["queue_ms"] for r in good} == {"0.000"}  # no batching here
+    assert marked[0]["model_ms"] == marked[0]["queue_ms"] == ""
     assert {r["replica"] for r in rows} <= {"0", "1"}
     now = time.time()
     assert all(now - 600 < float(r["ts"]) <= now for r in rows)

@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from caio_operators.targets.instances import (
     InstanceError,
@@ -14,6 +16,7 @@ from caio_operators.targets.instances import (
     TensorInfo,
     decode_instances,
     encode_predictions,
+    fast_float_instances,
 )
 from caio_operators.targets.openapi import openapi_document
 from caio_operators.targets.serving_app import ServingApp, model_error_text
@@ -107,6 +110,53 @@ def test_encode_rows():
     assert rows == [{"labels": ["a", {"b64": "/w=="}], "probabilities": [0.5, 0.5]}]
 
 
+def fast(raw: str | bytes, info: TensorInfo = IMAGES.inputs[0]):
+    return fast_float_instances(raw.encode() if isinstance(raw, str) else raw, info)
+
+
+FLOATS = st.floats(-1e30, 1e30, allow_nan=False) | st.integers(-10**6, 10**6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3).flatmap(lambda n: st.lists(
+    st.lists(st.lists(st.lists(FLOATS, min_size=3, max_size=3), min_size=2, max_size=2),
+             min_size=2, max_size=2), min_size=n, max_size=n)), st.booleans())
+def test_fast_float_path_equals_the_general_path(instances, spaced):
+    text = json.dumps(instances, separators=(", ", ": ") if spaced else (",", ":"))
+    array = fast(text)
+    expected = decode_instances(IMAGES, instances)["images"]
+    assert array is not None and array.dtype == expected.dtype
+    assert array.shape == expected.shape and array.tobytes() == expected.tobytes()
+
+
+def test_fast_float_path_on_flat_inputs():
+    flat = TensorInfo("x", "float64", (None,))
+    assert fast("[1, 2.5, -3e2]", flat).tolist() == [1.0, 2.5, -300.0]
+    assert fast("[]", flat) is None
+
+
+@pytest.mark.parametrize("raw", [
+    '[[[[1,2,3],[4,5,6]],[[1,2,3],[4,5,6]]],', "[" + "[[1,2,3]]," * 2 + "]",  # broken
+    '[[[[1,2,3],[4,5,6]],[[1,2,3],[4,5]]]]',  # ragged
+    '[[[[1,2,3],[4,5,6]],[[1,2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]',  # wrong shape
+    '[[[[1 2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]', '[[[[1,,3],[4,5,6]],[[1,2,3],[4,5,6]]]]',
+    '[[[[NaN,2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]', '[[[[true,2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]',
+    '[[[["1",2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]', '[[[[+1,2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]',
+    '[[[[1e999,2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]', '[{"images": [[[1,2,3],[4,5,6]]]}]',
+    "[]", "[1]",
+])
+def test_fast_float_path_leaves_anything_unusual_to_the_general_path(raw):
+    assert fast(raw) is None
+
+
+def test_fast_float_path_only_for_fixed_float_inputs():
+    image = "[[[[1,2,3],[4,5,6]],[[1,2,3],[4,5,6]]]]"
+    assert fast(image, TensorInfo("x", "float32", (None, None, 2, 3))) is None
+    assert fast(image, TensorInfo("x", "int64", (None, 2, 2, 3))) is None
+    assert fast(image, TensorInfo("x", "float32", None)) is None
+    assert fast('["a"]', BYTES.inputs[0]) is None
+
+
 # request handling -------------------------------------------------------------------------
 
 
@@ -115,6 +165,11 @@ def test_predict_single_and_multiple_outputs(app):
     reply, body = post(app, {"instances": [image, image]})
     assert reply.status == 200 and body == {"predictions": [[2.0] * 4, [2.0] * 4]}
     assert (reply.signature, reply.instances, reply.record) == ("serving_default", 2, True)
+    assert reply.model_ms >= 0 and reply.queue_ms == 0
+    # Named instances take the general path, with the same answer.
+    named, _ = post(app, {"signature_name": "serving_default",
+                          "instances": [{"images": image}, {"images": image}]})
+    assert named.body == reply.body
     reply, body = post(app, {"signature_name": "serving_preprocess",
                              "instances": [b64(b"IMG1")]},
                        path="/v1/projects/p/locations/l/endpoints/9:predict")
@@ -135,6 +190,23 @@ def test_predict_errors(app, body, status, fragment):
     reply, payload = post(app, body)
     assert reply.status == status and fragment in payload["error"]
     assert reply.error == payload["error"] and reply.record
+
+
+def test_app_with_a_batcher(app):
+    from caio_operators.targets.batching import Batcher
+
+    batcher = Batcher(numpy_model, max_instances=8, timeout_s=0.0)
+    batched = ServingApp(model_name="m", model_version="1", signatures=app.signatures,
+                         predict=None, client_errors=(ModelRejected,), batcher=batcher)
+    try:
+        image = np.full((2, 2, 3), 2.0).tolist()
+        for body in ({"instances": [image]},
+                     {"signature_name": "serving_preprocess", "instances": [b64(b"GIF")]},
+                     {"signature_name": "broken", "instances": [1.0]}):
+            ours, theirs = post(batched, body), post(app, body)
+            assert (ours[0].status, ours[1]) == (theirs[0].status, theirs[1])
+    finally:
+        batcher.stop()
 
 
 def test_routes_without_prediction(app):

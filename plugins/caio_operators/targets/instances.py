@@ -8,10 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+try:  # Airflow depends on msgspec; without it every body takes the general path
+    import msgspec
+except ImportError:  # pragma: no cover
+    msgspec = None
 
 STRING = "string"
 
@@ -127,6 +134,51 @@ def decode_instances(signature: SignatureInfo, instances: list) -> dict[str, np.
         raise InstanceError("no instances to predict")
     columns = _instance_values(signature, instances)
     return {info.name: _to_array(info, columns[info.name]) for info in signature.inputs}
+
+
+# Characters of JSON numbers and whitespace: what is left of a plain numeric array is its
+# brackets and commas, the "skeleton" that tells its shape.
+_NUMBER_AND_SPACE = b"0123456789.-+eE \t\r\n"
+
+
+@functools.lru_cache(maxsize=32)
+def _skeleton(dims: tuple[int, ...]) -> bytes:
+    """The brackets and commas of one instance of shape ``dims`` (b"" for a scalar)."""
+    if not dims:
+        return b""
+    return b"[" + b",".join([_skeleton(dims[1:])] * dims[0]) + b"]"
+
+
+def fast_float_instances(raw: bytes, info: TensorInfo) -> np.ndarray | None:
+    """The instances of a lone float input, parsed straight from their JSON text.
+
+    A fast path for big pixel arrays: building Python lists of lists for 150,528 numbers
+    (one 224x224x3 image) costs 40 to 80 ms; parsing them as one flat list costs 8.
+    It applies to a float input whose shape is known but for its first dimension, and to
+    ``raw`` (the JSON text of the instances list) holding only numbers, commas and
+    brackets nested exactly as that shape: the result is then what `decode_instances`
+    returns. Anything else gives None, and the general path parses it (and explains what
+    is wrong with it).
+    """
+    if (msgspec is None or info.dtype == STRING or info.shape is None or not info.shape
+            or any(d is None for d in info.shape[1:])
+            or np.dtype(info.dtype).kind != "f"):
+        return None
+    dims = tuple(info.shape[1:])
+    skeleton = raw.translate(None, _NUMBER_AND_SPACE)
+    one = _skeleton(dims)
+    count = (len(skeleton) - 1) // (len(one) + 1)
+    if count < 1 or skeleton != b"[" + b",".join([one] * count) + b"]":
+        return None
+    try:  # msgspec checks each number's syntax and range
+        values = msgspec.json.decode(b"[" + raw.translate(None, b"[]") + b"]", type=list[float])
+    except msgspec.DecodeError:
+        return None
+    if len(values) != count * math.prod(dims):  # "[1 2]": numbers without a comma
+        return None
+    # float64 first, as np.asarray does in the general path: the same rounding.
+    array = np.fromiter(values, dtype=np.float64, count=len(values))
+    return array.astype(np.dtype(info.dtype), copy=False).reshape((count, *dims))
 
 
 def _jsonable(value: object) -> object:

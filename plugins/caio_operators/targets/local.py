@@ -28,6 +28,7 @@ import psutil
 from caio_operators import storage
 from caio_operators.targets.base import DeployError, LocalDeployment, UndeployError
 from caio_operators.targets.local_server import (
+    DEFAULT_BATCH_TIMEOUT_MS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_LIFETIME_S,
     MODULE,
@@ -168,6 +169,8 @@ class LocalTarget:
         port: int = 0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         import_keras: bool = False,
+        batch_max: int = 0,
+        batch_timeout_ms: float = DEFAULT_BATCH_TIMEOUT_MS,
     ) -> LocalDeployment:
         """Start the server and wait until every replica serves.
 
@@ -177,12 +180,17 @@ class LocalTarget:
             there are replaced.
         :param threads_per_replica: TF intra-op threads per replica; 0: cores // replicas.
         :param max_lifetime_s: the server stops by itself after this, teardown or not.
+        :param batch_max: dynamic batching: up to this many instances of concurrent requests
+            per model call, waiting up to ``batch_timeout_ms`` for them; 0 or 1: off.
         :raises DeployError: with the tail of the server log when it does not come up.
         """
         if not isinstance(replicas, int) or replicas < 1:
             raise DeployError(f"replicas must be a whole number >= 1, got {replicas!r}")
         if startup_timeout_s <= 0 or max_lifetime_s <= 0:
             raise DeployError("startup_timeout_s and max_lifetime_s must be positive")
+        if batch_max < 0 or batch_timeout_ms < 0:
+            raise DeployError(f"batch_max ({batch_max}) and batch_timeout_ms "
+                              f"({batch_timeout_ms}) must be 0 or more")
         try:
             model_dir = check_model_dir(_local_dir(model_uri, "model_uri"))
         except ModelDirError as exc:
@@ -202,6 +210,7 @@ class LocalTarget:
             "--ready-file", str(ready_file), "--max-lifetime-s", str(max_lifetime_s),
             "--threads-per-replica", str(threads_per_replica),
             "--max-body-bytes", str(max_body_bytes),
+            "--batch-max", str(batch_max), "--batch-timeout-ms", repr(float(batch_timeout_ms)),
         ]
         if import_keras:
             argv.append("--import-keras")

@@ -31,6 +31,8 @@ samples each replica's CPU% and RSS every second into ``--samples-dir``. SIGTERM
 or ``--max-lifetime-s`` elapsed, stop the replicas (which flush their request records) and
 end it with status 0. A replica that dies is logged, not restarted: its connections fail
 and new ones go to the others. Replicas stop by themselves when the supervisor dies.
+With ``--batch-max N`` (N > 1) each replica batches the instances of concurrent requests
+into one model call (``batching.py``); off by default.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ CHANNEL_BUFFER_BYTES = 2**20  # ~2,700 connections in flight per channel (if the
 ACCEPT_BURST = 64  # connections accepted in a row before reading the replicas' reports
 HANDOFF_WAIT_S = 5.0  # how long a connection waits for a replica whose channel is full
 ACCEPT_RETRY_S = 0.5  # pause after an accept error such as EMFILE, instead of spinning
+DEFAULT_BATCH_TIMEOUT_MS = 2.0
 
 
 class ModelDirError(ValueError):
@@ -121,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TF intra-op threads per replica; 0: cores // replicas")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies get 413")
+    parser.add_argument("--batch-max", type=int, default=0,
+                        help="dynamic batching: up to this many instances of concurrent "
+                        "requests per model call; 0 or 1: off (each request its own call)")
+    parser.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
+                        help="dynamic batching: how long the oldest queued request waits "
+                        "for others to fill its batch")
     parser.add_argument("--import-keras", action="store_true",
                         help="let TensorFlow import Keras (slower start; for models that "
                         "need Keras to load)")
@@ -147,6 +156,10 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if args.threads_per_replica < 0:
         parser.error(f"--threads-per-replica must be 0 (auto) or more, "
                      f"got {args.threads_per_replica}")
+    if args.batch_max < 0:
+        parser.error(f"--batch-max must be 0 (off) or more, got {args.batch_max}")
+    if args.batch_timeout_ms < 0:
+        parser.error(f"--batch-timeout-ms must be 0 or more, got {args.batch_timeout_ms}")
 
 
 # Signals ----------------------------------------------------------------------------------
@@ -479,6 +492,8 @@ class Supervisor:
                     "--intra-threads", str(intra), "--inter-threads", "1",
                     "--records-dir", args.records_dir,
                     "--max-body-bytes", str(args.max_body_bytes),
+                    "--batch-max", str(args.batch_max),
+                    "--batch-timeout-ms", repr(args.batch_timeout_ms),
                 ]
                 if args.import_keras:
                     argv.append("--import-keras")

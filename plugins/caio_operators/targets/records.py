@@ -5,7 +5,12 @@ Files are `<directory>/<prefix>-<seq:06d>.csv`, each with the header, written at
 
 Server records: ``ts`` is the wall clock when the request was fully read, ``latency_ms``
 the time from then until the response was ready (time.perf_counter); health, status and
-OpenAPI probes are not recorded. Samples: ``cpu_percent`` is 100 for one busy core.
+OpenAPI probes are not recorded. ``model_ms`` is the part of it spent in the model call
+that served the request and ``queue_ms`` the part spent waiting for that call (dynamic
+batching; 0 without), so ``latency_ms - model_ms - queue_ms`` is the server's own overhead
+(JSON, base64, instance arrays, response encoding); both are empty for a failed request.
+They come last: readers of older files see them as missing. Samples: ``cpu_percent`` is 100
+for one busy core.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from caio_operators import storage
 log = logging.getLogger(__name__)
 
 SERVER_RECORD_COLUMNS = (
-    "ts", "latency_ms", "ok", "status_code", "signature", "replica", "instances", "error")
+    "ts", "latency_ms", "ok", "status_code", "signature", "replica", "instances", "error",
+    "model_ms", "queue_ms")
 SAMPLE_COLUMNS = ("ts", "replica", "pid", "cpu_percent", "rss_mb")
 
 
