@@ -17,7 +17,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 CONF ?= {}
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-faults lint lock clean bench bench-loadgen
+.PHONY: help setup demo test test-faults lint lock clean bench bench-loadgen bench-serving
 
 help:
 	@echo "make demo   run caio_load_test end to end on this machine (local target)"
@@ -25,6 +25,7 @@ help:
 	@echo "make test-faults   the fault-injection suite (README: Faults and bad input)"
 	@echo "make bench   every benchmark in bench/ one after another, then one summary table"
 	@echo "make bench-loadgen   load-generator efficiency and fidelity (bench/README.md; BENCH_ARGS='--seconds 15')"
+	@echo "make bench-serving   local serving efficiency against in-process predictions (BENCH_ARGS)"
 	@echo "make lint | lock | clean"
 
 $(STAMP): requirements.txt pyproject.toml
@@ -60,7 +61,11 @@ BENCH_ARGS ?=
 bench-loadgen: $(STAMP)
 	$(BIN)/python bench/loadgen.py $(BENCH_ARGS)
 
-# loadgen, serving (when present), harvest, pipeline; figures in bench/results/*.json.
+# The local model server against the same model called in-process (bench/README.md).
+bench-serving: $(STAMP)
+	$(BIN)/python bench/serving.py $(BENCH_ARGS)
+
+# loadgen, serving, harvest, pipeline; figures in bench/results/*.json.
 # BENCH_ONLY=harvest,pipeline runs a subset; the table alone: bench/run_all.py --summary-only
 BENCH_ONLY ?=
 bench: $(STAMP)

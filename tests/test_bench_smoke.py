@@ -134,3 +134,24 @@ def test_bench_harvest_writes_its_json_and_the_summary_reads_it(tmp_path):
 
     table = _load_bench_module("run_all").summary(results)
     assert "harvest" in table and "records/s" in table
+
+
+@pytest.mark.slow
+def test_bench_serving_writes_its_json(tmp_path):
+    """The serving benchmark end to end on the tiny architecture: the real server and the
+    in-process limit side by side, both signatures, with and without batching."""
+    out = tmp_path / "serving.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "serving.py"), "--source", "builtin:tiny",
+         "--seconds", "2", "--rounds", "1", "--warmup-seconds", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["source"] == "builtin:tiny" and result["target_ratio"] == 0.9
+    rows = result["rows"]
+    assert {r["signature"] for r in rows} == {"serving_default", "serving_preprocess"}
+    for row in rows:  # both sides really ran and were compared
+        assert row["limit_pps"] > 0 and row["server_pps"] > 0 and row["ratio"] > 0
+        assert row["ratio_per_cpu"] > 0
+    assert result["targets"]
