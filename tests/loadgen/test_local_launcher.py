@@ -286,20 +286,21 @@ def test_peak_progress_lines_for_new_steps_only(tmp_path):
     from caio_operators.loadgen.local import peak_progress
 
     path = tmp_path / "search.json"
-    assert peak_progress(path, 0) == ([], 0)  # not written yet
+    uri = f"file://{path}"
+    assert peak_progress(uri, 0) == ([], 0)  # not written yet
     running = {**PEAK_SEARCH_REPORT, "status": "running",
                "steps": PEAK_SEARCH_REPORT["steps"][:2]}
     path.write_text(json.dumps(running))
-    lines, seen = peak_progress(path, 0)
+    lines, seen = peak_progress(uri, 0)
     assert seen == 2 and lines == [
         "load: peak search step 0 at 40 req/s passed: 40 req/s, latency 20.0 ms, errors 0.0% "
         "(stable and within the SLO)",
         "load: peak search step 1 at 80 req/s FAILED: 70 req/s, latency 900.0 ms, errors 5.0% "
         "(error rate 5.00% > 1.00% in 3 consecutive windows)"]
-    assert peak_progress(path, 2) == ([], 2)
+    assert peak_progress(uri, 2) == ([], 2)
     path.write_text(json.dumps(PEAK_SEARCH_REPORT))
-    lines, seen = peak_progress(path, 2)
+    lines, seen = peak_progress(uri, 2)
     assert seen == 3 and lines[-1] == ("load: peak search converged: 60.0 req/s sustained "
                                        "(converged: 60/s passes, 80/s fails)")
     path.write_text("{half a fi")
-    assert peak_progress(path, 3) == ([], 3)
+    assert peak_progress(uri, 3) == ([], 3)

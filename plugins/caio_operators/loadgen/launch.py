@@ -198,7 +198,8 @@ def build_launch_spec(
         duration_s=float(shape["duration_s"]) + float(shape.get("drain_s", 0.0)) + stop_timeout,
         grace_s=grace_s,
         publish_uri=publish_uri,
-        meta={"test_id": config.get("test_id", ""), "master_port": master_port},
+        meta={"test_id": config.get("test_id", ""), "master_port": master_port,
+              "shape": shape["kind"]},
     )
 
 

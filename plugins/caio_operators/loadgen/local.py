@@ -158,14 +158,14 @@ def format_progress(elapsed_s: float, progress: dict[str, float] | None) -> str:
             f"{progress['failures']} failures ({share:.1f}%)")
 
 
-def peak_progress(search_json: str | os.PathLike, seen: int) -> tuple[list[str], int]:
+def peak_progress(search_uri: str, seen: int) -> tuple[list[str], int]:
     """Task-log lines for the peak-search steps judged since the first ``seen`` (the master
     rewrites ``search.json`` after every window); returns them and the new count."""
     try:
-        search = json.loads(Path(search_json).read_text())
+        search = json.loads(storage.read_text(search_uri))
         steps = search["steps"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return [], seen  # not there yet, or caught mid-replace: next time
+    except (OSError, ValueError, KeyError, TypeError, storage.StorageError):
+        return [], seen  # not there yet: next time
     lines = [f"load: peak search step {st['step']} at {st['rate']:.4g} req/s "
              f"{'passed' if st['passed'] else 'FAILED'}: {st['throughput_rps']:.4g} req/s, "
              f"latency {st['latency_ms']:.1f} ms, errors {st['error_rate']:.1%} ({st['reason']})"
@@ -312,10 +312,10 @@ class LocalLauncher:
             if now >= next_progress:
                 progress = read_progress(self.spec.history_csv)
                 self.log.info(format_progress(now - started_at, progress))
-                lines, peak_seen = peak_progress(
-                    storage.local_path(self.spec.peak_search_uri), peak_seen)
-                for line in lines:
-                    self.log.info(line)
+                if self.spec.meta.get("shape") == "peak_search":
+                    lines, peak_seen = peak_progress(self.spec.peak_search_uri, peak_seen)
+                    for line in lines:
+                        self.log.info(line)
                 next_progress += self.progress_every_s
             time.sleep(0.25)
 
