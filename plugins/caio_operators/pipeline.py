@@ -413,8 +413,6 @@ def judge(spec: RunSpec, log: logging.Logger = _log,
             f"{out['cost_per_hour']:.4g}/h, "
             + ("-" if out["cost_per_1k"] is None else f"{out['cost_per_1k']:.4g}")
             + f" per 1,000 predictions ({out['cost_note']})")
-    log.info("verdict vs %s (%s): %s - %s", out["baseline_run_id"], out["baseline_rule"],
-             out["verdict"], out["reason"])
     log.info("cost: %s", cost)
     if out["verdict"] == REGRESSION:
         if spec.fail_on_regression:

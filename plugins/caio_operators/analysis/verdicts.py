@@ -176,7 +176,9 @@ def judge_run(warehouse, run_id: str, *, baseline_version: str = "",
     frames = verdict_frames(run_id, comparison, baseline_run_id, rule, percentile, threshold,
                             cost)
     warehouse.replace_tables(frames, run_id)
-    log.info("run %s vs %s (%s): %s - %s", run_id, baseline_run_id, rule, comparison.verdict,
+    against = f"vs {baseline_run_id} ({rule} baseline)" if baseline_run_id else (
+        f"with no {rule} baseline")
+    log.info("verdict for run %s %s: %s - %s", run_id, against, comparison.verdict,
              comparison.reason)
     return {"run_id": run_id, "verdict": comparison.verdict, "reason": comparison.reason,
             "baseline_run_id": baseline_run_id, "baseline_rule": rule,
