@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from procs import free_port, pin, stop, wait_listening
+from procs import free_port, pin, start_listening, stop
 
 REPO = Path(__file__).resolve().parent.parent
 PREDICT_PATH = "/v1/models/bench:predict"
@@ -178,15 +178,7 @@ def start_stalling_responder(settings: Settings, tmp: Path, core: int
     argv = [sys.executable, str(REPO / "bench" / "responder.py"), "--port", str(port),
             "--stall-period-s", repr(stall.period_s), "--stall-s", repr(stall.stall_s),
             "--service-ms", repr(stall.service_ms), "--origin", repr(stall.origin)]
-    with open(tmp / "responder-stalling.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    pin(proc, core)
-    try:
-        wait_listening(port, proc)
-    except Exception:
-        stop(proc)
-        raise
-    return proc, port, stall
+    return start_listening(argv, tmp / "responder-stalling.log", port, core), port, stall
 
 
 def run_locust(name: str, config_uri: str, tmp: Path, core: int, timeout_s: float) -> None:

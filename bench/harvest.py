@@ -43,6 +43,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from procs import target_lines, write_result
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "plugins"))
 
@@ -436,9 +438,7 @@ def table(result: dict[str, Any]) -> str:
     per = result["bytes_per_record"]
     lines.append(f"bytes per record: CSV {per['csv']:g}, requests.parquet "
                  f"{per['requests_parquet']:g}, DuckDB {per['duckdb']:g}")
-    for target in result["targets"]:
-        lines.append(f"target {target['name']}: {target['value']:g} -> "
-                     f"{'met' if target['met'] else 'NOT MET'}")
+    lines += target_lines(result["targets"])
     return "\n".join(lines)
 
 
@@ -487,10 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     result["command"] = " ".join(command)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_result(out, result)
     print(table(result))
     print(f"wrote {out}")
     return 0

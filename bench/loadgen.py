@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "plugins"))
 
 import fidelity  # noqa: E402
-from procs import free_port, pin, stop, wait_listening  # noqa: E402
+from procs import free_port, pin, start_listening, stop, write_result  # noqa: E402
 
 from caio_operators.loadgen.launch import make_config  # noqa: E402
 from caio_operators.loadgen.payload import build_payload  # noqa: E402
@@ -167,7 +167,6 @@ http {{
 def start_responder(kind: str, tmp: Path, core: int) -> tuple[subprocess.Popen, dict[str, Any]]:
     """Start nginx or ``bench/responder.py`` on 127.0.0.1, pinned to ``core``."""
     port = free_port()
-    log = open(tmp / f"responder-{kind}.log", "wb")  # noqa: SIM115 (closed with the process)
     if kind == "nginx":
         nginx = shutil.which("nginx")
         conf = tmp / "nginx.conf"
@@ -180,13 +179,7 @@ def start_responder(kind: str, tmp: Path, core: int) -> tuple[subprocess.Popen, 
         argv = [sys.executable, str(REPO / "bench" / "responder.py"), "--port", str(port)]
         info = {"kind": "python", "version": platform.python_version(),
                 "config": "bench/responder.py: one asyncio process, fixed body"}
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    pin(proc, core)
-    try:
-        wait_listening(port, proc)
-    except Exception:
-        stop(proc)
-        raise
+    proc = start_listening(argv, tmp / f"responder-{kind}.log", port, core)
     return proc, {**info, "port": port, "core": core, "body": RESPONSE_BODY}
 
 
@@ -697,10 +690,7 @@ def main(argv: list[str] | None = None) -> int:
                  fidelity_settings=settings)
     result["command"] = " ".join(command)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    write_result(out, result)
     if names:
         print(f"responder: {result['responder']['kind']} {result['responder']['version']} on "
               f"core {result['responder']['core']}; generator on core {result['generator_core']}")

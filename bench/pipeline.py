@@ -37,6 +37,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from procs import target_lines, write_result
+
 REPO = Path(__file__).resolve().parent.parent
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAG_ID = "caio_load_test"
@@ -226,9 +228,7 @@ def table(result: dict[str, Any]) -> str:
     for name, parsed in result["parse"]["files"].items():
         lines.append(f"parse {name}: DagBag {parsed['dagbag_s']:.3f} s, runpy "
                      f"{parsed['runpy_s']:.3f} s (median of {result['parse']['repeats']})")
-    for target in result["targets"]:
-        lines.append(f"target {target['name']}: {target['value']:g} -> "
-                     f"{'met' if target['met'] else 'NOT MET'}")
+    lines += target_lines(result["targets"])
     return "\n".join(lines)
 
 
@@ -261,10 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     result["targets"] = targets(result)
     result["command"] = " ".join(command)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    os.replace(tmp_out, out)
+    write_result(out, result)
     print(table(result))
     print(f"wrote {out}")
     return 0

@@ -1,11 +1,16 @@
-"""Child processes of the benchmarks: free ports, pinning to a core, waiting, stopping."""
+"""What the benchmarks share: child processes (free ports, pinning to a core, waiting,
+stopping) and their results (the JSON written whole, the target lines printed)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -41,3 +46,33 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def start_listening(argv: Sequence[str], log_path: Path, port: int, core: int
+                    ) -> subprocess.Popen:
+    """Start a server pinned to ``core`` (output to ``log_path``) and return once it listens
+    on ``port``; stopped again if it never does."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT)
+    pin(proc, core)
+    try:
+        wait_listening(port, proc)
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
+def write_result(out: Path, result: dict[str, Any]) -> None:
+    """The benchmark's JSON, written whole (temp file + rename; timestamps as text)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    os.replace(tmp_out, out)
+
+
+def target_lines(targets: Iterable[dict[str, Any]]) -> list[str]:
+    """``target <name>: <value> -> met | NOT MET`` per target."""
+    return [f"target {t['name']}: {t['value']:g} -> {'met' if t['met'] else 'NOT MET'}"
+            for t in targets]
