@@ -729,8 +729,6 @@ class PeakMaster:
         self.collector = caio_peak.WindowCollector(STATE.workers)
         self.uri = caio_load.join(cfg["output_uri"], "peak", "search.json")
         self.windows: list[dict[str, Any]] = []
-        self.step = 0
-        self.step_started = time.time()
         self.done = False
         self.status, self.reason = "running", ""
         log.info("caio: peak search from %.3f req/s: p%g under %g ms, errors under %.2f%%, "
@@ -764,22 +762,22 @@ class PeakMaster:
         rate = self.search.rate
         decision = self.search.observe(window)
         self.windows.append({
-            "step": self.step, "seq": seq, "ts": time.time() - elapsed, "elapsed_s": elapsed,
+            "step": self.collector.step, "seq": seq, "ts": time.time() - elapsed,
+            "elapsed_s": elapsed,
             "rate": rate, "throughput_rps": window.throughput_rps,
             "latency_ms": latency if math.isfinite(latency) else None,
             "median_ms": median if math.isfinite(median) else None,
             "requests": requests, "errors": errors, "workers": len(items),
             "action": decision.action, "reason": decision.reason})
         log.info("caio: peak step %d at %.3g req/s, window %d: %.3g req/s, p%g %s, %d errors "
-                 "of %d -> %s %s", self.step, rate, seq, window.throughput_rps,
+                 "of %d -> %s %s", self.collector.step, rate, seq, window.throughput_rps,
                  self.search.slo_percentile,
                  f"{latency:.1f} ms" if math.isfinite(latency) else "n/a", errors, requests,
                  decision.action, decision.reason)
         if decision.action == caio_peak.STEP:
-            self.step += 1
-            self.collector.start_step(self.step)
+            self.collector.start_step(self.collector.step + 1)  # the step is the collector's
             self.environment.runner.send_message(
-                "caio_rate", {"step": self.step, "rate": decision.rate})
+                "caio_rate", {"step": self.collector.step, "rate": decision.rate})
         elif decision.action == caio_peak.DONE:
             self.done = True
             self.status, self.reason = "converged", decision.reason

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import sys
 import uuid
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
@@ -90,3 +91,16 @@ PEAK_SEARCH_REPORT = {
         for seq in (1, 2, 3)
     ],
 }
+
+
+class LoopbackHTTPServer(ThreadingHTTPServer):
+    """A threaded test HTTP server that takes a burst of new connections (an overloaded or
+    stalled server piles them up) and stays quiet about clients that hang up mid-request
+    (expected at the end of a load)."""
+
+    request_queue_size = 512
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)

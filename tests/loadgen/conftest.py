@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import ModuleType
 
 import pytest
-from caio_testing import LOCUST_DIR, load_locust_module
+from caio_testing import LOCUST_DIR, LoopbackHTTPServer, load_locust_module
 
 LOCUSTFILE = LOCUST_DIR / "locustfile.py"
 PREDICT_PATH = "/v1/projects/p/models/m/versions/v1:predict"
@@ -27,16 +26,6 @@ def shapes_mod() -> ModuleType:
 @pytest.fixture(scope="session")
 def caio_load_mod() -> ModuleType:
     return load_locust_module("caio_load")
-
-
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 512  # an overload piles up new connections
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        # a client stopped mid-request is expected at the end of a run
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
 
 class PredictServer:
@@ -55,7 +44,7 @@ class PredictServer:
         self.signatures: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._n = 0
-        self.httpd = _Server(("127.0.0.1", 0), self._handler())
+        self.httpd = LoopbackHTTPServer(("127.0.0.1", 0), self._handler())
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

@@ -11,13 +11,13 @@ import itertools
 import json
 import logging
 import math
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from caio_testing import LoopbackHTTPServer
 from PIL import Image
 
 from caio_operators import storage
@@ -60,16 +60,7 @@ class StallingServer:
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(data)
 
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 512  # a stall piles up new connections
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                # a client stopped mid-request is expected at the end of a run
-                if not isinstance(sys.exc_info()[1], ConnectionError):
-                    super().handle_error(request, client_address)
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.httpd = LoopbackHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def phase(self, t: float) -> float:
