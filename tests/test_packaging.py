@@ -1,17 +1,12 @@
 """The package installs as it says: pyproject.toml declares what a run needs, the README's
-Composer step lists exactly that, the pinned requirements.txt (what `make test` tests) lies
-inside the declared ranges, and the wheel carries every file a run reads besides modules."""
+Composer step lists exactly that, and the pinned requirements.txt (what `make test` tests)
+lies inside the declared ranges. (What the wheel carries: tests/cloud/test_wiring_package.py.)"""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tomllib
-import zipfile
-from pathlib import Path
 
-import pytest
 from caio_testing import REPO
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -79,34 +74,3 @@ def test_the_pinned_set_lies_inside_the_declared_ranges():
             outside.append(f"{text} (requirements.txt: {version or 'missing'})")
     assert not outside, "requirements.txt pins outside pyproject's ranges: " + "; ".join(
         outside)
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    uv = Path(sys.executable).parent / "uv"
-    done = subprocess.run([str(uv), "build", "--wheel", "--out-dir", str(out), str(REPO)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return next(out.glob("*.whl"))
-
-
-def test_the_wheel_carries_every_file_a_run_reads(wheel):
-    names = set(zipfile.ZipFile(wheel).namelist())
-    resources = "caio_operators/resources/"
-    wanted = [
-        *(f"locust/{p.name}" for p in (REPO / "locust").glob("*.py")),
-        *(f"locust/manifests/{p.name}" for p in (REPO / "locust" / "manifests").iterdir()),
-        "locust/Dockerfile", "locust/requirements.txt",
-        "dashboards/monitoring-template.json", "pricing/prices.json",
-        *(f"test_images/{p.name}" for p in (REPO / "test_images").iterdir()
-          if p.suffix in (".jpg", ".png")),
-    ]
-    missing = [name for name in wanted if resources + name not in names]
-    assert not missing, f"the wheel lacks {missing}; add them to package-data in pyproject"
-    metadata = zipfile.ZipFile(wheel).read(
-        next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    required = {Requirement(line.removeprefix("Requires-Dist: "))
-                for line in metadata.splitlines() if line.startswith("Requires-Dist: ")}
-    always = {(r.name, r.specifier) for r in required if r.marker is None}
-    assert always == {(r.name, r.specifier) for r in map(Requirement, PROJECT["dependencies"])}
