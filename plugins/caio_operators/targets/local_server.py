@@ -345,6 +345,7 @@ class ConnectionBalancer:
                 self._stop.wait(ACCEPT_RETRY_S)
                 return
             with conn:  # the replica has its own copy once sent
+                self._read_all_reports()  # place it on counts that include every close
                 self._hand_off(conn)
 
     def _hand_off(self, conn: socket.socket) -> None:
@@ -389,6 +390,10 @@ class ConnectionBalancer:
             why = (f"no replica took a connection within {HANDOFF_WAIT_S:.0f} s" if busy
                    else "no replica is left to take connections")
             log.error("%s; closing new connections", why)
+
+    def _read_all_reports(self) -> None:
+        for index in range(len(self.channels)):
+            self._read_reports(index)
 
     def _read_reports(self, index: int) -> None:
         channel = self.channels[index]

@@ -219,8 +219,10 @@ class HandoffServer(_Server):
             self.shutdown_request(conn)
 
     def shutdown_request(self, request) -> None:
-        super().shutdown_request(request)
+        # Reported first: the connection serves nothing more while it lingers, and once its
+        # descriptor is gone the supervisor's count is already right.
         self._report_closed()
+        super().shutdown_request(request)
 
     def _report_closed(self) -> None:
         with contextlib.suppress(OSError):  # the supervisor is gone: no one counts any more
