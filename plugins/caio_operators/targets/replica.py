@@ -34,6 +34,7 @@ from caio_operators.targets.batching import Batcher
 from caio_operators.targets.instances import STRING, SignatureInfo, TensorInfo
 from caio_operators.targets.records import SERVER_RECORD_COLUMNS, CsvBatchWriter
 from caio_operators.targets.serving_app import Reply, ServingApp, error_reply, reason
+from caio_operators.targets.signals import stop_on_signals
 
 log = logging.getLogger("caio_operators.targets.replica")
 
@@ -499,8 +500,6 @@ def run(args: argparse.Namespace) -> int:
                          daemon=True)]
     for thread in threads:
         thread.start()
-    from caio_operators.targets.local_server import stop_on_signals
-
     stop_on_signals(stop, announce=False)  # from now on a signal stops the serving cleanly
     log.info("serving (admin port %d)", admin.server_port)
 
