@@ -320,32 +320,42 @@ def with_server_fate(load: dict[str, Any], deployment: Mapping[str, Any] | None
 
 def cloud_timeseries(spec: RunSpec, deployment: Mapping[str, Any] | None,
                      meta: Mapping[str, Any],
-                     log: logging.Logger = _log) -> tuple[Any, list[str]]:
-    """Cloud Monitoring rows of the run window, and the problems that kept rows out.
+                     log: logging.Logger = _log) -> tuple[Any, list[str], str | None]:
+    """Cloud Monitoring rows of the run window, the problems that kept rows out, and how
+    far its points reached (``runs.monitoring_coverage``).
 
     Never raises for a Monitoring error: the client records must be stored anyway, and
-    the problem marks the run degraded instead.
+    the problem marks the run degraded instead. Waits up to ``monitoring_wait_s`` after the
+    window for late points; a window still not covered then is a problem too.
     """
     from caio_operators.results import schema as sc
 
     if not deployment:
         log.info("no deployment: nothing to read from Cloud Monitoring")
-        return None, []
+        return None, [], None
     start, end = meta.get("started_at"), meta.get("ended_at")
     if start is None or end is None:
         log.info("the load never started: nothing to read from Cloud Monitoring")
-        return None, []
+        return None, [], None
     from caio_operators.metrics.cloud import harvest_cloud_metrics
 
     try:
-        rows = harvest_cloud_metrics(cloud_spec_like(spec, deployment), start, end,
-                                     sc.DEFAULT_INTERVAL_S)
+        got = harvest_cloud_metrics(cloud_spec_like(spec, deployment), start, end,
+                                    sc.DEFAULT_INTERVAL_S, wait_s=spec.monitoring_wait_s)
     except Exception as exc:
         problem = f"Cloud Monitoring harvest failed, server-side metrics are missing: {exc}"
         log.error("%s (the client records are stored anyway)", problem)
-        return None, [problem]
-    log.info("Cloud Monitoring: %d timeseries rows for the run window", len(rows))
-    return rows, []
+        return None, [problem], None
+    coverage = got.coverage.describe()
+    log.info("Cloud Monitoring: %d timeseries rows for the run window (%s)", len(got.rows),
+             coverage)
+    if got.coverage.complete:
+        return got.rows, [], coverage
+    problem = (f"Cloud Monitoring's server-side series are {coverage}; clear this run's "
+               "harvest task later to complete them (it replaces the rows), or raise "
+               "monitoring_wait_s")
+    log.warning("%s", problem)
+    return got.rows, [problem], coverage
 
 
 def harvest(spec: RunSpec, export_info: dict[str, Any] | None = None,
@@ -360,7 +370,8 @@ def harvest(spec: RunSpec, export_info: dict[str, Any] | None = None,
     meta = run_meta(spec, export_info, deployment)
     extra, problems = None, []
     if is_cloud(spec):
-        extra, problems = cloud_timeseries(spec, deployment, meta, log)
+        extra, problems, meta["monitoring_coverage"] = cloud_timeseries(spec, deployment,
+                                                                         meta, log)
     out = harvest_run(spec.layout, meta, spec.warehouse, extra_timeseries=extra,
                       problems=problems, **warehouse_options(spec))
     status, reason = out["figures"]["status"], out["figures"]["reason"]

@@ -343,6 +343,15 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "description": "Vertex AI serving container; empty: the prebuilt TF 2 image "
                            "(CPU or GPU to match the accelerator).",
         },
+        "monitoring_wait_s": {
+            "default": 300, "type": "integer", "minimum": 0, "maximum": 3600,
+            "section": cloud, "title": "Wait for Monitoring (s)",
+            "description": "Cloud targets: how long harvest may wait after the load window's "
+                           "end for Cloud Monitoring's late points (they arrive minutes after "
+                           "the fact); 0: read once. A run harvested before they all arrived "
+                           "is degraded and says so; clear its harvest task later to complete "
+                           "it.",
+        },
         "gke_location": {
             "default": "", "type": "string", "section": cloud, "title": "GKE location",
             "description": "Region or zone of the GKE cluster (load_runner=gke).",
@@ -436,6 +445,7 @@ class RunSpec:
     autoscaling_target: int = 60
     runtime_version: str = "2.11"
     serving_container_image: str = ""
+    monitoring_wait_s: int = 300
     gke_location: str = ""
     gke_cluster: str = ""
     gke_namespace: str = "default"

@@ -166,6 +166,7 @@ def test_vertex_run_end_to_end(airflow_home, gcs, tmp_path, images):
     assert (run["run_id"], run["status"], run["target"], run["protocol"]) == (
         run_id, "success", "vertex", "vertex")
     assert run["requests"] > 5 and run["failures"] == 0
+    assert run["monitoring_coverage"] == "complete"  # the fake's points cover the window
     assert seen["bq_counts"]["requests"] == run["requests"]
     assert {"request_rate_rps", "client_latency_p95_ms", "users", "replicas"} <= set(
         seen["bq_metrics"])

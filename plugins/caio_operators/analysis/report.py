@@ -89,6 +89,8 @@ def _figures_table(s: Mapping[str, Any]) -> str:
         ("max CPU (busiest Locust worker)",
          f"{_fmt(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core"),
     ]
+    if s.get("monitoring_coverage"):
+        rows.append(("Cloud Monitoring series", s["monitoring_coverage"]))
     body = "".join(f"<tr><th>{_e(k)}</th><td class='num'>{_e(v)}</td></tr>" for k, v in rows)
     lat_keys = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")
     heads = "".join(f"<th>{_e(k.removesuffix('_ms').replace('p999', 'p99.9'))}</th>"

@@ -36,7 +36,8 @@ FIGURE_FIELDS = ("run_id", "dag_id", "status", "reason", "target", "protocol", "
                  "requests", "failures", "error_rate", "throughput_rps", "p50_ms", "p90_ms",
                  "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "server_p50_ms",
                  "server_p99_ms", "peak_cpu_pct", "peak_memory_mb", "max_worker_cpu_pct",
-                 "generator_saturated", "max_sustainable_rps", "slo_ms", "slo_percentile")
+                 "generator_saturated", "max_sustainable_rps", "slo_ms", "slo_percentile",
+                 "monitoring_coverage")
 
 
 def plain(value: Any) -> Any:
@@ -247,6 +248,8 @@ def summary_text(summary: Mapping[str, Any]) -> str:
         f"load gen    max worker CPU {_num(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core "
         f"(busiest Locust worker)",
     ]
+    if s.get("monitoring_coverage"):
+        lines.append(f"monitoring  Cloud Monitoring series {s['monitoring_coverage']}")
     warning = generator_warning(s)
     if warning:
         lines += ["", f"WARNING     {warning}"]

@@ -29,7 +29,7 @@ from caio_operators.results import schema as sc
 
 #: run fields taken from ``meta`` as they are (strings / ints)
 META_STRINGS = ("dag_id", "target", "protocol", "model_name", "model_version",
-                "model_source", "weights", "signature", "load_shape")
+                "model_source", "weights", "signature", "load_shape", "monitoring_coverage")
 META_INTS = ("users", "workers", "replicas")
 META_FIELDS = ("run_id", *META_STRINGS, *META_INTS, "status", "reason", "started_at",
                "ended_at", "provenance", "params", "harvested_at")

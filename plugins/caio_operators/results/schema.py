@@ -136,6 +136,8 @@ RUNS: tuple[Column, ...] = (
     _c("slo_percentile", F64, "peak_search: the percentile the SLO applies to (e.g. 99)"),
     _c("peak_search", S, "peak_search: JSON with status (converged | budget), reason and each "
                          "step's rate, verdict, throughput, latency and error rate"),
+    _c("monitoring_coverage", S, "cloud targets: 'complete' or 'partial: ...' (how far Cloud "
+                                 "Monitoring's points reached when harvested); null for local"),
 )
 
 TIMESERIES: tuple[Column, ...] = (
