@@ -593,8 +593,8 @@ def _uri_problems(name: str, value: str, schemes: tuple[str, ...]) -> list[str]:
                 f"(accepted: {accepted})"]
     if parsed.scheme == "bigquery":
         # pure URI parsing (no Google library), imported here to keep DAG parsing light
-        from caio_operators.results.bigquery import parse_uri
         from caio_operators.results.warehouse import WarehouseError
+        from caio_operators.results.warehouse.bigquery import parse_uri
 
         try:
             parse_uri(value)
