@@ -41,7 +41,13 @@ $(AIRFLOW_HOME)/airflow.db: $(STAMP)
 	@mkdir -p $(AIRFLOW_HOME) $(CAIO_HOME)
 	$(BIN)/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || (tail -20 $(AIRFLOW_HOME)/db-migrate.log; exit 1)
 
-setup: $(STAMP) $(AIRFLOW_HOME)/airflow.db
+# One benchmark at a time on this machine: the tasks that load it wait in this pool.
+HOST_POOL := caio_host
+$(AIRFLOW_HOME)/.pool-$(HOST_POOL): $(AIRFLOW_HOME)/airflow.db
+	$(BIN)/airflow pools set $(HOST_POOL) 1 "caio-bench: tasks that load this machine, one at a time" > /dev/null
+	@touch $@
+
+setup: $(STAMP) $(AIRFLOW_HOME)/airflow.db $(AIRFLOW_HOME)/.pool-$(HOST_POOL)
 
 demo: setup
 	@mkdir -p $(CAIO_HOME)/logs

@@ -9,9 +9,17 @@ distributed Locust, `undeploy` (teardown, always runs) stops what deploy started
 `requests` tables (Parquet in the bucket + warehouse rows) even after a failed load, and
 `analyse` reads the run back from the warehouse and writes the HTML report.
 
-`analyse` then compares the run with its baseline (the previous successful run of the same
-version, or `baseline_version`), stores the verdict and the run's cost in the `verdicts` /
-`comparisons` tables, and fails on a regression only with `fail_on_regression`.
+`analyse` first compares the run with its baseline (the previous successful run of the same
+version and benchmark fingerprint, or `baseline_version`, or `baseline_run_id`; a run that
+measured another benchmark is never one: the verdict then says `no comparable baseline` or
+`not comparable` and names the fields), stores the verdict and the run's cost in the
+`verdicts` / `comparisons` tables, shows both in the report, and fails on a regression only
+with `fail_on_regression`.
+
+One benchmark at a time on a machine: `export` and the `load` of a run whose Locust runs
+here wait in the `caio_host` pool (1 slot, created by `make setup`); `choose_load` sends a
+GKE load to `load_gke`, outside the pool. A run that still shared the machine during its
+load is marked degraded with the figures.
 
 Scheduled daily but created paused: unpause it for a daily benchmark, or backfill a date
 range (`airflow backfill create --dag-id caio_load_test --from-date ... --to-date ...`).
@@ -31,7 +39,11 @@ from airflow.sdk import DAG, Param
 
 from caio_operators import assets, resources
 from caio_operators.operators import (
+    HOST_POOL,
+    LOAD_GKE,
+    LOAD_HERE,
     AnalyseRunOperator,
+    ChooseLoadTaskOperator,
     CreateLocustMetricsOperator,
     DeployModelOperator,
     ExportServingModelOperator,
@@ -57,6 +69,8 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     is_paused_upon_creation=True,
+    # runs of the cloud targets with GKE load may overlap; what loads this machine (export,
+    # a load whose Locust runs here) waits in the host pool instead
     max_active_runs=4,
     tags=["caio", "benchmark", "ml-serving"],
     default_args={"owner": "caio", "retries": 0, "retry_delay": timedelta(seconds=30)},
@@ -69,8 +83,8 @@ with DAG(
         task_id="validate", schema=SCHEMA, execution_timeout=timedelta(minutes=1),
     )
     spec = validate.output
-    export = ExportServingModelOperator(
-        task_id="export", spec=spec, execution_timeout=timedelta(minutes=30),
+    export = ExportServingModelOperator(  # TensorFlow on this machine, whatever the target
+        task_id="export", spec=spec, pool=HOST_POOL, execution_timeout=timedelta(minutes=30),
     )
     deploy = DeployModelOperator(
         task_id="deploy", spec=spec, execution_timeout=timedelta(minutes=30),
@@ -79,8 +93,16 @@ with DAG(
         task_id="prepare_metrics", spec=spec, deployment=deploy.output,
         execution_timeout=timedelta(minutes=10),
     )
+    choose_load = ChooseLoadTaskOperator(
+        task_id="choose_load", spec=spec, execution_timeout=timedelta(minutes=1),
+    )
+    # Locust here: one load of this machine at a time (the host pool); on GKE: no pool
     load = RunLoadTestOperator(
-        task_id="load", spec=spec, deployment=deploy.output,
+        task_id=LOAD_HERE, spec=spec, deployment=deploy.output, pool=HOST_POOL,
+        execution_timeout=timedelta(hours=25),
+    )
+    load_gke = RunLoadTestOperator(
+        task_id=LOAD_GKE, spec=spec, deployment=deploy.output,
         execution_timeout=timedelta(hours=25),
     )
     undeploy = UndeployModelOperator(
@@ -100,6 +122,8 @@ with DAG(
         outlets=assets.ANALYSED,
     )
 
-    validate >> export >> deploy >> prepare >> load >> undeploy.as_teardown(setups=deploy)
+    validate >> export >> deploy >> prepare >> choose_load >> [load, load_gke]
+    load >> undeploy.as_teardown(setups=deploy)
+    load_gke >> undeploy
     # Harvest after the teardown: stopping the server flushes its last records.
     undeploy >> harvest >> analyse

@@ -11,7 +11,9 @@ ranks them by max req/s under the SLO, prices them and writes the comparison rep
 (`<bucket>/sweeps/<sweep>/comparison.html`) and the history report.
 
 Variants run one at a time (runs sharing a machine distort each other): the DAG runs one
-task at a time. Set `CAIO_SWEEP_PARALLEL` in the Airflow environment to allow more.
+task at a time. Set `CAIO_SWEEP_PARALLEL` in the Airflow environment to allow more: the
+variants' exports and loads of this machine still wait in the `caio_host` pool (one at a
+time, also across DAGs), while GKE loads and cloud deploys then run side by side.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from airflow.sdk import DAG, Param, task_group
 
 from caio_operators import assets, resources
 from caio_operators.operators import (
+    HOST_POOL,
+    LOAD_GKE,
+    LOAD_HERE,
+    ChooseLoadTaskOperator,
     CompareSweepOperator,
     CreateLocustMetricsOperator,
     DeployModelOperator,
@@ -80,14 +86,20 @@ with DAG(
     @task_group(group_id="variant")
     def variant(spec):
         export = ExportServingModelOperator(
-            task_id="export", spec=spec, execution_timeout=timedelta(minutes=30))
+            task_id="export", spec=spec, pool=HOST_POOL,
+            execution_timeout=timedelta(minutes=30))
         deploy = DeployModelOperator(
             task_id="deploy", spec=spec, execution_timeout=timedelta(minutes=30))
         prepare = CreateLocustMetricsOperator(
             task_id="prepare_metrics", spec=spec, deployment=deploy.output,
             execution_timeout=timedelta(minutes=10))
+        choose_load = ChooseLoadTaskOperator(
+            task_id="choose_load", spec=spec, execution_timeout=timedelta(minutes=1))
         load = RunLoadTestOperator(
-            task_id="load", spec=spec, deployment=deploy.output,
+            task_id=LOAD_HERE, spec=spec, deployment=deploy.output, pool=HOST_POOL,
+            execution_timeout=timedelta(hours=25))
+        load_gke = RunLoadTestOperator(
+            task_id=LOAD_GKE, spec=spec, deployment=deploy.output,
             execution_timeout=timedelta(hours=25))
         undeploy = UndeployModelOperator(
             task_id="undeploy", deployment=deploy.output, spec=spec,
@@ -99,7 +111,9 @@ with DAG(
                        "map_indexes=ti.map_index) | tojson }}",
             trigger_rule="all_done", execution_timeout=timedelta(hours=1),
             outlets=assets.HARVESTED)
-        export >> deploy >> prepare >> load >> undeploy.as_teardown(setups=deploy)
+        export >> deploy >> prepare >> choose_load >> [load, load_gke]
+        load >> undeploy.as_teardown(setups=deploy)
+        load_gke >> undeploy
         undeploy >> harvest
         return harvest
 

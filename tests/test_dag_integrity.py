@@ -51,9 +51,14 @@ def test_load_test_dag_shape(dagbag):
     assert dag.catchup is False and dag.tags
     assert dag.doc_md
     tasks = {t.task_id: t for t in dag.tasks}
-    assert set(tasks) == {"validate", "export", "deploy", "prepare_metrics", "load",
-                          "undeploy", "harvest", "analyse"}
+    assert set(tasks) == {"validate", "export", "deploy", "prepare_metrics", "choose_load",
+                          "load", "load_gke", "undeploy", "harvest", "analyse"}
     assert tasks["deploy"].is_setup and tasks["undeploy"].is_teardown
+    # what loads this machine waits in the host pool; a GKE load and cloud deploys do not
+    pools = {name: task.pool for name, task in tasks.items()}
+    assert {n for n, p in pools.items() if p == "caio_host"} == {"export", "load"}
+    assert tasks["choose_load"].downstream_task_ids == {"load", "load_gke"}
+    assert {"load", "load_gke"} <= tasks["undeploy"].upstream_task_ids
     assert tasks["harvest"].trigger_rule == "all_done"
     assert "undeploy" in tasks["harvest"].upstream_task_ids
     # Every knob is a Param with a description for the Trigger form.

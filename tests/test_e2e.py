@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from caio_testing import REPO, our_processes
+from caio_testing import REPO, measured, our_processes
 
 from caio_operators.spec import make_run_id
 
@@ -82,10 +82,11 @@ def test_local_run_end_to_end(airflow_home, tmp_path):
     proc = dags_test(airflow_home, conf)
     assert proc.returncode == 0, _tail(proc)
 
-    (run_id, status, requests, failures, p99, server_p50, replicas), = _query(
-        warehouse, "SELECT run_id, status, requests, failures, p99_ms, server_p50_ms, replicas "
-                   "FROM runs")
-    assert status == "success" and replicas == 2
+    (run_id, status, reason, requests, failures, p99, server_p50, replicas, host_cpu), = _query(
+        warehouse, "SELECT run_id, status, reason, requests, failures, p99_ms, server_p50_ms, "
+                   "replicas, host_cpu_pct FROM runs")
+    assert measured(status, reason) and replicas == 2, reason
+    assert host_cpu > 0  # the machine was sampled during the load
     assert requests > 100 and failures == 0
     assert p99 > 0 and server_p50 > 0
     sources = dict(_query(warehouse, "SELECT source, count(*) FROM requests GROUP BY source"))
@@ -110,6 +111,8 @@ def test_local_run_end_to_end(airflow_home, tmp_path):
     report = (run_dir / "report" / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 5
     assert run_id in report
+    # the first run of its version: the verdict section says why there is no baseline
+    assert "<h2>Verdict</h2>" in report and "no earlier successful run of tiny:e2e" in report
     assert not our_processes(), "processes left after the run"
 
     # Re-running the harvest task of that DAG run replaces its rows, never duplicates them.
@@ -149,11 +152,11 @@ def test_peak_search_end_to_end(airflow_home, tmp_path):
     assert proc.returncode == 0, _tail(proc)
     assert "load: peak search step 0 at 20 req/s passed" in proc.stdout  # the task log
 
-    (run_id, status, shape, best, slo, steps_json), = _query(
-        warehouse, "SELECT run_id, status, load_shape, max_sustainable_rps, slo_ms, "
+    (run_id, status, reason, shape, best, slo, steps_json), = _query(
+        warehouse, "SELECT run_id, status, reason, load_shape, max_sustainable_rps, slo_ms, "
                    "peak_search FROM runs")
     steps = json.loads(steps_json)["steps"]
-    assert (status, shape, slo) == ("success", "peak_search", 250.0), steps
+    assert measured(status, reason) and (shape, slo) == ("peak_search", 250.0), (reason, steps)
     assert steps[0]["rate"] == 20.0 and best >= 20.0
     assert best == max(s["rate"] for s in steps if s["passed"])
     curve = _query(warehouse, "SELECT dimension, avg(value) FROM timeseries WHERE metric = "

@@ -182,3 +182,45 @@ def test_caip_with_local_load_and_duckdb_is_fine(schema):
 def test_the_form_offers_the_cloud_choices(schema):
     assert schema["target"]["enum"] == ["local", "endpoint", "vertex", "caip"]
     assert schema["load_runner"]["enum"] == ["local", "gke"]
+
+
+def test_a_baseline_run_that_does_not_exist_fails_validate_with_its_name(schema, tmp_path):
+    """The validate task itself, against a real DuckDB warehouse: a named baseline_run_id
+    must be one of its runs; a missing warehouse is not created by the check."""
+    from airflow.sdk import DAG
+
+    from caio_operators.operators import ValidateRunSpecOperator
+    from caio_operators.results.warehouse import open_warehouse
+
+    missing_wh = tmp_path / "none.duckdb"
+    with DAG("caio_load_test", schedule=None):
+        task = ValidateRunSpecOperator(task_id="validate", schema=schema)
+
+    def validate(**params):
+        return task.execute({"params": {"users": 2, "workers": 1, **params}, "run_id": RUN,
+                             "logical_date": None})
+
+    with pytest.raises(SpecError, match="baseline_run_id='tiny-v1-gone': cannot be looked up"):
+        validate(baseline_run_id="tiny-v1-gone", warehouse=f"duckdb://{missing_wh}")
+    assert not missing_wh.exists()
+
+    wh = open_warehouse(f"duckdb://{tmp_path}/wh.duckdb")
+    wh.ensure_schema()
+    with pytest.raises(SpecError, match="baseline_run_id='tiny-v1-gone': no such run in the "
+                                        "warehouse") as err:
+        validate(baseline_run_id="tiny-v1-gone", warehouse=wh.uri)
+    assert "Fix the values above" in str(err.value)
+
+    import pandas as pd
+
+    from caio_operators.results import schema as sc
+
+    row = {name: None for name in sc.columns("runs")} | {"run_id": "tiny-v1-kept",
+                                                          "status": "success"}
+    wh.replace_run({"runs": sc.conform("runs", pd.DataFrame([row]))}, "tiny-v1-kept")
+    spec = validate(baseline_run_id="tiny-v1-kept", warehouse=wh.uri)
+    assert spec["baseline_run_id"] == "tiny-v1-kept"
+    with pytest.raises(SpecError, match="set only one of them"):
+        validate(baseline_run_id="tiny-v1-kept", baseline_version="v0", warehouse=wh.uri)
+    with pytest.raises(SpecError, match="baseline_run_id='Bad Id!'"):
+        validate(baseline_run_id="Bad Id!", warehouse=wh.uri)

@@ -108,8 +108,9 @@ def deploy(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
 
         deployment = target.deploy(**caip.spec_kwargs(spec))
     elif spec.target == "local":
-        # The server stops itself after this, even if the teardown never runs.
-        lifetime = spec.duration_s + 1800
+        # The server stops itself after this, even if the teardown never runs; the hours
+        # allow for its load waiting in the host pool behind other runs' loads.
+        lifetime = spec.duration_s + 4 * 3600
         deployment = target.deploy(
             model_uri=spec.model_uri, model_name=spec.model_name,
             model_version=spec.model_version, replicas=spec.replicas,
@@ -208,6 +209,7 @@ def run_load(
         clear_load_outputs(layout)
     result: dict[str, Any] = {"status": "failed", "reason": "load did not start",
                               "started_at": time.time(), "ended_at": None}
+    launcher = None
     try:
         write_payload(spec.images_uri, layout.payload_uri, spec.signature,
                       spec.instances_per_request)
@@ -230,7 +232,8 @@ def run_load(
                     # Locust's CSV/HTML and logs, copied to the bucket by the launcher
                     work_dir = stack.enter_context(tempfile.TemporaryDirectory(
                         prefix=f"caio-load-{spec.run_id}-"))
-                launcher = LocalLauncher(build_launch(spec, work_dir=work_dir), log=log)
+                launcher = LocalLauncher(build_launch(spec, work_dir=work_dir), log=log,
+                                         host_watch=host_watch(spec, deployment))
                 timeout_s = spec.duration_s + 120
             if on_launcher is not None:
                 on_launcher(launcher)
@@ -242,11 +245,28 @@ def run_load(
         result.setdefault("ended_at", time.time())
         result["ended_at"] = result["ended_at"] or time.time()
         storage.write_text(layout.load_result_uri, json.dumps(result, indent=2, default=str))
+        figures = getattr(launcher, "host_figures", None) if launcher is not None else None
+        if figures is not None:
+            from caio_operators.metrics.host import HOST_FILE, host_problems
+
+            storage.write_text(storage.join(layout.load_dir, HOST_FILE),
+                               json.dumps(figures, default=str))
+            for problem in host_problems(figures):
+                log.warning("load: %s", problem)
     if result.get("status") == "degraded":  # measured, with a caveat harvest keeps
         log.warning("load degraded: %s", result.get("reason"))
     elif result.get("status") != "success":
         raise RunFailed(f"load test failed: {result.get('reason')}")
     return result
+
+
+def host_watch(spec: RunSpec, deployment: Mapping[str, Any] | None) -> Any:
+    """The sampler of this machine's CPU for a load run from here: this process (Locust
+    runs under it) and a local model server count as the run's own."""
+    from caio_operators.metrics.host import HostWatch
+
+    server = (deployment or {}).get("pid") if spec.target == "local" else None
+    return HostWatch(spec.run_id, roots=[server] if server else [])
 
 
 def clear_load_outputs(layout: Any) -> None:
@@ -320,32 +340,42 @@ def with_server_fate(load: dict[str, Any], deployment: Mapping[str, Any] | None
 
 def cloud_timeseries(spec: RunSpec, deployment: Mapping[str, Any] | None,
                      meta: Mapping[str, Any],
-                     log: logging.Logger = _log) -> tuple[Any, list[str]]:
-    """Cloud Monitoring rows of the run window, and the problems that kept rows out.
+                     log: logging.Logger = _log) -> tuple[Any, list[str], str | None]:
+    """Cloud Monitoring rows of the run window, the problems that kept rows out, and how
+    far its points reached (``runs.monitoring_coverage``).
 
     Never raises for a Monitoring error: the client records must be stored anyway, and
-    the problem marks the run degraded instead.
+    the problem marks the run degraded instead. Waits up to ``monitoring_wait_s`` after the
+    window for late points; a window still not covered then is a problem too.
     """
     from caio_operators.results import schema as sc
 
     if not deployment:
         log.info("no deployment: nothing to read from Cloud Monitoring")
-        return None, []
+        return None, [], None
     start, end = meta.get("started_at"), meta.get("ended_at")
     if start is None or end is None:
         log.info("the load never started: nothing to read from Cloud Monitoring")
-        return None, []
+        return None, [], None
     from caio_operators.metrics.cloud import harvest_cloud_metrics
 
     try:
-        rows = harvest_cloud_metrics(cloud_spec_like(spec, deployment), start, end,
-                                     sc.DEFAULT_INTERVAL_S)
+        got = harvest_cloud_metrics(cloud_spec_like(spec, deployment), start, end,
+                                    sc.DEFAULT_INTERVAL_S, wait_s=spec.monitoring_wait_s)
     except Exception as exc:
         problem = f"Cloud Monitoring harvest failed, server-side metrics are missing: {exc}"
         log.error("%s (the client records are stored anyway)", problem)
-        return None, [problem]
-    log.info("Cloud Monitoring: %d timeseries rows for the run window", len(rows))
-    return rows, []
+        return None, [problem], None
+    coverage = got.coverage.describe()
+    log.info("Cloud Monitoring: %d timeseries rows for the run window (%s)", len(got.rows),
+             coverage)
+    if got.coverage.complete:
+        return got.rows, [], coverage
+    problem = (f"Cloud Monitoring's server-side series are {coverage}; clear this run's "
+               "harvest task later to complete them (it replaces the rows), or raise "
+               "monitoring_wait_s")
+    log.warning("%s", problem)
+    return got.rows, [problem], coverage
 
 
 def harvest(spec: RunSpec, export_info: dict[str, Any] | None = None,
@@ -360,7 +390,8 @@ def harvest(spec: RunSpec, export_info: dict[str, Any] | None = None,
     meta = run_meta(spec, export_info, deployment)
     extra, problems = None, []
     if is_cloud(spec):
-        extra, problems = cloud_timeseries(spec, deployment, meta, log)
+        extra, problems, meta["monitoring_coverage"] = cloud_timeseries(spec, deployment,
+                                                                         meta, log)
     out = harvest_run(spec.layout, meta, spec.warehouse, extra_timeseries=extra,
                       problems=problems, **warehouse_options(spec))
     status, reason = out["figures"]["status"], out["figures"]["reason"]
@@ -369,17 +400,46 @@ def harvest(spec: RunSpec, export_info: dict[str, Any] | None = None,
             "tables": out["tables"]}
 
 
-def analyse(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
-    from caio_operators.analysis.report import analyse_run
+def check_baseline_run(spec: RunSpec) -> None:
+    """A named ``baseline_run_id`` must be a run of the warehouse (the validate task's
+    check; reads only, creates nothing). Raises SpecError naming it."""
+    if not spec.baseline_run_id:
+        return
+    from caio_operators.results.warehouse import WarehouseError, open_warehouse
+    from caio_operators.spec import SpecError
 
+    try:
+        found = open_warehouse(spec.warehouse, **warehouse_options(spec)).query(
+            "SELECT run_id FROM runs WHERE run_id = $run", {"run": spec.baseline_run_id})
+    except WarehouseError as exc:
+        raise SpecError([f"baseline_run_id={spec.baseline_run_id!r}: cannot be looked up in "
+                         f"the warehouse {spec.warehouse}: {exc}"]) from exc
+    if found.empty:
+        raise SpecError([f"baseline_run_id={spec.baseline_run_id!r}: no such run in the "
+                         f"warehouse {spec.warehouse} (accepted: a run_id of its runs table, "
+                         "e.g. from `python -m caio_operators.cli summary`; or empty)"])
+
+
+def analyse(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
+    """Judge the run against its baseline (unless it failed), then write its report with
+    the verdict; a regression fails the task only after the report is written."""
+    from caio_operators.analysis.report import analyse_run
+    from caio_operators.analysis.verdicts import run_row
+    from caio_operators.results.warehouse import open_warehouse
+
+    row = run_row(open_warehouse(spec.warehouse, **warehouse_options(spec)), spec.run_id)
+    judged = None
+    if row is not None and row.get("status") != "failed":
+        judged = judge(spec, log=log, enforce=False)
     # logs the summary table
-    out = analyse_run(spec.warehouse, spec.run_id, spec.layout, **warehouse_options(spec))
+    out = analyse_run(spec.warehouse, spec.run_id, spec.layout, verdict=judged,
+                      **warehouse_options(spec))
     log.info("report: %s", out["report_uri"])
     status = out["summary"].get("status")
     if status == "failed":
         raise RunFailed(f"run {spec.run_id} failed: {out['summary'].get('reason')} "
                         f"(report with what was collected: {out['report_uri']})")
-    judged = judge(spec, log=log)
+    enforce_verdict(spec, judged, log)
     return {"report_uri": out["report_uri"], "status": status, "verdict": judged}
 
 
@@ -398,29 +458,45 @@ def judge_options(spec: RunSpec) -> dict[str, Any]:
             "instances_per_request": spec.instances_per_request}
 
 
-def judge(spec: RunSpec, log: logging.Logger = _log,
-          baseline_run_id: str | None = None) -> dict[str, Any]:
-    """Compare the run with its baseline, price it, store the verdict in the warehouse;
-    a regression fails (``fail_on_regression``) or warns."""
-    from caio_operators.analysis.compare import REGRESSION
+def judge(spec: RunSpec, log: logging.Logger = _log, baseline_run_id: str | None = None,
+          enforce: bool = True) -> dict[str, Any]:
+    """Compare the run with its baseline (``baseline_run_id``, else the spec's named one,
+    else the rule), price it, store the verdict in the warehouse; with ``enforce`` a
+    regression then fails (``fail_on_regression``) or warns (:func:`enforce_verdict`)."""
     from caio_operators.analysis.verdicts import judge_run
     from caio_operators.results.warehouse import open_warehouse
 
     warehouse = open_warehouse(spec.warehouse, **warehouse_options(spec))
     out = judge_run(warehouse, spec.run_id, baseline_version=spec.baseline_version,
-                    baseline_run_id=baseline_run_id, **judge_options(spec))
-    cost = ("not priced" if out["cost_per_hour"] is None else
-            f"{out['cost_per_hour']:.4g}/h, "
-            + ("-" if out["cost_per_1k"] is None else f"{out['cost_per_1k']:.4g}")
-            + f" per 1,000 predictions ({out['cost_note']})")
-    log.info("cost: %s", cost)
-    if out["verdict"] == REGRESSION:
-        if spec.fail_on_regression:
-            raise RegressionFound(f"run {spec.run_id} regressed against "
-                                  f"{out['baseline_run_id']}: {out['reason']}")
-        log.warning("REGRESSION against %s: %s (fail_on_regression is off: warning only)",
-                    out["baseline_run_id"], out["reason"])
+                    baseline_run_id=baseline_run_id or spec.baseline_run_id or None,
+                    **judge_options(spec))
+    log.info("cost: %s", cost_text(out))
+    if enforce:
+        enforce_verdict(spec, out, log)
     return out
+
+
+def cost_text(judged: Mapping[str, Any]) -> str:
+    """A verdict's cost in words: per hour and per 1,000 predictions, or why unpriced."""
+    if judged.get("cost_per_hour") is None:
+        return f"not priced ({judged.get('cost_note')})"
+    per_1k = "-" if judged.get("cost_per_1k") is None else f"{judged['cost_per_1k']:.4g}"
+    return (f"{judged['cost_per_hour']:.4g}/h, {per_1k} per 1,000 predictions "
+            f"({judged.get('cost_note')})")
+
+
+def enforce_verdict(spec: RunSpec, judged: Mapping[str, Any] | None,
+                    log: logging.Logger = _log) -> None:
+    """A regression fails the run with ``fail_on_regression``, else warns."""
+    from caio_operators.analysis.compare import REGRESSION
+
+    if not judged or judged["verdict"] != REGRESSION:
+        return
+    if spec.fail_on_regression:
+        raise RegressionFound(f"run {spec.run_id} regressed against "
+                              f"{judged['baseline_run_id']}: {judged['reason']}")
+    log.warning("REGRESSION against %s: %s (fail_on_regression is off: warning only)",
+                judged["baseline_run_id"], judged["reason"])
 
 
 def compare_sweep(specs: list[Mapping[str, Any]], log: logging.Logger = _log

@@ -37,6 +37,7 @@ WAREHOUSE_SCHEMES = ("duckdb", "bigquery")
 # AI Platform / Vertex identifiers: a letter, then letters, digits and underscores.
 _IDENT = r"^[A-Za-z][A-Za-z0-9_]{0,62}$"
 _IDENT_OR_EMPTY = r"^([A-Za-z][A-Za-z0-9_]{0,62})?$"
+_RUN_ID_OR_EMPTY = r"^([a-z0-9][a-z0-9-]{0,62})?$"  # make_run_id's form
 _GCS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 
 
@@ -343,6 +344,15 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "description": "Vertex AI serving container; empty: the prebuilt TF 2 image "
                            "(CPU or GPU to match the accelerator).",
         },
+        "monitoring_wait_s": {
+            "default": 300, "type": "integer", "minimum": 0, "maximum": 3600,
+            "section": cloud, "title": "Wait for Monitoring (s)",
+            "description": "Cloud targets: how long harvest may wait after the load window's "
+                           "end for Cloud Monitoring's late points (they arrive minutes after "
+                           "the fact); 0: read once. A run harvested before they all arrived "
+                           "is degraded and says so; clear its harvest task later to complete "
+                           "it.",
+        },
         "gke_location": {
             "default": "", "type": "string", "section": cloud, "title": "GKE location",
             "description": "Region or zone of the GKE cluster (load_runner=gke).",
@@ -363,8 +373,16 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "default": "", "type": "string", "pattern": _IDENT_OR_EMPTY, "section": compare,
             "title": "Baseline version",
             "description": "Compare with the latest successful run of this version of the "
-                           "same model; empty: the previous successful run of the same "
-                           "version.",
+                           "same model that measured the same benchmark (target settings, "
+                           "payload, load: runs.fingerprint); empty: the previous such run "
+                           "of the same version and model source.",
+        },
+        "baseline_run_id": {
+            "default": "", "type": "string", "pattern": _RUN_ID_OR_EMPTY, "section": compare,
+            "title": "Baseline run",
+            "description": "Compare with this run (a run_id of the warehouse's runs table) "
+                           "instead; a run that measured another benchmark gets the verdict "
+                           "'not comparable'. Empty: the rule of baseline_version.",
         },
         "regression_percentile": {
             "default": "p95", "type": "string", "enum": list(REGRESSION_PERCENTILES),
@@ -436,6 +454,7 @@ class RunSpec:
     autoscaling_target: int = 60
     runtime_version: str = "2.11"
     serving_container_image: str = ""
+    monitoring_wait_s: int = 300
     gke_location: str = ""
     gke_cluster: str = ""
     gke_namespace: str = "default"
@@ -457,6 +476,7 @@ class RunSpec:
     min_requests: int = 50
     record_sample: float = 1.0
     baseline_version: str = ""
+    baseline_run_id: str = ""
     regression_percentile: str = "p95"
     regression_threshold_pct: float = 10.0
     fail_on_regression: bool = False
@@ -543,6 +563,8 @@ def _accepted(prop: dict[str, Any]) -> str:
         op = ">" if "exclusiveMinimum" in prop else ">="
         high = prop.get("maximum")
         return f"{prop['type']} {op} {low}" + (f" and <= {high}" if high is not None else "")
+    if prop.get("pattern") == _RUN_ID_OR_EMPTY:
+        return "a run_id: lowercase letters, digits and dashes, or empty"
     if "pattern" in prop:
         return "a letter, then up to 62 letters, digits or underscores"
     return ""
@@ -571,8 +593,8 @@ def _uri_problems(name: str, value: str, schemes: tuple[str, ...]) -> list[str]:
                 f"(accepted: {accepted})"]
     if parsed.scheme == "bigquery":
         # pure URI parsing (no Google library), imported here to keep DAG parsing light
-        from caio_operators.results.bigquery import parse_uri
         from caio_operators.results.warehouse import WarehouseError
+        from caio_operators.results.warehouse.bigquery import parse_uri
 
         try:
             parse_uri(value)
@@ -622,6 +644,10 @@ def _rule_problems(p: Mapping[str, Any]) -> list[str]:
         if p["step_duration_s"] > p["duration_s"]:
             problems.append(f"step_duration_s={p['step_duration_s']}: longer than "
                             f"duration_s={p['duration_s']} (accepted: <= duration_s)")
+    if p.get("baseline_run_id") and p.get("baseline_version"):
+        problems.append(f"baseline_run_id={p['baseline_run_id']!r}: names the baseline run, "
+                        f"so baseline_version={p['baseline_version']!r} would be ignored; "
+                        "set only one of them")
     problems += _open_loop_problems(p)
     problems += _cloud_problems(p)
     if p["load_shape"] not in OPEN_LOOP_SHAPES and p["workers"] > p["users"]:

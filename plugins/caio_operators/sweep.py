@@ -24,6 +24,22 @@ def sweep_id(key: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", f"sweep-{key}".lower()).strip("-")[:63].rstrip("-")
 
 
+def varied_fields(variants: Sequence[Any]) -> list[str]:
+    """The params a sweep varies: every key a variant overrides (less its name). Verdicts
+    between its variants may differ in these and nothing else (analysis/verdicts.py)."""
+    return sorted({k for v in variants if isinstance(v, Mapping) for k in v} - {"name"})
+
+
+def sweep_varies(specs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The varied params of a planned sweep: recorded by :func:`plan_sweep`, or (specs
+    planned before it recorded them) the params whose values differ between variants."""
+    recorded = (specs[0].get("extra") or {}).get("varies") if specs else None
+    if recorded is not None:
+        return list(recorded)
+    keys = {k for s in specs for k in s} - {"run_id", "airflow_run_id", "extra"}
+    return sorted(k for k in keys if len({repr(s.get(k)) for s in specs}) > 1)
+
+
 def plan_sweep(params: Mapping[str, Any], schema: dict[str, dict[str, Any]], *, dag_id: str,
                airflow_run_id: str, key: str | None = None) -> list[dict[str, Any]]:
     """One RunSpec dict per variant: the base params overridden by the variant's entries.
@@ -60,6 +76,9 @@ def plan_sweep(params: Mapping[str, Any], schema: dict[str, dict[str, Any]], *, 
             problems += [f"{where}.{p}" for p in exc.problems]
             continue
         specs.append({**spec.to_dict(), "extra": {"variant": name, "variant_index": i}})
+    varies = varied_fields(variants)
+    for spec in specs:
+        spec["extra"]["varies"] = varies
     sources: dict[tuple[str, str], str] = {}
     for spec in specs:
         model = (spec["model_name"], spec["model_version"])

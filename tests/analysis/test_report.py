@@ -120,3 +120,19 @@ def test_a_saturated_generator_warns_at_the_top_and_plots_worker_cpu(tmp_path):
     heights = [Image.open(io.BytesIO(png)).size[1] for png in (without, cpu_png)]
     assert heights[1] > heights[0]  # a panel of its own for the workers
     assert base64.b64encode(cpu_png).decode("ascii") in page
+
+
+def test_a_partial_cloud_monitoring_harvest_is_in_the_report_and_the_summary(tmp_path):
+    warehouse = f"duckdb://{tmp_path}/wh.duckdb"
+    layout = RunLayout(storage.to_uri(tmp_path / "bucket"), "run-9")
+    coverage = ("partial: points to 2023-11-14 22:14:00 UTC of a window ending 2023-11-14 "
+                "22:16:00 UTC, after waiting 65 s")
+    tables = build_tables({"run_id": "run-9", "status": "degraded", "target": "vertex",
+                           "reason": f"Cloud Monitoring's server-side series are {coverage}",
+                           "monitoring_coverage": coverage}, *raw_staircase())
+    open_warehouse(warehouse).replace_run(tables, "run-9")
+    out = analyse_run(warehouse, "run-9", layout)
+    page = storage.read_text(out["report_uri"])
+    assert out["summary"]["monitoring_coverage"] == coverage
+    assert f"<th>Cloud Monitoring series</th><td class='num'>{coverage}</td>" in page
+    assert f"monitoring  Cloud Monitoring series {coverage}" in out["summary_text"]

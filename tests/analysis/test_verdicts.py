@@ -14,7 +14,7 @@ T0 = 1_700_000_000
 
 
 def run_tables(run_id: str, version: str, start: float, scale: float, status="success",
-               seed=0, rps=50, seconds=20):
+               seed=0, rps=50, seconds=20, params=None, provenance=None):
     """A constant-load run: ``rps`` requests per second, lognormal latency x ``scale``."""
     rng = np.random.default_rng(seed)
     n = rps * seconds
@@ -29,7 +29,7 @@ def run_tables(run_id: str, version: str, start: float, scale: float, status="su
             "model_source": "builtin:tiny", "weights": "random", "signature": "serving_default",
             "load_shape": "constant", "users": 4, "workers": 1, "replicas": 2,
             "status": status, "started_at": start, "ended_at": start + seconds,
-            "provenance": {}, "params": {}}
+            "provenance": provenance or {}, "params": params or {}}
     samples = pd.DataFrame(columns=["ts", "replica", "pid", "cpu_percent", "rss_mb"])
     history = pd.DataFrame(columns=["ts", "users", "name"])
     return build_tables(meta, client, empty_server, samples, history)
@@ -138,3 +138,96 @@ def test_a_regression_fails_the_run_only_when_asked(warehouse, tmp_path, images_
         assert pipeline.judge(spec)["verdict"] == "regression"  # stored, warned
     stored = warehouse.query("SELECT verdict, percentile FROM verdicts WHERE run_id = 'a3'")
     assert stored.values.tolist() == [["regression", "p99"]]
+
+
+# ---------------------------------------------------------------- comparable baselines
+
+#: the default demo's benchmark (ResNet101 V2, local target, staircase, 2 replicas)
+DEMO = {"target": "local", "signature": "serving_preprocess", "instances_per_request": 1,
+        "images_uri": "/imgs", "load_shape": "staircase", "duration_s": 80, "workers": 1,
+        "load_runner": "local", "record_sample": 1.0, "replicas": 2, "server_threads": 0,
+        "server_batch_max": 0, "users": 8, "spawn_rate": 4.0, "think_time_s": 0.0,
+        "step_users": 2, "step_duration_s": 20, "model_source": "builtin:tiny",
+        "endpoint_url": ""}
+#: the issue's second run: an existing endpoint, open loop at 100 req/s, another model
+ENDPOINT = {**DEMO, "target": "endpoint", "protocol": "caip", "load_shape": "open_rate",
+            "rate": 100.0, "rate_profile": "constant", "arrivals": "constant",
+            "max_in_flight": 256, "endpoint_url": "http://10.0.0.9/v1/models/m:predict"}
+HOST = {"machine": "x86_64", "cpu_count": 8}
+
+
+def _store(wh, run_id, version, start, scale, params, seed, benchmark_column=True):
+    tables = run_tables(run_id, version, start, scale, seed=seed, params=params,
+                        provenance=HOST)
+    if not benchmark_column:  # a row harvested before the fingerprint existed
+        tables["runs"] = tables["runs"].assign(fingerprint=None, benchmark=None)
+    wh.replace_run(tables, run_id)
+
+
+@pytest.fixture
+def benchmarks(tmp_path):
+    wh = open_warehouse(f"duckdb://{tmp_path}/bench.duckdb")
+    _store(wh, "demo-1", "v1", T0, 1.0, DEMO, 1, benchmark_column=False)
+    _store(wh, "ep-1", "v1", T0 + 100, 0.4, ENDPOINT, 2)  # latest, but another benchmark
+    _store(wh, "demo-2", "v1", T0 + 200, 1.3, DEMO, 3)
+    _store(wh, "one-replica", "v1", T0 + 300, 1.0, {**DEMO, "replicas": 1}, 4)
+    _store(wh, "v2-demo", "v2", T0 + 400, 1.0, {**DEMO, "model_source": "builtin:x"}, 5)
+    return wh
+
+
+def test_the_baseline_is_the_previous_run_with_the_same_fingerprint(benchmarks):
+    out = verdicts.judge_run(benchmarks, "demo-2")
+    # ep-1 is more recent but measured an endpoint at 100 req/s: skipped. demo-1 has no
+    # fingerprint column (an older row): its params say it is the same benchmark
+    assert (out["baseline_run_id"], out["baseline_rule"]) == ("demo-1", "previous")
+    assert out["verdict"] == "regression"
+    fingerprints = benchmarks.query("SELECT run_id, fingerprint FROM runs ORDER BY run_id")
+    assert pd.isna(fingerprints.set_index("run_id")["fingerprint"]["demo-1"])
+    # a named version with the same fingerprint, whatever its model source
+    out = verdicts.judge_run(benchmarks, "demo-2", baseline_version="v2")
+    assert (out["baseline_run_id"], out["verdict"]) == ("v2-demo", "regression")
+
+
+def test_no_comparable_baseline_names_the_nearest_run_and_the_fields(benchmarks):
+    out = verdicts.judge_run(benchmarks, "ep-1")
+    assert (out["verdict"], out["baseline_run_id"]) == ("no comparable baseline", None)
+    assert "demo-1" in out["reason"]
+    assert "target 'endpoint' vs 'local'" in out["reason"]
+    assert "load_shape 'open_rate' vs 'staircase'" in out["reason"]
+    assert "model_source" not in out["reason"]  # both builtin:tiny
+
+    out = verdicts.judge_run(benchmarks, "one-replica")
+    assert out["verdict"] == "no comparable baseline"
+    assert "demo-2" in out["reason"] and "replicas 1 vs 2" in out["reason"]
+    stored = benchmarks.query("SELECT verdict, baseline_run_id, reason FROM verdicts "
+                              "WHERE run_id = 'one-replica'")
+    assert stored["verdict"].tolist() == ["no comparable baseline"]
+    assert stored["baseline_run_id"].isna().all() and "replicas" in stored["reason"][0]
+    assert benchmarks.query("SELECT * FROM comparisons WHERE run_id = 'one-replica'").empty
+
+
+def test_a_named_baseline_of_another_benchmark_is_not_comparable(benchmarks):
+    out = verdicts.judge_run(benchmarks, "demo-2", baseline_run_id="ep-1")
+    # ep-1 is 2.5x faster: without the check this would read "regression"
+    assert (out["verdict"], out["baseline_run_id"], out["baseline_rule"]) == (
+        "not comparable", "ep-1", "run:ep-1")
+    assert "target 'local' vs 'endpoint'" in out["reason"]
+    with pytest.raises(ValueError, match="baseline run 'nope' is not in the warehouse"):
+        verdicts.judge_run(benchmarks, "demo-2", baseline_run_id="nope")
+
+
+def test_a_sweep_compares_only_across_its_varied_fields(benchmarks, tmp_path):
+    from caio_operators.analysis.reports import compare_sweep
+
+    base = {"model_name": "tiny", "machine_type": "", "accelerator_type": "",
+            "accelerator_count": 0, "instances_per_request": 1}
+    specs = [{**base, "run_id": run_id, "extra": {"variant": name, "varies": ["replicas"]}}
+             for run_id, name in (("demo-2", "two"), ("one-replica", "one"), ("ep-1", "ep"))]
+    out = compare_sweep(benchmarks, specs, f"file://{tmp_path}/bucket", "sweep-1")
+    by = {r["variant"]: r["verdict"] for r in out["ranking"]}
+    # replicas is what the sweep varies: compared; the endpoint variant measured something
+    # else besides (target, load shape): not comparable, never an improvement
+    assert by == {"two": "baseline", "one": "improvement", "ep": "not comparable"}
+    reason = benchmarks.query("SELECT reason FROM verdicts WHERE run_id = 'ep-1'")["reason"][0]
+    assert "outside the fields the sweep varies" in reason and "target" in reason
+    assert "replicas" not in reason

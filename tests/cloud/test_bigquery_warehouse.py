@@ -23,15 +23,15 @@ from caio_operators.analysis.summary import latest_run_summary
 from caio_operators.layout import RunLayout
 from caio_operators.results import readers
 from caio_operators.results import schema as sc
-from caio_operators.results.bigquery import (
+from caio_operators.results.consolidate import build_tables
+from caio_operators.results.harvest import harvest_run
+from caio_operators.results.warehouse import WarehouseError, open_warehouse
+from caio_operators.results.warehouse.bigquery import (
     BigQueryWarehouse,
     BigQueryWarehouseError,
     parse_uri,
     query_parameters,
 )
-from caio_operators.results.consolidate import build_tables
-from caio_operators.results.harvest import harvest_run
-from caio_operators.results.warehouse import WarehouseError, open_warehouse
 
 URI = f"bigquery://{PROJECT}/{DATASET}"
 TABLE_ID = {t: f"{PROJECT}.{DATASET}.{t}" for t in sc.ALL_TABLES}

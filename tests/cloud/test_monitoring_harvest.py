@@ -172,7 +172,7 @@ def _vertex_answers():
 def test_harvest_turns_time_series_into_tidy_rows():
     client = FakeMetricClient(_vertex_answers())
 
-    frame = mon.harvest_monitoring(client, VERTEX, START, END, interval_s=1.0)
+    frame = mon.harvest_monitoring(client, VERTEX, START, END, interval_s=1.0).rows
 
     sc.validate("timeseries", frame)
     assert len(client.requests) == 13
@@ -209,7 +209,7 @@ def test_caip_latencies_in_microseconds_become_milliseconds():
     answers = {"ml.googleapis.com/prediction/latencies": [
         series({"latency_type": "model"}, point(T0 + 60, double_value=12_000.0))]}
     frame = mon.harvest_monitoring(FakeMetricClient(answers), CAIP, START, END,
-                                   include_log_metrics=False)
+                                   include_log_metrics=False).rows
     assert set(zip(frame["metric"], frame["dimension"], frame["value"], strict=True)) == {
         ("server_latency_p50_ms", "model", 12.0), ("server_latency_p95_ms", "model", 12.0),
         ("server_latency_p99_ms", "model", 12.0)}
@@ -237,7 +237,7 @@ def test_a_metric_not_found_yields_no_rows_and_no_error():
     client = FakeMetricClient(
         _vertex_answers(),
         errors={"logging.googleapis.com/user/locust_users": NotFound("Cannot find metric(s)")})
-    frame = mon.harvest_monitoring(client, VERTEX, START, END)
+    frame = mon.harvest_monitoring(client, VERTEX, START, END).rows
     assert sc.USERS not in set(frame["metric"])
     assert len(client.requests) == 13
 
@@ -285,7 +285,89 @@ def test_harvest_cloud_metrics_uses_the_hooks_metric_client(monkeypatch):
     from caio_operators.metrics.cloud import harvest_cloud_metrics
 
     client = FakeMetricClient(_vertex_answers())
-    frame = harvest_cloud_metrics(VERTEX, START, END, 1.0,
-                                  monitoring_hook=MonitoringHook(metric_client=client))
+    got = harvest_cloud_metrics(VERTEX, START, END, 1.0,
+                                monitoring_hook=MonitoringHook(metric_client=client))
     assert len(client.requests) == 13
-    assert len(frame) == 22
+    assert len(got.rows) == 22
+    assert not got.coverage.complete  # memory's last point ends at T0 + 60 (read once)
+
+
+# Late points ------------------------------------------------------------------------------
+
+LAG_S = 150  # a point becomes readable this long after its interval ends
+
+
+class LateMetricClient(FakeMetricClient):
+    """Answers only the points already readable at the fake clock's time, as Cloud
+    Monitoring does minutes after the fact; ``sleep`` moves the clock."""
+
+    def __init__(self, answers, now):
+        super().__init__(answers)
+        self.now = now
+        self.reads_at: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def list_time_series(self, request):
+        if not self.reads_at or self.reads_at[-1] != self.now:
+            self.reads_at.append(self.now)
+        readable = []
+        for one in super().list_time_series(request):
+            points = [p for p in one.points
+                      if p.interval.end_time.timestamp() + LAG_S <= self.now]
+            if points:
+                readable.append(monitoring_v3.TimeSeries(metric=one.metric, points=points))
+        return iter(readable)
+
+
+def _whole_window_answers():
+    """Replicas, CPU and memory for every minute of the aligned window [T0, T0 + 180]."""
+    v = "aiplatform.googleapis.com/prediction/online/"
+    ends = (T0 + 60, T0 + 120, T0 + 180)
+    return {
+        v + "replicas": [series({}, *(point(e, double_value=r) for e, r in zip(
+            ends, (1.0, 2.0, 3.0), strict=True)))],
+        v + "cpu/utilization": [series({}, *(point(e, double_value=0.5) for e in ends))],
+        v + "memory/bytes_used": [series({}, *(point(e, double_value=2**20) for e in ends))],
+    }
+
+
+def test_harvest_waits_for_late_points_until_the_window_is_covered(caplog):
+    caplog.set_level("INFO")
+    client = LateMetricClient(_whole_window_answers(), now=END + 5)  # at once after the load
+    got = mon.harvest_monitoring(client, VERTEX, START, END, wait_s=300, poll_s=30,
+                                 clock=client.clock, sleep=client.sleep)
+    # the window's last minute ends at T0 + 180 and is readable from T0 + 330
+    assert got.coverage.complete and got.coverage.covered_until == T0 + 180
+    assert client.reads_at == [T0 + 175 + 30 * i for i in range(7)]  # 175, 205, ... 355
+    assert client.reads_at[-2] < T0 + 180 + LAG_S <= client.reads_at[-1]
+    assert got.coverage.waited_s == 180
+    assert got.coverage.describe() == "complete (after waiting 180 s)"
+    replicas = got.rows[got.rows["metric"] == sc.REPLICAS]
+    assert sorted(replicas["value"]) == [1.0, 2.0, 3.0]  # the last minute made it in
+    assert caplog.text.count("waiting for Cloud Monitoring's late points") == 6
+
+
+def test_harvest_gives_up_after_wait_s_and_says_how_far_the_points_reached():
+    client = LateMetricClient(_whole_window_answers(), now=END + 5)
+    got = mon.harvest_monitoring(client, VERTEX, START, END, wait_s=60, poll_s=30,
+                                 clock=client.clock, sleep=client.sleep)
+    # gives up at the window's end + 60 s = T0 + 240: only the first minute is readable
+    assert client.reads_at == [T0 + 175, T0 + 205, T0 + 235, T0 + 240]
+    assert not got.coverage.complete and got.coverage.covered_until == T0 + 60
+    assert got.coverage.describe() == (
+        "partial: points to 2023-11-14 22:14:00 UTC of a window ending 2023-11-14 22:16:00 "
+        "UTC, after waiting 65 s")
+    assert sorted(got.rows[got.rows["metric"] == sc.REPLICAS]["value"]) == [1.0]
+
+
+def test_no_wait_reads_once_even_before_the_window_ends():
+    client = LateMetricClient(_whole_window_answers(), now=END + 5)
+    got = mon.harvest_monitoring(client, VERTEX, START, END, clock=client.clock,
+                                 sleep=client.sleep)
+    assert client.reads_at == [END + 5] and got.coverage.covered_until is None
+    assert got.coverage.describe().startswith("partial: no points yet of a window ending")

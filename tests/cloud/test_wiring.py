@@ -277,11 +277,12 @@ def test_harvest_adds_cloud_monitoring_rows(schema, gs_bucket, cloud_metrics, fa
     from test_monitoring_harvest import point, series
 
     spec = cloud_spec(schema, bucket=gs_bucket)
-    start, _ = write_client_run(spec)
-    grid = math.ceil(start / 60) * 60
+    start, end = write_client_run(spec)
+    # a point for every minute of the aligned window: it is complete at the first read
+    ends = range(math.ceil(start / 60) * 60, math.ceil(end / 60) * 60 + 1, 60)
     cloud_metrics.metrics.answers = {
         "aiplatform.googleapis.com/prediction/online/replicas": [
-            series({}, point(grid, double_value=2.0))]}
+            series({}, *(point(e, double_value=2.0) for e in ends))]}
 
     out = pipeline.harvest(spec, deployment=VERTEX_DEPLOYMENT)
 
@@ -290,7 +291,9 @@ def test_harvest_adds_cloud_monitoring_rows(schema, gs_bucket, cloud_metrics, fa
     rows = fake_bq.con.execute(
         'SELECT metric, dimension, value FROM "my-project"."bench"."timeseries" '
         "WHERE metric = 'replicas'").fetchall()
-    assert rows == [("replicas", "all", 2.0)]
+    assert rows == [("replicas", "all", 2.0)] * len(ends)
+    assert fake_bq.con.execute('SELECT monitoring_coverage FROM "my-project"."bench"."runs"'
+                               ).fetchall() == [("complete",)]
     assert fake_bq.rows("requests", spec.run_id) == 40
     requests = cloud_metrics.metrics.requests
     assert requests and all(isinstance(r, monitoring_v3.ListTimeSeriesRequest)
@@ -299,6 +302,32 @@ def test_harvest_adds_cloud_monitoring_rows(schema, gs_bucket, cloud_metrics, fa
                for r in requests)
     assert storage.list_files(spec.layout.tables_dir, ".parquet") == [
         spec.layout.table_uri(t) for t in ("requests", "runs", "timeseries")]
+
+
+def test_a_window_monitoring_has_not_covered_yet_degrades_the_run_and_says_so(
+        schema, gs_bucket, cloud_metrics, fake_bq, hook_clients):
+    from test_monitoring_harvest import point, series
+
+    spec = cloud_spec(schema, bucket=gs_bucket, monitoring_wait_s=0)  # read once
+    _, end = write_client_run(spec)
+    start = end - 150  # a load of 150 s: a window of three minutes or more
+    storage.write_text(spec.layout.load_result_uri, json.dumps(
+        {"status": "success", "reason": "", "started_at": start, "ended_at": end}))
+    first = math.ceil(start / 60) * 60  # only the window's first minute has arrived
+    cloud_metrics.metrics.answers = {
+        "aiplatform.googleapis.com/prediction/online/replicas": [
+            series({}, point(first, double_value=2.0))]}
+
+    out = pipeline.harvest(spec, deployment=VERTEX_DEPLOYMENT)
+
+    assert out["status"] == "degraded"
+    (status, reason, coverage), = fake_bq.con.execute(
+        'SELECT status, reason, monitoring_coverage FROM "my-project"."bench"."runs"'
+    ).fetchall()
+    assert status == "degraded" and coverage.startswith("partial: points to ")
+    assert f"series are {coverage}" in reason
+    assert "clear this run's harvest task later" in reason and "monitoring_wait_s" in reason
+    assert fake_bq.rows("requests", spec.run_id) == 40  # the client records are all there
 
 
 def test_a_monitoring_error_keeps_the_client_records_and_degrades_the_run(

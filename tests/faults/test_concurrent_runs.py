@@ -66,11 +66,16 @@ def test_two_dag_runs_at_once_and_no_secret_is_written(tmp_path):
 
     with duckdb.connect(str(warehouse), read_only=True) as con:
         runs = con.execute("SELECT run_id, status, requests FROM runs").fetchall()
+        overlaps = dict(con.execute("SELECT run_id, overlapping_runs FROM runs").fetchall())
         per_run = dict(con.execute("SELECT run_id, count(*) FROM requests WHERE "
                                    "source = 'client' GROUP BY run_id").fetchall())
     assert len(runs) == 2 and len({r[0] for r in runs}) == 2
+    # two Airflow installations know nothing of each other's pool: their loads overlapped,
+    # and each run says so (metrics/host.py), naming the other
+    a, b = sorted(overlaps)
+    assert overlaps[a] == b or overlaps[b] == a, overlaps
     for run_id, status, requests in runs:
-        assert status == "success" and requests > 0 and per_run[run_id] == requests
+        assert status in ("success", "degraded") and requests > 0 and per_run[run_id] == requests
         run_dir = bucket / "runs" / run_id
         assert (run_dir / "report" / "report.html").exists()
         assert (run_dir / "tables" / "requests.parquet").exists()

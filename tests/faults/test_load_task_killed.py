@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from caio_testing import our_processes
+from caio_testing import measured, our_processes
 from faults_helpers import (
     LOG,
     client_records,
@@ -93,9 +93,10 @@ def test_timed_out_and_killed_load_tasks_end_everything_and_the_retry_starts_cle
     pipeline.harvest(spec, log=LOG, deployment=deployment)
     pipeline.harvest(spec, log=LOG, deployment=deployment)  # a harvest retry, too
 
-    (runs, status, requests), = query(spec, "SELECT count(*), any_value(status), "
-                                            "any_value(requests) FROM runs")
-    assert runs == 1 and status == "success" and requests == len(records)
+    (runs, status, reason, requests), = query(spec, "SELECT count(*), any_value(status), "
+                                                    "any_value(reason), any_value(requests) "
+                                                    "FROM runs")
+    assert runs == 1 and measured(status, reason) and requests == len(records), reason
     (client, distinct, first_ts), = query(
         spec, "SELECT count(*), count(DISTINCT (origin, ts, latency_ms)), min(epoch(ts)) "
               "FROM requests WHERE source = 'client'")

@@ -16,14 +16,14 @@ import re
 import pytest
 from caio_testing import REPO
 
-from caio_operators.results.warehouse import TABLES, WarehouseError, _check_table, open_warehouse
+from caio_operators.results.warehouse import TABLES, WarehouseError, check_table, open_warehouse
 
 PRODUCT = [*(REPO / "plugins").rglob("*.py"), *(REPO / "locust").glob("*.py"),
            *(REPO / "dags").glob("*.py")]
 # the product writes SQL keywords in capitals (messages are sentences)
 SQL_START = re.compile(r"^\s*(SELECT|INSERT|DELETE|UPDATE|ALTER|CREATE|DROP|MERGE|WITH) ")
 # what an SQL f-string may interpolate: quoted identifiers, and text made from the schema
-SAFE_CALLS = {"_quote", "_ref", "_ddl"}
+SAFE_CALLS = {"quote", "_ref", "_ddl"}
 SAFE_NAMES = {"cols", "type_", "order", "READ_ORDER",
               "n", "wanted"}  # bigquery's ALTER hint: schema column names and types
 
@@ -86,7 +86,7 @@ def test_sql_text_interpolates_only_allow_listed_identifiers():
                                   "information_schema.tables", ""])
 def test_table_names_are_allow_listed(name):
     with pytest.raises(WarehouseError, match="allowed tables"):
-        _check_table(name)
+        check_table(name)
     assert set(TABLES) == {"runs", "timeseries", "requests", "verdicts", "comparisons"}
 
 

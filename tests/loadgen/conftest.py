@@ -4,6 +4,7 @@ real loopback HTTP server speaking the AI Platform Prediction predict route."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import threading
 import time
@@ -16,6 +17,18 @@ from caio_testing import LOCUST_DIR, LoopbackHTTPServer, load_locust_module
 
 LOCUSTFILE = LOCUST_DIR / "locustfile.py"
 PREDICT_PATH = "/v1/projects/p/models/m/versions/v1:predict"
+
+
+@pytest.fixture(autouse=True)
+def _no_full_collections_of_the_harness():
+    """Freeze what the session allocated so far out of the garbage collector's reach during
+    each test: the loopback servers here run as threads of pytest's own process, and a full
+    collection of its heap late in the suite (100-300 ms measured) would stall them in the
+    middle of a load the test measures."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ RUNS_COLUMNS = [
     "throughput_rps", "p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms",
     "server_p50_ms", "server_p99_ms", "peak_cpu_pct", "peak_memory_mb", "provenance",
     "params", "harvested_at", "max_worker_cpu_pct", "generator_saturated",
-    "max_sustainable_rps", "slo_ms", "slo_percentile", "peak_search",
+    "max_sustainable_rps", "slo_ms", "slo_percentile", "peak_search", "fingerprint",
+    "benchmark", "host_cpu_pct", "host_other_cpu_pct", "overlapping_runs", "monitoring_coverage",
 ]
 
 

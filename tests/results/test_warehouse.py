@@ -41,7 +41,7 @@ def counts(wh, run_id=None):
 def test_open_by_scheme(tmp_path):
     wh = open_warehouse(f"duckdb://{tmp_path}/w.duckdb")
     assert isinstance(wh, DuckDBWarehouse) and wh.path == tmp_path / "w.duckdb"
-    from caio_operators.results.bigquery import BigQueryWarehouse
+    from caio_operators.results.warehouse.bigquery import BigQueryWarehouse
 
     assert isinstance(open_warehouse("bigquery://my-project/bench"), BigQueryWarehouse)
     with pytest.raises(WarehouseError, match="absolute"):

@@ -9,6 +9,7 @@ import base64
 import csv
 import http.client
 import json
+import select
 import socket
 import time
 import uuid
@@ -208,6 +209,23 @@ def test_body_over_the_limit_gets_413(session, served):
     assert_json_error(session.post(served["predict_url"], data=big), 413,
                       str(MAX_BODY_BYTES), "--max-body-bytes")
     assert_still_serving(session, served)
+
+
+def test_a_client_still_sending_reads_its_413(served):
+    """A body too big even to drain is refused before it is read; the client goes on
+    sending it, and still reads the 413 (lingering close: closing with the client's bytes
+    unread would reset the connection and throw the answer away)."""
+    path = served["predict_url"].split(str(served["port"]), 1)[1]
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {2**30}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", served["port"]), timeout=10) as sock:
+        sock.sendall(head + b"0" * 2**18)
+        assert select.select([sock], [], [], 10)[0], "no answer within 10 s"
+        sock.sendall(b"0" * 2**16)  # still sending after the answer arrived
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"Connection: close" in answer and b"--max-body-bytes" in answer
 
 
 def raw_exchange(served, request: bytes) -> tuple[int, dict]:

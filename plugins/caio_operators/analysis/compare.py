@@ -24,7 +24,10 @@ Verdict rules (``threshold`` default 10 %):
 - **improvement** when neither regressed and the chosen percentile is better by more than
   ``threshold`` with an interval excluding zero, or max sustainable throughput rises by
   more than ``threshold``;
-- **no change** otherwise; **no baseline** when there was nothing to compare with.
+- **no change** otherwise; **no baseline** when there was nothing to compare with;
+- **no comparable baseline** / **not comparable** (decided before any figure is compared,
+  by :mod:`caio_operators.benchmark`): the earlier runs, or the baseline named, measured
+  another benchmark; never a regression or an improvement.
 
 Requests of one run are not independent (queueing correlates neighbours), so the
 intervals are somewhat narrow; the threshold is what keeps noise from being called a change.
@@ -50,6 +53,8 @@ DIRECTIONS = {"throughput_rps": True, "p50_ms": False, "p95_ms": False, "p99_ms"
               "max_sustainable_rps": True}
 REGRESSION, IMPROVEMENT, NO_CHANGE, NO_BASELINE = (
     "regression", "improvement", "no change", "no baseline")
+#: the verdicts of a run with no baseline measuring the same benchmark (benchmark.py)
+NO_COMPARABLE_BASELINE, NOT_COMPARABLE = "no comparable baseline", "not comparable"
 
 
 @dataclass(frozen=True)

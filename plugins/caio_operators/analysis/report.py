@@ -16,7 +16,12 @@ from typing import Any
 
 from caio_operators import storage
 from caio_operators.analysis import plots
-from caio_operators.analysis.summary import generator_warning, summarize, summary_text
+from caio_operators.analysis.summary import (
+    generator_warning,
+    host_warning,
+    summarize,
+    summary_text,
+)
 from caio_operators.layout import RunLayout
 from caio_operators.results.warehouse import open_warehouse
 
@@ -88,7 +93,13 @@ def _figures_table(s: Mapping[str, Any]) -> str:
         ("peak memory", f"{_fmt(s.get('peak_memory_mb'), '{:.0f}')} MB"),
         ("max CPU (busiest Locust worker)",
          f"{_fmt(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core"),
+        ("machine CPU during the load (all / other processes)",
+         f"{_fmt(s.get('host_cpu_pct'), '{:.0f}')} / "
+         f"{_fmt(s.get('host_other_cpu_pct'), '{:.0f}')} % of a core"),
+        ("other caio loads on this machine meanwhile", s.get("overlapping_runs") or "none"),
     ]
+    if s.get("monitoring_coverage"):
+        rows.append(("Cloud Monitoring series", s["monitoring_coverage"]))
     body = "".join(f"<tr><th>{_e(k)}</th><td class='num'>{_e(v)}</td></tr>" for k, v in rows)
     lat_keys = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")
     heads = "".join(f"<th>{_e(k.removesuffix('_ms').replace('p999', 'p99.9'))}</th>"
@@ -134,8 +145,28 @@ def _peak_table(s: Mapping[str, Any]) -> str:
             f"sustained ({_e(search.get('status'))})</h3><table>{head}{rows}</table>")
 
 
+def _verdict_section(verdict: Mapping[str, Any] | None) -> str:
+    """The verdict against the baseline it used (or why there was none) and the cost."""
+    if not verdict:
+        return ("<h2>Verdict</h2><p class='sub'>Not judged: a failed run is never compared."
+                "</p>")
+    base = verdict.get("baseline_run_id")
+    against = (f"against {base} ({verdict.get('baseline_rule')} baseline)" if base else
+               f"no baseline used ({verdict.get('baseline_rule')} rule)")
+    rows = [("verdict", verdict.get("verdict")), ("baseline", against),
+            ("why", verdict.get("reason")),
+            ("cost per hour", _fmt(verdict.get("cost_per_hour"), "{:.4g}")),
+            ("cost per 1,000 predictions", _fmt(verdict.get("cost_per_1k"), "{:.4g}")),
+            ("cost basis", f"{verdict.get('cost_basis') or '-'} "
+                           f"({_fmt(verdict.get('cost_basis_rps'), '{:.4g}')} req/s)"),
+            ("cost note", verdict.get("cost_note"))]
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    return f"<h2>Verdict</h2><table>{body}</table>"
+
+
 def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
-                provenance: Mapping[str, Any], params: Mapping[str, Any], text: str) -> str:
+                provenance: Mapping[str, Any], params: Mapping[str, Any], text: str,
+                verdict: Mapping[str, Any] | None = None) -> str:
     """The whole report as one HTML string (inline CSS, inline PNGs, escaped text)."""
     s = summary
     status = str(s.get("status") or "unknown")
@@ -147,8 +178,8 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
         f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
         f"<figcaption>{_e(titles.get(key, key))}</figcaption></figure>"
         for key, png in images.items())
-    warning = generator_warning(s)
-    warning_html = f"<p class='warning'>Warning: {_e(warning)}</p>\n" if warning else ""
+    warnings = [w for w in (generator_warning(s), host_warning(s)) if w]
+    warning_html = "".join(f"<p class='warning'>Warning: {_e(w)}</p>\n" for w in warnings)
     subtitle = (f"model {s.get('model_name')}:{s.get('model_version')} "
                 f"({s.get('model_source')}, weights {s.get('weights')}), "
                 f"signature {s.get('signature')}; target {s.get('target')} "
@@ -165,6 +196,7 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
 <p class="sub">{_e(subtitle)}</p>
 {warning_html}<h2>Finding</h2>
 <p class="finding">{_e(s.get('finding'))}</p>
+{_verdict_section(verdict)}
 <h2>Key figures</h2>
 {_figures_table(s)}
 {_peak_table(s)}
@@ -182,8 +214,12 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
 
 
 def analyse_run(warehouse_uri: str, run_id: str, layout: RunLayout,
+                verdict: Mapping[str, Any] | None = None,
                 **warehouse_options: Any) -> dict[str, Any]:
     """Summarise ``run_id`` from the warehouse; write the HTML report and summary.json.
+
+    ``verdict``: the run's judged verdict and cost (``verdicts.judge_run``), shown in the
+    report and kept in summary.json; None for a run not judged (a failed one).
 
     ``warehouse_options`` go to ``open_warehouse`` (``gcp_conn_id``, ``impersonation_chain``).
     Returns ``{summary, summary_text, report_uri, summary_uri}`` (small, XCom-safe).
@@ -197,11 +233,12 @@ def analyse_run(warehouse_uri: str, run_id: str, layout: RunLayout,
     row = tables["runs"].iloc[0]
     provenance, params = _json_field(row["provenance"]), _json_field(row["params"])
     images = plots.all_plots(tables["timeseries"])
-    page = render_html(summary, images, provenance, params, text)
+    page = render_html(summary, images, provenance, params, text, verdict)
     report_uri = storage.write_text(layout.report_html, page)
     summary_uri = storage.write_text(
         layout.summary_json,
-        json.dumps({**summary, "provenance": provenance, "params": params}, indent=2,
+        json.dumps({**summary, "verdict": dict(verdict) if verdict else None,
+                    "provenance": provenance, "params": params}, indent=2,
                    sort_keys=True, default=str))
     log.info("run %s analysed:\n%s", run_id, text)
     return {"summary": summary, "summary_text": text, "report_uri": report_uri,

@@ -7,8 +7,9 @@ self-contained HTML file (inline CSS, base64 PNGs, escaped text) plus a JSON twi
   the SLO (the peak search's max sustainable throughput, or the measured throughput when no
   peak search ran, marked so), latency-throughput curves overlaid per variant, cost per
   1,000 predictions, and the verdict of each variant against the first one;
-- ``<bucket>/reports/history.html``: per model version, the trend of p95/p99, throughput
-  and cost over the runs of ``caio_load_test``, regressions marked.
+- ``<bucket>/reports/history.html``: per model and benchmark fingerprint (never mixing
+  runs that measured different things), the trend of p95/p99, throughput and cost over the
+  runs of ``caio_load_test``, regressions marked.
 """
 
 from __future__ import annotations
@@ -110,9 +111,12 @@ def compare_sweep(warehouse, specs: Sequence[Mapping[str, Any]], bucket: str, sw
     percentile, threshold and price options of ``verdicts.judge_run``. Returns a small
     dict: the ranking and the report's URI.
     """
+    from caio_operators.sweep import sweep_varies
+
     options = dict(judge_options or {})
     rows, curves = [], {}
     first = specs[0]["run_id"]
+    varied = sweep_varies(specs)
     for spec in specs:
         name = spec.get("extra", {}).get("variant") or spec["run_id"]
         run = run_row(warehouse, spec["run_id"])
@@ -124,9 +128,11 @@ def compare_sweep(warehouse, specs: Sequence[Mapping[str, Any]], bucket: str, sw
                     "accelerator_type": spec.get("accelerator_type", ""),
                     "accelerator_count": spec.get("accelerator_count", 0),
                     "instances_per_request": spec.get("instances_per_request", 1)}
+        # the first variant is judged by the usual rule; the others against it, differing
+        # only in what the sweep varies
         judged = judge_run(warehouse, spec["run_id"],
                            baseline_run_id=None if spec["run_id"] == first else first,
-                           **per_spec)
+                           varied=None if spec["run_id"] == first else varied, **per_spec)
         timeseries = warehouse.read_run(spec["run_id"])["timeseries"]
         levels = load_levels(timeseries)
         curves[name] = levels or ([{"throughput_rps": run["throughput_rps"],
@@ -184,23 +190,42 @@ def compare_sweep(warehouse, specs: Sequence[Mapping[str, Any]], bucket: str, sw
 
 HISTORY_SQL = (
     "SELECT r.run_id, r.model_name, r.model_version, r.status, r.started_at, "
-    "r.throughput_rps, r.p95_ms, r.p99_ms, v.verdict, v.cost_per_1k "
+    "r.throughput_rps, r.p95_ms, r.p99_ms, r.target, r.load_shape, r.fingerprint, r.params, "
+    "r.provenance, v.verdict, v.cost_per_1k "
     "FROM runs r LEFT JOIN verdicts v ON r.run_id = v.run_id "
     "WHERE r.started_at IS NOT NULL AND (r.dag_id = $dag OR $dag = '*') "
     "ORDER BY r.started_at")
 
 
+def with_fingerprints(history: pd.DataFrame) -> pd.DataFrame:
+    """``history`` with every row's fingerprint (derived from the params of rows harvested
+    before the column existed) and a ``benchmark_label`` naming the benchmark."""
+    from caio_operators.results.consolidate import benchmark_columns
+
+    history = history.copy()
+    missing = history["fingerprint"].isna()
+    history.loc[missing, "fingerprint"] = [
+        benchmark_columns(p, v)["fingerprint"] for p, v in
+        zip(history.loc[missing, "params"], history.loc[missing, "provenance"], strict=True)]
+    history["fingerprint"] = history["fingerprint"].fillna("unknown")
+    history["benchmark_label"] = [f"{t}/{s} [{str(f)[:6]}]" for t, s, f in zip(
+        history["target"], history["load_shape"], history["fingerprint"], strict=True)]
+    return history
+
+
 def history_plot(history: pd.DataFrame) -> bytes:
-    """p95/p99, throughput and cost per 1,000 over time per model version, with each
-    regression marked by a red cross."""
+    """p95/p99, throughput and cost per 1,000 over time, one line per model and benchmark
+    fingerprint (versions follow each other along it; runs of different benchmarks never
+    share a line), each regression marked by a red cross."""
     fig, axes = _figure(3, height=8.5)
     panels = ((("p95_ms", "p99_ms"), "latency ms"), (("throughput_rps",), "req/s"),
               (("cost_per_1k",), "cost per 1,000"))
     for ax, (columns, label) in zip(axes, panels, strict=True):
-        for (model, version), part in history.groupby(["model_name", "model_version"]):
+        for (model, _), part in history.groupby(["model_name", "fingerprint"]):
+            bench = part["benchmark_label"].iloc[0]
             for column in columns:
                 ax.plot(part["started_at"], part[column], marker="o", linewidth=1.2,
-                        label=f"{model}:{version} {column}")
+                        label=f"{model} {bench} {column}")
                 bad = part[part["verdict"] == "regression"]
                 ax.scatter(bad["started_at"], bad[column], marker="x", s=80, color="red",
                            zorder=3)
@@ -214,17 +239,18 @@ def history_plot(history: pd.DataFrame) -> bytes:
 def history_report(warehouse, bucket: str, dag_id: str = "caio_load_test") -> dict[str, Any]:
     """Write the history report of ``dag_id``'s runs (``*``: every DAG's); returns its URI,
     the number of runs and of regressions."""
-    history = warehouse.query(HISTORY_SQL, {"dag": dag_id})
+    history = with_fingerprints(warehouse.query(HISTORY_SQL, {"dag": dag_id}))
     history["started_at"] = pd.to_datetime(history["started_at"], utc=True)
-    rows = [[r.started_at, f"{r.model_name}:{r.model_version}", r.run_id, r.status,
+    rows = [[r.started_at, f"{r.model_name}:{r.model_version}", r.benchmark_label,
+             r.run_id, r.status,
              _fmt(plain(r.throughput_rps), "{:.2f}"), _fmt(plain(r.p95_ms)),
              _fmt(plain(r.p99_ms)), _fmt(plain(r.cost_per_1k), "{:.4g}"), r.verdict or "-"]
             for r in history.itertuples()]
     body = (f"<h2>Trend</h2>{_img(history_plot(history), 'history')}" if len(history) else
             "<p>No runs yet.</p>")
     body += "<h2>Runs</h2>" + _table(
-        ["started", "model", "run", "status", "req/s", "p95 ms", "p99 ms", "cost per 1,000",
-         "verdict"], rows)
+        ["started", "model", "benchmark", "run", "status", "req/s", "p95 ms", "p99 ms",
+         "cost per 1,000", "verdict"], rows)
     uri = history_uri(bucket)
     title = "History of all runs" if dag_id == "*" else f"History of {dag_id}"
     storage.write_text(uri, _page(title, f"{len(history)} runs", body))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from caio_operators.metrics import host
 from caio_operators.results import schema as sc
 from caio_operators.results.stats import MAX_SATURATED_SHARE, SATURATED_CPU_PCT
 
@@ -36,7 +37,9 @@ FIGURE_FIELDS = ("run_id", "dag_id", "status", "reason", "target", "protocol", "
                  "requests", "failures", "error_rate", "throughput_rps", "p50_ms", "p90_ms",
                  "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "server_p50_ms",
                  "server_p99_ms", "peak_cpu_pct", "peak_memory_mb", "max_worker_cpu_pct",
-                 "generator_saturated", "max_sustainable_rps", "slo_ms", "slo_percentile")
+                 "generator_saturated", "max_sustainable_rps", "slo_ms", "slo_percentile",
+                 "fingerprint", "host_cpu_pct", "host_other_cpu_pct", "overlapping_runs",
+                 "monitoring_coverage")
 
 
 def plain(value: Any) -> Any:
@@ -155,6 +158,23 @@ def generator_warning(summary: Mapping[str, Any]) -> str | None:
             "not trustworthy. Add workers and run again.")
 
 
+def host_warning(summary: Mapping[str, Any]) -> str | None:
+    """The warning for a run that shared its machine during the load (None otherwise)."""
+    other, overlaps = summary.get("host_other_cpu_pct"), summary.get("overlapping_runs")
+    shared = other is not None and other > host.OTHER_CPU_LIMIT_PCT
+    if not shared and not overlaps:
+        return None
+    parts = []
+    if shared:
+        parts.append(f"other processes used {other:.0f}% of a core on average during the "
+                     f"load (limit {host.OTHER_CPU_LIMIT_PCT:g}%; the whole machine "
+                     f"{summary.get('host_cpu_pct') or 0:.0f}%)")
+    if overlaps:
+        parts.append(f"the load of caio run(s) {overlaps} overlapped this one's")
+    return ("Shared machine: " + "; ".join(parts) + ". The figures are lower than the "
+            "machine gives one benchmark: run it again alone.")
+
+
 def peak_finding(summary: Mapping[str, Any]) -> str | None:
     """The finding of a peak search (None for other runs)."""
     search = summary.get("peak")
@@ -246,10 +266,15 @@ def summary_text(summary: Mapping[str, Any]) -> str:
         f"peak memory {_num(s.get('peak_memory_mb'), '{:.0f}')} MB",
         f"load gen    max worker CPU {_num(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core "
         f"(busiest Locust worker)",
+        f"machine     CPU during the load {_num(s.get('host_cpu_pct'), '{:.0f}')} % of a core, "
+        f"other processes {_num(s.get('host_other_cpu_pct'), '{:.0f}')} %, other caio loads: "
+        f"{s.get('overlapping_runs') or 'none'}",
     ]
-    warning = generator_warning(s)
-    if warning:
-        lines += ["", f"WARNING     {warning}"]
+    if s.get("monitoring_coverage"):
+        lines.append(f"monitoring  Cloud Monitoring series {s['monitoring_coverage']}")
+    for warning in (generator_warning(s), host_warning(s)):
+        if warning:
+            lines += ["", f"WARNING     {warning}"]
     if s.get("peak"):
         lines += ["", f"peak search max sustainable {_num(s.get('max_sustainable_rps'), '{:.4g}')}"
                       f" req/s  (p{_num(s.get('slo_percentile'), '{:g}')} SLO "

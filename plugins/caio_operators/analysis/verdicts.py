@@ -9,14 +9,17 @@ latencies from ``requests``, compare, price, and replace the run's rows in ``ver
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from caio_operators import benchmark as bm
 from caio_operators.analysis import compare as cmp
 from caio_operators.analysis import cost as costs
 from caio_operators.analysis.summary import plain
@@ -41,34 +44,106 @@ def run_row(warehouse, run_id: str) -> dict[str, Any] | None:
 
 
 
-_LATEST_OF_VERSION = (
-    "SELECT run_id FROM runs WHERE model_name = $model AND model_version = $version "
-    "AND status = 'success' AND run_id <> $run ORDER BY started_at DESC LIMIT 1")
-_PREVIOUS_OF_VERSION = (
-    "SELECT run_id FROM runs WHERE model_name = $model AND model_version = $version "
-    "AND status = 'success' AND run_id <> $run AND started_at < $started "
-    "ORDER BY started_at DESC LIMIT 1")
+# every successful run of the model; which of them is comparable is decided in Python
+# (benchmark.pick_baseline), because older rows have no fingerprint, only their params
+_CANDIDATES = (
+    "SELECT run_id, model_version, model_source, started_at, params, provenance, benchmark "
+    "FROM runs WHERE model_name = $model AND status = 'success' AND run_id <> $run "
+    "AND started_at IS NOT NULL")
 
-def find_baseline(warehouse, run: Mapping[str, Any], baseline_version: str = ""
-                  ) -> tuple[str | None, str]:
-    """``(baseline run id or None, rule)``: the latest successful run of
-    ``baseline_version`` of the same model, or (no version named) the previous successful
-    run of the same model and version, started before this one."""
-    params: dict[str, Any] = {"model": run["model_name"], "run": run["run_id"]}
+
+def run_benchmark(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A runs row's benchmark fields: its ``benchmark`` column, or (rows harvested before
+    the column existed) derived from its params and provenance."""
+    stored = _json_dict(run.get("benchmark"))
+    if stored:
+        return stored
+    return bm.benchmark_fields(_json_dict(run.get("params")), _json_dict(run.get("provenance")))
+
+
+def run_identity(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The model identity of a runs row (:data:`benchmark.IDENTITY`)."""
+    params = _json_dict(run.get("params"))
+    return {name: run.get(name) if run.get(name) is not None else params.get(name)
+            for name in bm.IDENTITY}
+
+
+def _json_dict(text: Any) -> dict[str, Any]:
+    if isinstance(text, Mapping):
+        return dict(text)
+    if not isinstance(text, str) or not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """How a run's baseline was found: the run to compare with (None when there is none),
+    the rule, and when there is nothing to compare the verdict and why."""
+
+    run_id: str | None
+    rule: str
+    verdict: str | None = None  # None: compare with run_id
+    reason: str = ""
+
+
+def find_baseline(warehouse, run: Mapping[str, Any], baseline_version: str = "") -> Baseline:
+    """The latest successful run of ``baseline_version`` of the same model with the same
+    fingerprint, or (no version named) the previous successful run of the same model,
+    version, source and fingerprint, started before this one. None of them comparable:
+    ``no comparable baseline``, naming the nearest run and the fields that differ."""
+    found = warehouse.query(_CANDIDATES, {"model": run["model_name"], "run": run["run_id"]})
+    version = baseline_version or run["model_version"]
+    found = found[found["model_version"] == version]
     if baseline_version:
-        rule = f"version:{baseline_version}"
-        params["version"] = baseline_version
-        sql = _LATEST_OF_VERSION
+        rule, identity = f"version:{baseline_version}", None  # another model on purpose
     else:
-        rule = "previous"
-        params["version"] = run["model_version"]
+        rule, identity = "previous", run_identity(run)
         started = run.get("started_at")
         if started is None:
-            return None, rule
-        params["started"] = pd.Timestamp(started).to_pydatetime()
-        sql = _PREVIOUS_OF_VERSION
-    found = warehouse.query(sql, params)  # values are parameters, the SQL is constant
-    return (None if found.empty else str(found["run_id"].iloc[0])), rule
+            return Baseline(None, rule, cmp.NO_BASELINE, "the run has no start time")
+        found = found[pd.to_datetime(found["started_at"], utc=True)
+                      < pd.Timestamp(started).tz_convert("UTC")]
+    candidates = [bm.Candidate(str(r["run_id"]), _epoch(r["started_at"]), run_benchmark(r),
+                               run_identity(r)) for r in found.to_dict("records")]
+    choice = bm.pick_baseline(run_benchmark(run), candidates, identity)
+    which = (f"of {run['model_name']}:{version}" if baseline_version else
+             f"of {run['model_name']}:{version} before this one")
+    if choice.run_id is not None:
+        return Baseline(choice.run_id, rule)
+    if choice.nearest is None:
+        return Baseline(None, rule, cmp.NO_BASELINE, f"no earlier successful run {which}")
+    return Baseline(None, rule, cmp.NO_COMPARABLE_BASELINE,
+                    f"no successful run {which} measured the same benchmark; the nearest, "
+                    f"{choice.nearest}, differs in {bm.describe(choice.diff)} (this run's "
+                    "value first)")
+
+
+def named_baseline(warehouse, run: Mapping[str, Any], baseline_run_id: str,
+                   varied: Iterable[str] | None = None) -> Baseline:
+    """``baseline_run_id`` as the baseline (``varied``: the fields a sweep varies, which may
+    differ), or ``not comparable`` naming the other fields that differ."""
+    rule = f"sweep:{baseline_run_id}" if varied is not None else f"run:{baseline_run_id}"
+    base = run_row(warehouse, baseline_run_id)
+    if base is None:
+        raise ValueError(f"baseline run {baseline_run_id!r} is not in the warehouse "
+                         f"{warehouse.uri}; name a run_id of its runs table")
+    diff = bm.differences(run_benchmark(run), run_benchmark(base), ignore=varied or ())
+    if diff:
+        what = "the sweep's baseline" if varied is not None else "the named baseline"
+        outside = " outside the fields the sweep varies" if varied is not None else ""
+        return Baseline(baseline_run_id, rule, cmp.NOT_COMPARABLE,
+                        f"{what} {baseline_run_id} measured another benchmark{outside}: "
+                        f"{bm.describe(diff)} (this run's value first)")
+    return Baseline(baseline_run_id, rule)
+
+
+def _epoch(value: Any) -> float:
+    return pd.Timestamp(value).timestamp()
 
 
 def per_second_ok(ts: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -142,13 +217,15 @@ def verdict_frames(run_id: str, comparison: cmp.Comparison, baseline_run_id: str
 
 
 def judge_run(warehouse, run_id: str, *, baseline_version: str = "",
-              baseline_run_id: str | None = None, percentile: str = "p95",
+              baseline_run_id: str | None = None, varied: Iterable[str] | None = None,
+              percentile: str = "p95",
               threshold: float = cmp.DEFAULT_THRESHOLD, price_table: str = "",
               machine_type: str = "", accelerator_type: str = "", accelerator_count: int = 0,
               local_machine_type: str = "", instances_per_request: int = 1,
               seed: int = 0) -> dict[str, Any]:
     """Compare ``run_id`` with its baseline (``baseline_run_id`` when given, e.g. a sweep's
-    first variant, else :func:`find_baseline`), price it, store both in the warehouse.
+    first variant with ``varied`` the fields the sweep varies, see :func:`named_baseline`;
+    else :func:`find_baseline`), price it, store both in the warehouse.
 
     Returns a small dict: verdict, reason, baseline, cost figures.
     """
@@ -157,13 +234,17 @@ def judge_run(warehouse, run_id: str, *, baseline_version: str = "",
         raise ValueError(f"run {run_id!r} is not in the warehouse {warehouse.uri}; "
                          "harvest it first")
     if baseline_run_id:
-        rule = f"run:{baseline_run_id}"
+        found = named_baseline(warehouse, run, baseline_run_id, varied)
     else:
-        baseline_run_id, rule = find_baseline(warehouse, run, baseline_version)
-    baseline = run_row(warehouse, baseline_run_id) if baseline_run_id else None
-    comparison = cmp.compare_runs(
-        run_sample(warehouse, run), run_sample(warehouse, baseline) if baseline else None,
-        percentile_name=percentile, threshold=threshold, seed=seed)
+        found = find_baseline(warehouse, run, baseline_version)
+    if found.verdict is not None:
+        comparison = cmp.Comparison(found.verdict, found.reason, [])
+    else:
+        baseline = run_row(warehouse, found.run_id)
+        comparison = cmp.compare_runs(
+            run_sample(warehouse, run), run_sample(warehouse, baseline),
+            percentile_name=percentile, threshold=threshold, seed=seed)
+    baseline_run_id, rule = found.run_id, found.rule
     try:
         cost = run_cost(run, costs.load_price_table(price_table), machine_type=machine_type,
                         accelerator_type=accelerator_type, accelerator_count=accelerator_count,

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from caio_operators import storage
 from caio_operators.loadgen.launch import LaunchSpec, build_launch_spec, locust_command
+from caio_operators.metrics.host import HostWatch
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +181,13 @@ class LocalLauncher:
     """Start, watch and always clean up one local distributed Locust run."""
 
     def __init__(self, launch_spec: LaunchSpec, log: logging.Logger | Any = None,
-                 progress_every_s: float = 5.0, stop_grace_s: float = 8.0):
+                 progress_every_s: float = 5.0, stop_grace_s: float = 8.0,
+                 host_watch: HostWatch | None = None):
         self.spec = launch_spec
+        # samples the machine's CPU during the load (metrics/host.py); its figures end up
+        # in host_figures
+        self.host_watch = host_watch
+        self.host_figures: dict[str, Any] | None = None
         self.log = log or logger
         self.progress_every_s = progress_every_s
         self.stop_grace_s = stop_grace_s
@@ -203,6 +209,8 @@ class LocalLauncher:
         started_at = time.time()
         reason = ""
         try:
+            if self.host_watch is not None:
+                self.host_watch.start()
             self._start_all()
             reason = self._watch(started_at, timeout_s)
         except Exception as exc:
@@ -211,6 +219,8 @@ class LocalLauncher:
         finally:
             self._shutdown()
             ended_at = time.time()
+            if self.host_watch is not None:
+                self.host_figures = self.host_watch.finish()
             for handle in self._logs:
                 handle.close()
             self._logs.clear()
@@ -293,6 +303,8 @@ class LocalLauncher:
                 return "stopped by request"
             if self.master.poll() is not None:
                 return ""
+            if self.host_watch is not None:
+                self.host_watch.tick()
             now = time.time()
             for i, worker in enumerate(self.workers):
                 if worker.poll() is not None and i not in reported_dead:

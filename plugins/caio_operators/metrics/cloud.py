@@ -2,20 +2,21 @@
 
 ``prepare_cloud_metrics``: the Locust log-based metrics exist, and the deployment's
 dashboard exists and is current. ``harvest_cloud_metrics``: the run window's Cloud
-Monitoring series as ``timeseries`` rows. Both take a RunSpec-like merged with the deploy
-task's output (``endpoint_id``/``deployed_model_id`` for Vertex), build the hooks from its
-``gcp_conn_id`` and ``impersonation_chain`` unless hooks are passed in, and return small
-results (dicts for XCom; the DataFrame goes to the bucket/warehouse, not XCom).
+Monitoring series as ``timeseries`` rows, and how far they reach. Both take a RunSpec-like
+merged with the deploy task's output (``endpoint_id``/``deployed_model_id`` for Vertex),
+build the hooks from its ``gcp_conn_id`` and ``impersonation_chain`` unless hooks are passed
+in, and return small results (dicts for XCom; the DataFrame goes to the bucket/warehouse, not XCom).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from caio_operators.metrics.families import field
 from caio_operators.results import schema as sc
+
+if TYPE_CHECKING:
+    from caio_operators.metrics.monitoring import MonitoringHarvest
 
 
 def _connection(spec_like: Any) -> dict[str, Any]:
@@ -56,9 +57,10 @@ def prepare_cloud_metrics(spec_like: Any, *, dashboard: bool = True,
 
 def harvest_cloud_metrics(spec_like: Any, start: Any, end: Any,
                           interval_s: float = sc.DEFAULT_INTERVAL_S, *,
-                          monitoring_hook: Any = None,
-                          include_log_metrics: bool = True) -> pd.DataFrame:
-    """``timeseries`` rows of the run window ``[start, end]`` from Cloud Monitoring."""
+                          monitoring_hook: Any = None, include_log_metrics: bool = True,
+                          wait_s: float = 0.0) -> MonitoringHarvest:
+    """``timeseries`` rows of the run window ``[start, end]`` from Cloud Monitoring, read
+    again until they cover it, for at most ``wait_s`` after its end."""
     from caio_operators.metrics.monitoring import harvest_monitoring
 
     if monitoring_hook is None:
@@ -66,4 +68,5 @@ def harvest_cloud_metrics(spec_like: Any, start: Any, end: Any,
 
         monitoring_hook = MonitoringHook(**_connection(spec_like))
     return harvest_monitoring(monitoring_hook.get_metric_client(), spec_like, start, end,
-                              interval_s, include_log_metrics=include_log_metrics)
+                              interval_s, include_log_metrics=include_log_metrics,
+                              wait_s=wait_s)

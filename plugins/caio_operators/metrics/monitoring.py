@@ -22,15 +22,21 @@ What becomes which row (``dimension`` in brackets):
   ``client_latency_p95_ms``, ``request_rate_rps``, ``failure_rate_rps`` [log:<signature>];
   the ``log:`` dimension keeps them apart from the same metrics computed from raw records.
 
-Cloud Monitoring needs a few minutes to make points readable: harvest 3-5 minutes after
-the load ends, or the last intervals will be missing.
+Cloud Monitoring makes points readable minutes after the fact (AI Platform and Vertex AI
+write their serving metrics every minute, and they take a few more to appear). So
+``harvest_monitoring`` can wait: with ``wait_s`` it reads again every ``poll_s`` until the
+gauges (replicas, CPU, memory: written every minute while a model is deployed) cover the
+whole window, for at most ``wait_s`` after the window's end. Its ``Coverage`` says how far
+the points reached; a partial harvest is completed by harvesting again later (it replaces
+the rows).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +55,10 @@ log = logging.getLogger(__name__)
 MIN_ALIGNMENT_S = 60
 BYTES_PER_MB = 2**20
 PERCENTILES = (50, 95, 99)
+POLL_S = 30.0
+#: series written every minute while a model is deployed, whatever the traffic: when each
+#: has a point at the window's end, the window's points have all arrived
+GAUGES = ("replicas", "cpu", "memory")
 _LATENCY_METRIC = {50: sc.SERVER_LATENCY_P50_MS, 95: sc.SERVER_LATENCY_P95_MS,
                    99: sc.SERVER_LATENCY_P99_MS}
 
@@ -264,19 +274,56 @@ def timeseries_from_responses(
     return sc.conform("timeseries", long)
 
 
-def harvest_monitoring(client: Any, spec_like: Any, start: Any, end: Any,
-                       interval_s: float = sc.DEFAULT_INTERVAL_S, *,
-                       include_log_metrics: bool = True) -> pd.DataFrame:
-    """The run's Cloud Monitoring series as ``timeseries`` rows.
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the (aligned) window Cloud Monitoring's points covered when read."""
 
-    ``client`` is a ``monitoring_v3.MetricServiceClient`` (``MonitoringHook
-    .get_metric_client()``) or anything with its ``list_time_series(request=...)``;
-    ``spec_like`` a RunSpec-like merged with the deploy output (see ``monitored_target``);
-    ``start``/``end`` the load window (tz-aware datetimes or epoch seconds).
-    """
-    target = monitored_target(spec_like)
+    window_end: float  # epoch s
+    covered_until: float | None  # end of the gauges' latest common point; None: no point
+    waited_s: float
+
+    @property
+    def complete(self) -> bool:
+        return self.covered_until is not None and self.covered_until >= self.window_end
+
+    def describe(self) -> str:
+        """'complete' or 'partial: ...', as stored in ``runs.monitoring_coverage``."""
+        waited = f"after waiting {self.waited_s:.0f} s"
+        if self.complete:
+            return f"complete ({waited})" if round(self.waited_s) else "complete"
+        reached = ("no points yet" if self.covered_until is None else
+                   f"points to {_clock(self.covered_until)}")
+        return f"partial: {reached} of a window ending {_clock(self.window_end)}, {waited}"
+
+
+def _clock(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def covered_until(responses: Sequence[tuple[MonitoringQuery, Sequence[monitoring_v3.TimeSeries]]]
+                  ) -> float | None:
+    """Where every gauge that has points has one (the earliest of their latest point ends,
+    epoch s); None when no gauge has any point yet."""
+    ends = []
+    for query, series in responses:
+        if query.spec.key in GAUGES:
+            last = max((p.interval.end_time.timestamp() for one in series for p in one.points),
+                       default=None)
+            if last is not None:
+                ends.append(last)
+    return min(ends) if ends else None
+
+
+@dataclass(frozen=True)
+class MonitoringHarvest:
+    rows: pd.DataFrame
+    coverage: Coverage
+
+
+def _read(client: Any, queries: Sequence[MonitoringQuery]
+          ) -> list[tuple[MonitoringQuery, list[monitoring_v3.TimeSeries]]]:
     responses = []
-    for query in build_queries(target, start, end, interval_s, include_log_metrics):
+    for query in queries:
         with explained("monitoring_read"):
             try:
                 series = list(client.list_time_series(request=query.request))
@@ -285,7 +332,38 @@ def harvest_monitoring(client: Any, spec_like: Any, start: Any, end: Any,
                             query.spec.metric_type, exc.message, query.spec.key)
                 series = []
         responses.append((query, series))
+    return responses
+
+
+def harvest_monitoring(client: Any, spec_like: Any, start: Any, end: Any,
+                       interval_s: float = sc.DEFAULT_INTERVAL_S, *,
+                       include_log_metrics: bool = True, wait_s: float = 0.0,
+                       poll_s: float = POLL_S, clock: Callable[[], float] = time.time,
+                       sleep: Callable[[float], None] = time.sleep) -> MonitoringHarvest:
+    """The run's Cloud Monitoring series as ``timeseries`` rows, and how far they reach.
+
+    ``client`` is a ``monitoring_v3.MetricServiceClient`` (``MonitoringHook
+    .get_metric_client()``) or anything with its ``list_time_series(request=...)``;
+    ``spec_like`` a RunSpec-like merged with the deploy output (see ``monitored_target``);
+    ``start``/``end`` the load window (tz-aware datetimes or epoch seconds). ``wait_s``:
+    read again every ``poll_s`` until the window is covered, at most until ``wait_s``
+    after its end (``clock`` and ``sleep`` are injectable for tests).
+    """
+    target = monitored_target(spec_like)
+    queries = build_queries(target, start, end, interval_s, include_log_metrics)
+    window_end = queries[0].request.interval.end_time.timestamp()
+    give_up_at, began = window_end + wait_s, clock()
+    while True:
+        responses = _read(client, queries)
+        reached = covered_until(responses)
+        coverage = Coverage(window_end, reached, clock() - began)
+        left = give_up_at - clock()
+        if coverage.complete or wait_s <= 0 or left <= 0:
+            break
+        log.info("waiting for Cloud Monitoring's late points: %s; reading again in %.0f s "
+                 "(at most %.0f s more)", coverage.describe(), min(poll_s, left), left)
+        sleep(min(poll_s, left))
     frame = timeseries_from_responses(target.run_id, responses)
-    log.info("harvested %d rows from Cloud Monitoring (%s, %s)", len(frame), target.family,
-             target.label)
-    return frame
+    log.info("harvested %d rows from Cloud Monitoring (%s, %s); window %s", len(frame),
+             target.family, target.label, coverage.describe())
+    return MonitoringHarvest(frame, coverage)

@@ -4,7 +4,13 @@ from caio_operators.operators.analyse import AnalyseRunOperator
 from caio_operators.operators.deploy import DeployModelOperator, UndeployModelOperator
 from caio_operators.operators.export import ExportServingModelOperator
 from caio_operators.operators.harvest import HarvestMetricsOperator
-from caio_operators.operators.load import RunLoadTestOperator
+from caio_operators.operators.load import (
+    HOST_POOL,
+    LOAD_GKE,
+    LOAD_HERE,
+    ChooseLoadTaskOperator,
+    RunLoadTestOperator,
+)
 from caio_operators.operators.metrics import CreateLocustMetricsOperator
 from caio_operators.operators.sweep import (
     CompareSweepOperator,
@@ -14,7 +20,11 @@ from caio_operators.operators.sweep import (
 from caio_operators.operators.validate import ValidateRunSpecOperator
 
 __all__ = [
+    "HOST_POOL",
+    "LOAD_GKE",
+    "LOAD_HERE",
     "AnalyseRunOperator",
+    "ChooseLoadTaskOperator",
     "CompareSweepOperator",
     "CreateLocustMetricsOperator",
     "DeployModelOperator",

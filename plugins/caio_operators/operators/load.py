@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow.providers.standard.operators.branch import BaseBranchOperator
+
 from caio_operators.operators.base import SpecOperator
+from caio_operators.spec import RunSpec
+
+#: the Airflow pool of the tasks that load the Airflow worker's machine, one at a time
+#: (created by `make setup`; README: "One benchmark at a time on a machine")
+HOST_POOL = "caio_host"
+#: the load task of a run whose Locust runs on this machine (in HOST_POOL) and of one
+#: whose Locust runs on GKE (free to run beside others)
+LOAD_HERE, LOAD_GKE = "load", "load_gke"
 
 
 class RunLoadTestOperator(SpecOperator):
@@ -39,3 +49,19 @@ class RunLoadTestOperator(SpecOperator):
         # LocalLauncher and GkeLauncher both stop everything they started on stop()
         if self._launcher is not None:
             self._launcher.stop()
+
+
+class ChooseLoadTaskOperator(SpecOperator, BaseBranchOperator):
+    """Pick the load task of the run: ``load`` (in the host pool, so loads of this machine
+    never overlap) when Locust runs here, ``load_gke`` (no pool) when it runs on GKE.
+
+    Airflow reads a task's pool when it parses the DAG, so the run's ``load_runner``
+    chooses between two tasks rather than setting one task's pool.
+    """
+
+    ui_color = "#f4e1ec"
+
+    def choose_branch(self, context) -> str:
+        name = LOAD_GKE if RunSpec.from_dict(self.spec).load_runner == "gke" else LOAD_HERE
+        group = self.task_id.rpartition(".")[0]  # inside the sweep's variant task group
+        return f"{group}.{name}" if group else name

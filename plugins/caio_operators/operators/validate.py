@@ -25,6 +25,9 @@ class ValidateRunSpecOperator(BaseOperator):
             # runs of one logical date (scheduled, backfill) share their rows' key
             key=run_key(context["run_id"], context.get("logical_date")),
         )
+        from caio_operators.pipeline import check_baseline_run
+
+        check_baseline_run(spec)
         self.log.info("run %s: target=%s model=%s/%s source=%s shape=%s users=%s duration=%ss",
                       spec.run_id, spec.target, spec.model_name, spec.model_version,
                       spec.model_source, spec.load_shape, spec.users, spec.duration_s)

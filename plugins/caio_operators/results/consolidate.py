@@ -24,12 +24,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from caio_operators import benchmark
 from caio_operators.results import hdr, stats
 from caio_operators.results import schema as sc
 
 #: run fields taken from ``meta`` as they are (strings / ints)
 META_STRINGS = ("dag_id", "target", "protocol", "model_name", "model_version",
-                "model_source", "weights", "signature", "load_shape")
+                "model_source", "weights", "signature", "load_shape", "monitoring_coverage")
 META_INTS = ("users", "workers", "replicas")
 META_FIELDS = ("run_id", *META_STRINGS, *META_INTS, "status", "reason", "started_at",
                "ended_at", "provenance", "params", "harvested_at")
@@ -456,6 +457,26 @@ def generator_saturation(worker_cpu: pd.DataFrame) -> tuple[bool | None, str]:
                   f"{share:.0%} of the run; add workers")
 
 
+def benchmark_columns(params: Any, provenance: Any) -> dict[str, str | None]:
+    """``fingerprint`` and ``benchmark`` of a run from its params and provenance (dicts or
+    their JSON text); None for both when the params are unknown."""
+    params, provenance = _as_dict(params), _as_dict(provenance)
+    if not params:
+        return {"fingerprint": None, "benchmark": None}
+    fields = benchmark.benchmark_fields(params, provenance)
+    return {"fingerprint": benchmark.fingerprint(fields),
+            "benchmark": json.dumps(fields, sort_keys=True, default=str)}
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
 def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFrame,
                 samples: pd.DataFrame, worker_cpu: pd.DataFrame) -> pd.DataFrame:
     figures = stats.latency_summary(client)
@@ -500,6 +521,9 @@ def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFr
         # peak_search runs: filled from the search's own file (results/peak.py)
         "max_sustainable_rps": math.nan, "slo_ms": math.nan, "slo_percentile": math.nan,
         "peak_search": None,
+        **benchmark_columns(meta.get("params"), meta.get("provenance")),
+        # runs loaded from this machine: filled from the load's host file (metrics/host.py)
+        "host_cpu_pct": math.nan, "host_other_cpu_pct": math.nan, "overlapping_runs": "",
     })
     frame = pd.DataFrame([row])
     for col in ("started_at", "ended_at", "harvested_at"):

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from caio_operators import storage
 from caio_operators.layout import RunLayout
+from caio_operators.metrics import host as hostload
 from caio_operators.results import hdr, peak
 from caio_operators.results import schema as sc
 from caio_operators.results.consolidate import apply_histograms, build_tables
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 #: runs-table figures returned by harvest_run (small enough for XCom)
 KEY_FIGURES = ("status", "reason", "requests", "failures", "error_rate", "throughput_rps",
                "p50_ms", "p95_ms", "p99_ms", "server_p50_ms", "peak_cpu_pct", "duration_s",
-               "max_worker_cpu_pct", "generator_saturated", "max_sustainable_rps")
+               "max_worker_cpu_pct", "generator_saturated", "max_sustainable_rps",
+               "host_other_cpu_pct", "overlapping_runs", "fingerprint")
 
 
 def parquet_bytes(table: str, frame: pd.DataFrame | sc.BatchedTable) -> bytes:
@@ -104,6 +106,22 @@ def record_sample(layout: RunLayout) -> float:
         return 1.0
 
 
+def read_host_file(layout: RunLayout, skipped: list[str]) -> dict[str, Any] | None:
+    """The machine's CPU figures of a load run from this machine (``load/host.json``, by
+    the local launcher); None when the load ran elsewhere. Unreadable: logged, skipped."""
+    uri = storage.join(layout.load_dir, hostload.HOST_FILE)
+    if not storage.exists(uri):
+        return None
+    try:
+        host = hostload.read_host(storage.read_text(uri))
+    except (OSError, UnicodeDecodeError, storage.StorageError) as exc:
+        host = None
+        log.warning("cannot read %s: %s", uri, exc)
+    if host is None:
+        skipped.append(uri)
+    return host
+
+
 def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
                 interval_s: float = sc.DEFAULT_INTERVAL_S, *,
                 extra_timeseries: pd.DataFrame | None = None,
@@ -147,6 +165,13 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
         else:
             problems = [*problems, f"raw records are a {sample:.0%} sample and the workers "
                                    "wrote no histograms: counts and rates cover the sample only"]
+    host = read_host_file(layout, raw.skipped)
+    if host is not None:
+        tables["runs"] = sc.conform("runs", tables["runs"].assign(**hostload.host_columns(host)))
+        tables["timeseries"] = sc.conform("timeseries", pd.concat(
+            [tables["timeseries"], hostload.host_timeseries(layout.run_id, host, interval_s)],
+            ignore_index=True))
+        problems = [*problems, *hostload.host_problems(host)]
     search = peak.read_search(layout, raw.skipped)
     tables = peak.apply_search(tables, search)
     if search is not None and search.get("status") != "converged":

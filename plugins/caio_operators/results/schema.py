@@ -29,6 +29,8 @@ SERVER_LATENCY_P95_MS = "server_latency_p95_ms"
 SERVER_LATENCY_P99_MS = "server_latency_p99_ms"
 SERVER_REQUEST_RATE_RPS = "server_request_rate_rps"
 CPU_UTILIZATION_PCT = "cpu_utilization_pct"
+HOST_CPU_PCT = "host_cpu_pct"
+HOST_OTHER_CPU_PCT = "host_other_cpu_pct"
 MEMORY_MB = "memory_mb"
 REPLICAS = "replicas"
 GPU_UTILIZATION_PCT = "gpu_utilization_pct"
@@ -53,6 +55,8 @@ METRICS: dict[str, str] = {
     SERVER_REQUEST_RATE_RPS: "requests handled per second by the server (all outcomes)",
     CPU_UTILIZATION_PCT: "CPU of one replica, mean over the interval (100 = one core busy); "
                          "dimension 'replica-<i>'",
+    HOST_CPU_PCT: "whole machine's CPU during a load run from this machine (100 = one core)",
+    HOST_OTHER_CPU_PCT: "CPU of processes other than the run's own on that machine",
     MEMORY_MB: "resident memory of one replica, mean over the interval; dimension 'replica-<i>'",
     REPLICAS: "replicas reporting samples in the interval",
     GPU_UTILIZATION_PCT: "GPU duty cycle per replica (cloud targets with GPUs only)",
@@ -136,6 +140,21 @@ RUNS: tuple[Column, ...] = (
     _c("slo_percentile", F64, "peak_search: the percentile the SLO applies to (e.g. 99)"),
     _c("peak_search", S, "peak_search: JSON with status (converged | budget), reason and each "
                          "step's rate, verdict, throughput, latency and error rate"),
+    _c("fingerprint", S, "hash of `benchmark`: verdicts compare only runs with the same one"),
+    _c("benchmark", S, "JSON: what the measurement depends on besides the model under test "
+                       "(target and its serving settings, the machine for target=local, "
+                       "signature, instances per request, payload, load shape and its knobs, "
+                       "workers, load runner, record sampling)"),
+    _c("host_cpu_pct", F64, "whole machine's CPU during a load run from this machine, mean "
+                            "(100 = one core); null when the load ran elsewhere (GKE)"),
+    _c("host_other_cpu_pct", F64, "CPU of processes other than this run's (its Locust, its "
+                                  "local server, its task) during the load, mean, % of a "
+                                  "core; above 10 the run is degraded"),
+    _c("overlapping_runs", S, "other caio runs whose load overlapped this one's on the same "
+                              "machine (comma-separated run ids; the run is degraded); empty "
+                              "when none"),
+    _c("monitoring_coverage", S, "cloud targets: 'complete' or 'partial: ...' (how far Cloud "
+                                 "Monitoring's points reached when harvested); null for local"),
 )
 
 TIMESERIES: tuple[Column, ...] = (
@@ -163,8 +182,14 @@ VERDICTS: tuple[Column, ...] = (
     _c("run_id", S, "run key (the candidate run)"),
     _c("baseline_run_id", S, "run compared with; null when there was none"),
     _c("baseline_rule", S, "how the baseline was chosen: 'previous' (the previous successful "
-                           "run of the same model and version) or 'version:<v>'"),
-    _c("verdict", S, "'regression' | 'improvement' | 'no change' | 'no baseline'"),
+                           "run of the same model, version and fingerprint), 'version:<v>' "
+                           "(the latest of version v with the same fingerprint), "
+                           "'run:<run_id>' (named) or 'sweep:<run_id>' (a sweep's first "
+                           "variant)"),
+    _c("verdict", S, "'regression' | 'improvement' | 'no change' | 'no baseline' | "
+                     "'no comparable baseline' (the reason names the nearest run and the "
+                     "fields that differ) | 'not comparable' (the named or sweep baseline "
+                     "measured another benchmark: the reason names the fields)"),
     _c("reason", S, "the figures behind the verdict, in words"),
     _c("percentile", S, "latency percentile judged: 'p50' | 'p95' | 'p99'"),
     _c("threshold_pct", F64, "relative change beyond which a difference counts, %"),

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caio_operators import storage
+from caio_operators.targets.signals import stop_on_signals
 
 log = logging.getLogger("caio_operators.targets.local_server")
 
@@ -160,43 +161,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--batch-max must be 0 (off) or more, got {args.batch_max}")
     if args.batch_timeout_ms < 0:
         parser.error(f"--batch-timeout-ms must be 0 or more, got {args.batch_timeout_ms}")
-
-
-# Signals ----------------------------------------------------------------------------------
-
-_wakeup: list[socket.socket] = []  # the wakeup socketpair lives as long as the process
-
-
-def stop_on_signals(stop: threading.Event, announce: bool = True) -> None:
-    """Set ``stop`` on SIGTERM or SIGINT (from the main thread only).
-
-    Python runs a signal handler in the main thread between two bytecodes, possibly while
-    that thread holds ``stop``'s own lock inside ``stop.wait()``; a handler calling
-    ``stop.set()`` can then wait for that lock forever (seen with two SIGTERMs in a row).
-    So the handlers do nothing: the signal's number reaches a thread through Python's
-    wakeup fd, and that thread sets ``stop``.
-    """
-    reader, writer = socket.socketpair()
-    writer.setblocking(False)
-    _wakeup.extend((reader, writer))
-    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, _noted_by_the_wakeup_fd)
-
-    def wait_for_signal() -> None:
-        while True:
-            number = reader.recv(1)[0]
-            if number in (signal.SIGTERM, signal.SIGINT):
-                break
-        if announce:
-            log.info("received %s; stopping", signal.Signals(number).name)
-        stop.set()
-
-    threading.Thread(target=wait_for_signal, name="signals", daemon=True).start()
-
-
-def _noted_by_the_wakeup_fd(signum, frame) -> None:
-    pass
 
 
 # Supervisor -------------------------------------------------------------------------------
@@ -345,6 +309,7 @@ class ConnectionBalancer:
                 self._stop.wait(ACCEPT_RETRY_S)
                 return
             with conn:  # the replica has its own copy once sent
+                self._read_all_reports()  # place it on counts that include every close
                 self._hand_off(conn)
 
     def _hand_off(self, conn: socket.socket) -> None:
@@ -389,6 +354,10 @@ class ConnectionBalancer:
             why = (f"no replica took a connection within {HANDOFF_WAIT_S:.0f} s" if busy
                    else "no replica is left to take connections")
             log.error("%s; closing new connections", why)
+
+    def _read_all_reports(self) -> None:
+        for index in range(len(self.channels)):
+            self._read_reports(index)
 
     def _read_reports(self, index: int) -> None:
         channel = self.channels[index]

@@ -34,6 +34,7 @@ from caio_operators.targets.batching import Batcher
 from caio_operators.targets.instances import STRING, SignatureInfo, TensorInfo
 from caio_operators.targets.records import SERVER_RECORD_COLUMNS, CsvBatchWriter
 from caio_operators.targets.serving_app import Reply, ServingApp, error_reply, reason
+from caio_operators.targets.signals import stop_on_signals
 
 log = logging.getLogger("caio_operators.targets.replica")
 
@@ -42,6 +43,13 @@ IDLE_TIMEOUT_S = 120  # an idle keep-alive connection is closed after this
 # bytes trickle in: a slow client (slowloris) gets a 408 instead of holding a thread.
 REQUEST_TIMEOUT_S = 30.0
 DRAIN_LIMIT = 64 * 2**20  # read and drop an oversized body up to this size to answer it cleanly
+# Lingering close (as nginx's lingering_close): after its last answer the server stops
+# sending and reads what the client still sends, for at most LINGER_S in all and
+# LINGER_READ_S per silence, before it closes. Closing with unread bytes would reset the
+# connection, and a client still sending (a slow one answered 408, a body refused with
+# 413) could lose the answer it was sent.
+LINGER_S = 5.0
+LINGER_READ_S = 2.0
 FLUSH_INTERVAL_S = 2.0
 ERROR_TEXT_LIMIT = 200
 # Received descriptors are close-on-exec like any socket Python opens.
@@ -130,8 +138,23 @@ def warm_up(infos: dict[str, SignatureInfo], predict) -> None:
 # HTTP -------------------------------------------------------------------------------------
 
 
+def lingering_close(sock: socket.socket) -> None:
+    """Half-close ``sock`` and drain its input (see LINGER_S); the caller then closes it."""
+    with contextlib.suppress(OSError):  # a reset or a timeout: nothing more to wait for
+        sock.shutdown(socket.SHUT_WR)
+        end = time.monotonic() + LINGER_S
+        while (left := end - time.monotonic()) > 0:
+            sock.settimeout(min(left, LINGER_READ_S))
+            if not sock.recv(65536):
+                return  # the client closed too: the answer was read or is in its buffer
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def shutdown_request(self, request) -> None:
+        lingering_close(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         exc = sys.exc_info()[1]
@@ -197,8 +220,10 @@ class HandoffServer(_Server):
             self.shutdown_request(conn)
 
     def shutdown_request(self, request) -> None:
-        super().shutdown_request(request)
+        # Reported first: the connection serves nothing more while it lingers, and once its
+        # descriptor is gone the supervisor's count is already right.
         self._report_closed()
+        super().shutdown_request(request)
 
     def _report_closed(self) -> None:
         with contextlib.suppress(OSError):  # the supervisor is gone: no one counts any more
@@ -475,8 +500,6 @@ def run(args: argparse.Namespace) -> int:
                          daemon=True)]
     for thread in threads:
         thread.start()
-    from caio_operators.targets.local_server import stop_on_signals
-
     stop_on_signals(stop, announce=False)  # from now on a signal stops the serving cleanly
     log.info("serving (admin port %d)", admin.server_port)
 

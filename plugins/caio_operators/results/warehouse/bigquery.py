@@ -42,11 +42,11 @@ from urllib.parse import parse_qs, urlparse
 import pandas as pd
 
 from caio_operators.results import schema as sc
-from caio_operators.results.warehouse import (
+from caio_operators.results.warehouse.base import (
     TABLES,
     WarehouseError,
-    _check_select,
-    _check_table,
+    check_select,
+    check_table,
     run_frames_as_arrow,
 )
 
@@ -397,7 +397,7 @@ class BigQueryWarehouse:
         return f"{self.project}.{self.dataset}"
 
     def table_id(self, table: str) -> str:
-        return f"{self.dataset_id}.{_check_table(table)}"
+        return f"{self.dataset_id}.{check_table(table)}"
 
     def _ref(self, table: str) -> str:
         return _backtick(self.table_id(table))
@@ -577,7 +577,7 @@ class BigQueryWarehouse:
 
         con = duckdb.connect(":memory:", config={"enable_external_access": False})
         try:
-            _check_select(con, sql)
+            check_select(con, sql)
             ctes = _cte_names(con, sql)
         finally:
             con.close()

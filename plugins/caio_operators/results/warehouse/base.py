@@ -1,0 +1,118 @@
+"""What every warehouse shares: the interface, its error, and the checks that keep SQL
+text free of values (allow-listed tables, one run per replace, one SELECT per query)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from caio_operators.results import schema as sc
+
+TABLES = tuple(sc.ALL_TABLES)  # the allow-list of table names
+SCHEMES = ("duckdb", "bigquery")
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse cannot do what was asked; the message says what and how to fix it."""
+
+
+class Warehouse(Protocol):
+    uri: str
+
+    def ensure_schema(self) -> None: ...
+
+    def replace_run(self, tables: Mapping[str, pd.DataFrame], run_id: str) -> dict[str, int]: ...
+
+    def replace_tables(self, tables: Mapping[str, pd.DataFrame], run_id: str
+                       ) -> dict[str, int]: ...
+
+    def read_run(self, run_id: str) -> dict[str, pd.DataFrame]: ...
+
+    def query(self, sql: str, params: Mapping[str, Any] | Any = None) -> pd.DataFrame: ...
+
+
+def check_table(name: str) -> str:
+    if name not in TABLES:
+        raise WarehouseError(f"unknown table {name!r}; allowed tables are {', '.join(TABLES)}")
+    return name
+
+
+def quote(identifier: str) -> str:
+    # identifiers come only from the schema module; quoting is belt and braces
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def check_one_run(name: str, frame, run_id: str) -> None:
+    if not len(frame):
+        return
+    if isinstance(frame, sc.BatchedTable):
+        ids = [frame.run_id]
+    elif isinstance(frame, pa.Table):
+        ids = pc.unique(frame["run_id"]).to_pylist() if "run_id" in frame.column_names else []
+    else:
+        ids = frame["run_id"].unique() if "run_id" in frame else []
+    if len(ids) != 1 or ids[0] != run_id:
+        raise WarehouseError(
+            f"table {name!r} holds rows for run_ids {list(ids)[:5]}, not only {run_id!r}; "
+            "replace_run writes exactly one run")
+
+
+def run_frames_as_arrow(tables, run_id: str, stream: bool = False) -> dict:
+    """Check ``tables`` (allow-listed names, rows of ``run_id`` only) and convert each to
+    Arrow with the schema's types: what every warehouse's ``replace_run`` loads.
+
+    ``stream``: a ``BatchedTable`` stays a ``RecordBatchReader`` (bounded memory)."""
+    if not run_id:
+        raise WarehouseError("replace_run needs a run_id")
+    arrow = {}
+    for name, frame in tables.items():
+        check_table(name)
+        check_one_run(name, frame, run_id)
+        arrow[name] = frame.reader() if stream and isinstance(frame, sc.BatchedTable) \
+            else sc.to_arrow(name, frame)
+    return arrow
+
+
+def check_select(con, sql: str) -> None:
+    """Reject anything but one SELECT over allow-listed tables (parsed, never executed)."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise WarehouseError(f"cannot parse query: {exc}") from exc
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise WarehouseError("query() runs exactly one SELECT statement")
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+    if tree.get("error"):
+        raise WarehouseError(f"cannot parse query: {tree.get('error_message')}")
+    tables, ctes, functions = set(), set(), set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "BASE_TABLE":
+                qualifier = node.get("schema_name") or node.get("catalog_name") or ""
+                name = node.get("table_name")
+                tables.add(name if qualifier in ("", "main") else f"{qualifier}.{name}")
+            elif node.get("type") == "TABLE_FUNCTION":
+                functions.add(str((node.get("function") or {}).get("function_name")))
+            for entry in (node.get("cte_map") or {}).get("map", []):
+                ctes.add(entry.get("key"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(tree)
+    if functions:
+        raise WarehouseError(f"query() does not allow table functions ({sorted(functions)})")
+    unknown = sorted(t for t in tables - ctes if t not in TABLES)
+    if unknown:
+        raise WarehouseError(
+            f"query names tables {unknown}; allowed tables are {', '.join(TABLES)}")
