@@ -17,12 +17,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 CONF ?= {}
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-faults lint lock clean bench bench-loadgen bench-serving
+.PHONY: help setup demo test test-faults test-compat lint lock clean bench bench-loadgen bench-serving
 
 help:
 	@echo "make demo   run caio_load_test end to end on this machine (local target)"
 	@echo "make test   lint + the test suite"
 	@echo "make test-faults   the fault-injection suite (README: Faults and bad input)"
+	@echo "make test-compat   the built wheel on the oldest supported Airflow (.compat/)"
 	@echo "make bench   every benchmark in bench/ one after another, then one summary table"
 	@echo "make bench-loadgen   load-generator efficiency and fidelity (bench/README.md; BENCH_ARGS='--seconds 15')"
 	@echo "make bench-serving   local serving efficiency against in-process predictions (BENCH_ARGS)"
@@ -62,6 +63,11 @@ test: setup lint
 test-faults: setup
 	$(BIN)/python -m pytest -m faults $(PYTEST_ARGS)
 
+# The built wheel, not the checkout, with the oldest Airflow and providers pyproject.toml
+# allows, in .compat/: the unit tests and one airflow dags test (.ci/test-compat).
+test-compat: $(STAMP)
+	.ci/test-compat
+
 # Uses nginx and wrk when they are on PATH (apt-get install -y nginx wrk); installs neither.
 BENCH_ARGS ?=
 bench-loadgen: $(STAMP)
@@ -84,4 +90,4 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --no-header requirements.in -o requirements.txt
 
 clean:
-	rm -rf $(VENV) .airflow .caio .pytest_cache .ruff_cache
+	rm -rf $(VENV) .airflow .caio .compat .pytest_cache .ruff_cache

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param
 
-from caio_operators import assets
+from caio_operators import assets, resources
 from caio_operators.operators import (
     HOST_POOL,
     LOAD_GKE,
@@ -57,7 +57,7 @@ from caio_operators.spec import param_schema
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = param_schema(
     local_root=os.environ.get("CAIO_HOME", str(REPO / ".caio")),
-    images_dir=os.environ.get("CAIO_IMAGES", str(REPO / "test_images")),
+    images_dir=os.environ.get("CAIO_IMAGES") or str(resources.find("test_images")),
 )
 _FORM_ONLY = ("default", "examples")
 

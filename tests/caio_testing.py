@@ -11,10 +11,24 @@ from pathlib import Path
 from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "plugins") not in sys.path:
+# CAIO_TEST_INSTALLED=1 (make test-compat): test the installed wheel, not plugins/.
+INSTALLED = os.environ.get("CAIO_TEST_INSTALLED") == "1"
+if not INSTALLED and str(REPO / "plugins") not in sys.path:
     sys.path.insert(0, str(REPO / "plugins"))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def dag_bag(folder: Path):
+    """Airflow's DagBag of ``folder`` (airflow.dag_processing.dagbag from Airflow 3.2,
+    airflow.models.dagbag before: make test-compat runs the oldest supported Airflow)."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ModuleNotFoundError:
+        from airflow.models.dagbag import DagBag
+    return DagBag(dag_folder=str(folder))
+
+
 # Every process the tests start inherits this mark, so the leak check below finds exactly
 # ours, including orphans re-parented to init, and nothing else running on the machine.
 SESSION_MARK = "CAIO_TEST_SESSION"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from caio_testing import dag_bag
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILES = sorted((REPO / "dags").glob("*.py"))
@@ -14,9 +15,7 @@ DAG_FILES = sorted((REPO / "dags").glob("*.py"))
 
 @pytest.fixture(scope="module")
 def dagbag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(REPO / "dags"))
+    return dag_bag(REPO / "dags")
 
 
 def test_no_import_errors(dagbag):

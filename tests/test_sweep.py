@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from caio_testing import REPO, measured, our_processes
+from caio_testing import REPO, dag_bag, measured, our_processes
 
 from caio_operators.spec import SpecError, make_run_id, param_schema, run_key
 from caio_operators.sweep import plan_sweep
@@ -150,9 +150,7 @@ def test_two_dates_run_twice_leave_one_row_per_run_key(airflow_home, tmp_path):
 
 
 def test_sweep_and_reports_dags():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO / "dags"))
+    bag = dag_bag(REPO / "dags")
     assert bag.import_errors == {}
     sweep = bag.dags["caio_version_sweep"]
     tasks = {t.task_id: t for t in sweep.tasks}

@@ -1,6 +1,7 @@
 """The wheel Cloud Composer installs carries what runs outside Python imports: the
-locustfile and its helpers, the Locust pods' Kustomize base and the dashboard template; and
-an installed package (no repository around it) finds and uses those packaged copies."""
+locustfile and its helpers, the Locust pods' Kustomize base, the dashboard template, the
+price table and the sample images of the default payload; and an installed package (no
+repository around it) finds and uses those packaged copies."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
+from caio_testing import INSTALLED
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,6 +28,9 @@ PACKAGED = {
     "caio_operators/resources/locust/manifests/master-service.yaml",
     "caio_operators/resources/locust/manifests/worker-deployment.yaml",
     "caio_operators/resources/dashboards/monitoring-template.json",
+    "caio_operators/resources/pricing/prices.json",
+    *(f"caio_operators/resources/test_images/{p.name}"
+      for p in (REPO / "test_images").iterdir() if p.suffix in (".jpg", ".png")),
 }
 
 PROBE = """
@@ -37,6 +44,7 @@ print(json.dumps({
     "locustfile": str(local.default_locustfile()),
     "template": str(dashboard.DEFAULT_TEMPLATE),
     "packaged": str(resources.PACKAGED),
+    "images": str(resources.find("test_images")),
     "master_port": base.master_port,
     "tiles": len(dashboard.render_dashboard(dashboard.dashboard_values({
         "project": "proj-1", "target": "caip", "model_name": "m", "model_version": "v1",
@@ -49,7 +57,8 @@ def test_the_wheel_ships_the_resources_and_the_installed_package_uses_them(tmp_p
     # Build from a copy: an in-tree build would leave build/ and egg-info in the repository.
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "locust", "dashboards"):
+    for name in ("pyproject.toml", "README.md", "locust", "dashboards", "pricing",
+                 "test_images"):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
         copy(REPO / name, src / name)
     shutil.copytree(REPO / "plugins" / "caio_operators", src / "plugins" / "caio_operators",
@@ -82,9 +91,11 @@ def test_the_wheel_ships_the_resources_and_the_installed_package_uses_them(tmp_p
     assert found["manifests"] == str(packaged / "locust" / "manifests")
     assert found["locustfile"] == str(packaged / "locust" / "locustfile.py")
     assert found["template"] == str(packaged / "dashboards" / "monitoring-template.json")
+    assert found["images"] == str(packaged / "test_images")
     assert found["master_port"] == 5557 and found["tiles"] > 0
 
 
+@pytest.mark.skipif(INSTALLED, reason="make test-compat tests the installed wheel, not a checkout")
 def test_a_checkout_uses_the_repository_copies():
     from caio_operators import resources
     from caio_operators.loadgen.gke import default_manifests_dir

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import psutil
+from caio_testing import INSTALLED
 
 HERE = Path(__file__).resolve().parent
 PLUGINS = HERE.parents[1] / "plugins"
@@ -40,6 +41,8 @@ def server_processes(pid: int) -> list[psutil.Process]:
 
 def python_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PLUGINS), env.get("PYTHONPATH")) if p)
+    if not INSTALLED:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(PLUGINS), env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env

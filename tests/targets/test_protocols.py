@@ -44,10 +44,43 @@ def test_base_url_with_prefix():
     ("/v1/models/m", "model_status", "tfserving"),
     ("/v1/models/m/versions/2", "model_status", "tfserving"),
     ("/v1/models/m:predict?x=1", "predict", "tfserving"),
+    ("/v1/models/m/metadata", "model_metadata", "tfserving"),
+    ("/v1/models/m/versions/2/metadata", "model_metadata", "tfserving"),
+    ("/v1/projects/p/locations/l/endpoints/9:rawPredict", "predict", "vertex"),
 ])
 def test_other_routes(path, kind, protocol):
     route = protocols.match_route(path)
     assert (route.kind, route.protocol) == (kind, protocol)
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/projects/p/models/m/versions/1:predict", "tfserving"),
+    ("/v1/projects/p/locations/l/endpoints/9:predict", "vertex"),
+    ("/v1/projects/p/locations/l/endpoints/9:rawPredict", "vertex_raw"),
+    ("/v1/models/m:predict", "tfserving"),
+])
+def test_each_predict_route_names_its_body_convention(path, body):
+    assert protocols.match_route(path).body == body
+
+
+@pytest.mark.parametrize(("args", "kwargs", "answer"), [
+    (("tfserving", 400, "m"), {}, (400, {"error": "m"})),
+    ((None, 404, "m"), {"path": "/v2/x"}, (404, {"error": "m"})),
+    ((None, 404, "m"), {"path": "/v1/projects/p/x?a=1"},
+     (404, {"error": {"code": 404, "message": "m", "status": "NOT_FOUND"}})),
+    (("vertex", 400, "m"), {},
+     (400, {"error": {"code": 400, "message": "m", "status": "INVALID_ARGUMENT"}})),
+    (("vertex", 400, "m"), {"prediction": True},
+     (400, {"error": {"code": 400, "message": "m", "status": "FAILED_PRECONDITION"}})),
+    (("vertex", 500, "m"), {"prediction": True},
+     (500, {"error": {"code": 500, "message": "m", "status": "INTERNAL"}})),
+    (("caip", 413, "m"), {},
+     (413, {"error": {"code": 413, "message": "m", "status": "INVALID_ARGUMENT"}})),
+    (("caip", 400, "m"), {"prediction": True}, (200, {"error": "Prediction failed: m"})),
+    (("caip", 500, "m"), {"prediction": True}, (200, {"error": "Prediction failed: m"})),
+])
+def test_error_answers(args, kwargs, answer):
+    assert protocols.error_answer(*args, **kwargs) == answer
 
 
 @pytest.mark.parametrize("path", ["/", "/v1/models", "/v1/models/m:classify",

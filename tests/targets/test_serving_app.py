@@ -172,7 +172,7 @@ def test_predict_single_and_multiple_outputs(app):
     assert named.body == reply.body
     reply, body = post(app, {"signature_name": "serving_preprocess",
                              "instances": [b64(b"IMG1")]},
-                       path="/v1/projects/p/locations/l/endpoints/9:predict")
+                       path="/v1/projects/p/locations/l/endpoints/9:rawPredict")
     assert body == {"predictions": [{"labels": ["cat", "dog"], "probabilities": [0.75, 0.25]}]}
 
 
@@ -220,7 +220,121 @@ def test_routes_without_prediction(app):
     assert reply.status == 405 and reply.allow == "POST" and reply.record
     assert app.handle("GET", "/nowhere", b"").status == 404
     wrong = app.handle("POST", "/v1/projects/p/models/m/versions/2:predict", b"{}")
-    assert wrong.status == 404 and "version '2'" in json.loads(wrong.body)["error"]
+    assert wrong.status == 404 and "version '2'" in json.loads(wrong.body)["error"]["message"]
+
+
+# the protocols' contracts ----------------------------------------------------------------
+
+CAIP = "/v1/projects/p/models/m/versions/1:predict"
+VERTEX = "/v1/projects/p/locations/l/endpoints/9:predict"
+VERTEX_RAW = "/v1/projects/p/locations/l/endpoints/9:rawPredict"
+TFSERVING = "/v1/models/m:predict"
+GIF = {"signature_name": "serving_preprocess", "instances": [b64(b"GIF")]}
+
+
+def google_error(status: int, code: str, message: str) -> dict:
+    return {"error": {"code": status, "message": message, "status": code}}
+
+
+# One failure of each origin (the request's form; the model server: unknown signature,
+# instances that do not fit, the model's rejection, the model's crash) on every protocol.
+FAILURES = [
+    ("malformed", b"{nope", 400, "request body is not valid JSON", False),
+    ("unknown signature", {"signature_name": "zzz", "instances": [1]}, 400,
+     "unknown signature_name 'zzz'", True),
+    ("bad instance", {"instances": [{"b64": "@@"}]}, 400, "images", True),
+    ("rejected", GIF, 400, "rejected the input of 'serving_preprocess'", True),
+    ("crash", {"signature_name": "broken", "instances": [1.0]}, 500,
+     "prediction failed: RuntimeError", True),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "fragment", "prediction"), FAILURES,
+                         ids=[f[0] for f in FAILURES])
+def test_each_protocol_answers_failures_in_its_documented_shape(
+        app, case, body, status, fragment, prediction):
+    # TF Serving: {"error": "<message>"} with the failure's HTTP status.
+    reply, tfs = post(app, body, TFSERVING)
+    assert reply.status == status and fragment in tfs["error"]
+    message = tfs["error"]
+    # Vertex AI (rawPredict passes TF Serving bodies): Google's shape; the model server's
+    # own 400s are FAILED_PRECONDITION.
+    reply, vertex = post(app, body, VERTEX_RAW)
+    code = ("FAILED_PRECONDITION" if prediction else "INVALID_ARGUMENT") if status == 400 \
+        else "INTERNAL"
+    assert (reply.status, vertex) == (status, google_error(status, code, message))
+    # AI Platform Prediction: a failed prediction is a 200 carrying the reason; a
+    # malformed request an HTTP error in Google's shape.
+    reply, caip = post(app, body, CAIP)
+    if prediction:
+        assert (reply.status, caip) == (200, {"error": "Prediction failed: " + message})
+    else:
+        assert (reply.status, caip) == (400, google_error(400, "INVALID_ARGUMENT", message))
+    # Each one is a failure in the server's records, whatever its HTTP status.
+    assert not reply.ok and reply.error == message and reply.record
+
+
+def test_unknown_google_resources_and_methods_get_google_errors(app):
+    for path in ("/v1/projects/p/locations/l/endpoints/9:explain", "/v1/projects/p/x"):
+        reply = app.handle("POST", path, b"{}")
+        error = json.loads(reply.body)["error"]
+        assert reply.status == 404 and error["status"] == "NOT_FOUND"
+        assert "no route" in error["message"]
+    reply = app.handle("GET", VERTEX, b"")
+    assert reply.status == 405 and json.loads(reply.body)["error"]["code"] == 405
+    reply = app.handle("POST", "/v1/projects/p/locations/l/endpoints/9/x:predict", b"{}")
+    assert json.loads(reply.body)["error"]["status"] == "NOT_FOUND"
+    assert json.loads(app.handle("GET", "/nowhere", b"").body)["error"].startswith("no route")
+
+
+def test_vertex_predict_takes_instances_and_parameters_and_names_the_ids(app):
+    image = np.full((2, 2, 3), 2.0).tolist()
+    reply, body = post(app, {"instances": [image], "parameters": {"k": 1}}, VERTEX)
+    assert reply.status == 200 and body == {
+        "predictions": [[2.0] * 4], "deployedModelId": "1",
+        "model": "projects/p/locations/l/models/m", "modelDisplayName": "m"}
+    for extra in ({"signature_name": "serving_default"}, {"inputs": {}}):
+        reply, body = post(app, {"instances": [image], **extra}, VERTEX)
+        assert reply.status == 400 and body["error"]["status"] == "INVALID_ARGUMENT"
+        assert f"Unknown name {next(iter(extra))!r}" in body["error"]["message"]
+        assert ":rawPredict" in body["error"]["message"]
+    reply, body = post(app, {"instances": [image], "parameters": [1]}, VERTEX)
+    assert reply.status == 400 and "'parameters' must be an object" in body["error"]["message"]
+
+
+def test_raw_predict_takes_the_body_or_googles_json_of_it(app):
+    tf_body = {"signature_name": "serving_preprocess", "instances": [b64(b"IMG1")]}
+    raw, raw_body = post(app, tf_body, VERTEX_RAW)
+    wrapped = {"httpBody": {"contentType": "application/json",
+                            "data": base64.b64encode(json.dumps(tf_body).encode()).decode()}}
+    reply, body = post(app, wrapped, VERTEX_RAW)
+    assert raw.status == reply.status == 200 and body == raw_body
+    assert body == {"predictions": [{"labels": ["cat", "dog"], "probabilities": [0.75, 0.25]}]}
+    reply, body = post(app, {"httpBody": {"data": "%%"}}, VERTEX_RAW)
+    assert reply.status == 400 and "httpBody.data is not base64" in body["error"]["message"]
+
+
+def test_tfserving_metadata_describes_every_signature(app):
+    for path in ("/v1/models/m/metadata", "/v1/models/m/versions/1/metadata"):
+        reply = app.handle("GET", path, b"")
+        assert reply.status == 200 and not reply.record
+        metadata = json.loads(reply.body)
+        assert metadata["model_spec"] == {"name": "m", "signature_name": "", "version": "1"}
+        defs = metadata["metadata"]["signature_def"]["signature_def"]
+        assert sorted(defs) == ["broken", "pair", "serving_default", "serving_preprocess"]
+        assert defs["serving_default"] == {
+            "inputs": {"images": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [
+                {"size": "-1", "name": ""}, {"size": "2", "name": ""},
+                {"size": "2", "name": ""}, {"size": "3", "name": ""}],
+                "unknown_rank": False}}},
+            "outputs": {"logits": {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [
+                {"size": "-1", "name": ""}, {"size": "4", "name": ""}],
+                "unknown_rank": False}}},
+            "method_name": "tensorflow/serving/predict"}
+        assert defs["serving_preprocess"]["inputs"]["bytes"]["dtype"] == "DT_STRING"
+        assert defs["pair"]["inputs"]["a"]["dtype"] == "DT_INT64"
+    reply = app.handle("GET", "/v1/models/m/versions/2/metadata", b"")
+    assert reply.status == 404 and "version '2'" in json.loads(reply.body)["error"]
 
 
 def test_model_error_text_drops_tf_boilerplate():

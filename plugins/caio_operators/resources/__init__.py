@@ -1,11 +1,13 @@
 """Files the package needs at run time besides its modules, shipped in the wheel for Cloud
 Composer: the locustfile and its helpers (``locust/``), the Kustomize base of the Locust
-pods (``locust/manifests/``) and the Monitoring dashboard template (``dashboards/``).
+pods (``locust/manifests/``), the Monitoring dashboard template (``dashboards/``), the
+default price table (``pricing/``) and the sample images of the default payload
+(``test_images/``), so that the DAG file plus the installed package is all a run needs.
 
-In a checkout, ``resources/locust`` and ``resources/dashboards`` are symlinks to the
-repository's top-level folders, which stay the sources of truth (the Locust image is built
-from ``locust/``); building the wheel copies their files in (package data in
-pyproject.toml), so an installed package finds them without the repository.
+In a checkout, ``resources/<name>`` are symlinks to the repository's top-level folders,
+which stay the sources of truth (the Locust image is built from ``locust/``); building the
+wheel copies their files in (package data in pyproject.toml), so an installed package
+finds them without the repository.
 """
 
 from __future__ import annotations

@@ -304,8 +304,8 @@ def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int)
         def _record(self, reply: Reply, ts: float, latency_s: float) -> None:
             if reply.record:
                 error = " ".join(reply.error.split())[:ERROR_TEXT_LIMIT]
-                timed = reply.status < 400
-                recorder.add((f"{ts:.6f}", f"{latency_s * 1000:.3f}", int(reply.status < 400),
+                timed = reply.ok
+                recorder.add((f"{ts:.6f}", f"{latency_s * 1000:.3f}", int(reply.ok),
                               reply.status, reply.signature, replica, reply.instances, error,
                               f"{reply.model_ms:.3f}" if timed else "",
                               f"{reply.queue_ms:.3f}" if timed else ""))
@@ -328,7 +328,7 @@ def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int)
                 self.close_connection = True
 
         def _reject(self, status: int, message: str, close: bool, ts: float, t0: float) -> None:
-            reply = error_reply(status, message)
+            reply = error_reply(status, message, path=getattr(self, "path", ""))
             self._record(reply, ts, time.perf_counter() - t0)
             self._write(reply, close=close)
 
