@@ -101,4 +101,5 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --no-header requirements.in -o requirements.txt
 
 clean:
+	-@test ! -x $(BIN)/python || $(BIN)/python -m caio_operators.localairflow stop $(DEPLOY_ARGS)
 	rm -rf $(VENV) .airflow .caio .pytest_cache .ruff_cache

@@ -132,6 +132,9 @@ class LocalAirflow:
         config = {
             "core": {"dags_folder": self.dags_folder, "executor": "LocalExecutor",
                      "load_examples": "False", "unit_test_mode": "False",
+                     # sweeps and the asset-triggered reports run without a click;
+                     # caio_load_test stays paused (is_paused_upon_creation, its schedule)
+                     "dags_are_paused_at_creation": "False",
                      # a 2-core laptop: a few task processes at once, not 32
                      "parallelism": "4",
                      "fernet_key": keys["fernet_key"],
