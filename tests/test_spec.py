@@ -182,3 +182,15 @@ def test_caip_with_local_load_and_duckdb_is_fine(schema):
 def test_the_form_offers_the_cloud_choices(schema):
     assert schema["target"]["enum"] == ["local", "endpoint", "vertex", "caip"]
     assert schema["load_runner"]["enum"] == ["local", "gke"]
+
+
+def test_fields_left_empty_let_the_trigger_form_trigger(tmp_path):
+    """Airflow's Trigger form marks a field of type "string" required and disables its
+    Trigger button while one is empty: the defaults themselves could not be triggered."""
+    schema = param_schema(tmp_path, tmp_path)
+    empty = [name for name, prop in schema.items() if prop["default"] == ""]
+    assert "labels_uri" in empty and "endpoint_url" in empty
+    assert all("null" in schema[name]["type"] for name in empty)
+    spec = validate_params({name: None for name in empty}, schema, dag_id="d",
+                           airflow_run_id="r")  # what a cleared field sends
+    assert all(getattr(spec, name) == "" for name in empty)
