@@ -111,7 +111,7 @@ def test_the_readmes_backfill_commands_work_as_written_and_again(api, today_take
     assert not our_processes()
 
 
-def test_a_sweep_runs_its_variants_one_after_another(api):
+def test_a_sweep_runs_one_task_at_a_time(api):
     conf = {"variants": [{"name": "one", "model_version": "s1"},
                          {"name": "two", "model_version": "s2"}],
             "model_name": "sweep", **QUICK}
@@ -123,12 +123,10 @@ def test_a_sweep_runs_its_variants_one_after_another(api):
     assert {t["map_index"] for t in tis if t["task_id"].startswith("variant.")} == {0, 1}
     spans = sorted((iso(t["start_date"]), iso(t["end_date"]), t["task_id"], t["map_index"])
                    for t in tis)
-    for before, after in pairwise(spans):  # one task at a time
+    # one task at a time, so each load had the machine to itself; a variant's whole chain
+    # before the other's is only the scheduler's priority, not asserted (README, Sweeps)
+    for before, after in pairwise(spans):
         assert before[1] <= after[0], (before, after)
-    # and a variant's whole chain before the other's first task
-    chains = sorted((min(s[0] for s in spans if s[3] == i), max(s[1] for s in spans if s[3] == i))
-                    for i in (0, 1))
-    assert chains[0][1] <= chains[1][0], chains
     rows = query(api.deployment, "SELECT model_version, status FROM runs "
                                  "WHERE model_name = 'sweep' ORDER BY 1")
     assert rows == [("s1", "success"), ("s2", "success")]
