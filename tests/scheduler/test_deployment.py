@@ -157,7 +157,9 @@ def test_a_load_task_marked_failed_leaves_no_process_and_the_run_harvested(api, 
     assert not our_processes()
     [(status, reason)] = query(api.deployment, "SELECT status, reason FROM runs "
                                                "WHERE model_name = 'kill'")
-    assert status == "failed" and "the load started but wrote no result" in reason, reason
+    # on_kill stopped Locust and the load wrote its result, or the task ended before it could
+    assert status == "failed", (status, reason)
+    assert reason.startswith(("stopped by request", "the load started but wrote no result")), reason
 
 
 def test_a_second_start_and_a_taken_port_are_refused_saying_what_to_do(api, tmp_path):
