@@ -32,7 +32,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -484,7 +483,7 @@ def _terminate(procs: list, grace_s: float) -> None:
 
 def api_json(url: str, *, method: str = "GET", body: Any = None, token: str | None = None,
              timeout: float = 30) -> Any:
-    """One JSON call to the REST API (stdlib only: the CLI runs before any client is set up)."""
+    """One JSON call to a local deployment's REST API (stdlib only)."""
     headers = {"Content-Type": "application/json", "Accept": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
