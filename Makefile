@@ -17,13 +17,16 @@ export PYTHONDONTWRITEBYTECODE := 1
 CONF ?= {}
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-faults test-compat lint lock clean bench bench-loadgen bench-serving
+.PHONY: help setup demo test test-faults test-compat test-scheduler lint lock clean bench bench-loadgen \
+  bench-serving airflow airflow-stop
 
 help:
 	@echo "make demo   run caio_load_test end to end on this machine (local target)"
 	@echo "make test   lint + the test suite"
 	@echo "make test-faults   the fault-injection suite (README: Faults and bad input)"
 	@echo "make test-compat   the built wheel on the oldest supported Airflow (.compat/)"
+	@echo "make test-scheduler   the DAGs under a real scheduler, REST API and browser (marker scheduler)"
+	@echo "make airflow   a local Airflow (UI, scheduler, PostgreSQL) on 127.0.0.1:AIRFLOW_PORT; make airflow-stop"
 	@echo "make bench   every benchmark in bench/ one after another, then one summary table"
 	@echo "make bench-loadgen   load-generator efficiency and fidelity (bench/README.md; BENCH_ARGS='--seconds 15')"
 	@echo "make bench-serving   local serving efficiency against in-process predictions (BENCH_ARGS)"
@@ -57,7 +60,7 @@ demo: setup
 	$(BIN)/python -m caio_operators.cli summary --warehouse "duckdb://$(CAIO_HOME)/warehouse.duckdb"
 
 test: setup lint
-	$(BIN)/python -m pytest -m "not faults" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not faults and not scheduler" $(PYTEST_ARGS)
 
 # Kills, full disks, races and abuse against real processes (tests/faults, marker faults).
 test-faults: setup
@@ -67,6 +70,26 @@ test-faults: setup
 # allows, in .compat/: the unit tests and one airflow dags test (.ci/test-compat).
 test-compat: $(STAMP)
 	.ci/test-compat
+
+# A real deployment per session in a temp home (tests/scheduler, marker scheduler); headless
+# Chromium for the Trigger form test (.ci/run installs Debian's chromium when missing).
+test-scheduler: $(STAMP)
+	$(BIN)/python -m pytest -m scheduler $(PYTEST_ARGS)
+
+# The local deployment (README: A local Airflow): api-server + UI, scheduler (LocalExecutor),
+# dag-processor, triggerer on PostgreSQL from the PostgreSQL wheel; its own home, so the
+# SQLite home of make demo stays as it is.
+AIRFLOW_PORT ?= 8080
+AIRFLOW_DB_PORT ?= 5433
+DEPLOY_ARGS = --home $(AIRFLOW_HOME)/deploy --dags-folder $(CURDIR)/dags --caio-home $(CAIO_HOME) \
+  --api-port $(AIRFLOW_PORT) --db-port $(AIRFLOW_DB_PORT) \
+  --port-hint 'make airflow AIRFLOW_PORT=<port> AIRFLOW_DB_PORT=<port>'
+airflow: $(STAMP)
+	@mkdir -p $(CAIO_HOME)
+	@$(BIN)/python -m caio_operators.localairflow start $(DEPLOY_ARGS)
+
+airflow-stop: $(STAMP)
+	@$(BIN)/python -m caio_operators.localairflow stop $(DEPLOY_ARGS)
 
 # Uses nginx and wrk when they are on PATH (apt-get install -y nginx wrk); installs neither.
 BENCH_ARGS ?=
@@ -91,3 +114,6 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .airflow .caio .compat .pytest_cache .ruff_cache
+
+	-@test ! -x $(BIN)/python || $(BIN)/python -m caio_operators.localairflow stop $(DEPLOY_ARGS)
+	rm -rf $(VENV) .airflow .caio .pytest_cache .ruff_cache

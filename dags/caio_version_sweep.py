@@ -61,7 +61,8 @@ with DAG(
     max_active_tasks=PARALLEL,
     tags=["caio", "benchmark", "ml-serving", "sweep"],
     # "upstream": a variant's next stage outranks the next variant's first one, so with one
-    # task at a time each variant's chain runs to its end before the next variant starts
+    # task at a time a variant's chain mostly runs to its end before the next variant
+    # starts (a priority, not a guarantee: README, Sweeps)
     default_args={"owner": "caio", "retries": 0, "retry_delay": timedelta(seconds=30),
                   "weight_rule": "upstream"},
     params={

@@ -224,3 +224,15 @@ def test_a_baseline_run_that_does_not_exist_fails_validate_with_its_name(schema,
         validate(baseline_run_id="tiny-v1-kept", baseline_version="v0", warehouse=wh.uri)
     with pytest.raises(SpecError, match="baseline_run_id='Bad Id!'"):
         validate(baseline_run_id="Bad Id!", warehouse=wh.uri)
+
+
+def test_fields_left_empty_let_the_trigger_form_trigger(tmp_path):
+    """Airflow's Trigger form marks a field of type "string" required and disables its
+    Trigger button while one is empty: the defaults themselves could not be triggered."""
+    schema = param_schema(tmp_path, tmp_path)
+    empty = [name for name, prop in schema.items() if prop["default"] == ""]
+    assert "labels_uri" in empty and "endpoint_url" in empty
+    assert all("null" in schema[name]["type"] for name in empty)
+    spec = validate_params({name: None for name in empty}, schema, dag_id="d",
+                           airflow_run_id="r")  # what a cleared field sends
+    assert all(getattr(spec, name) == "" for name in empty)

@@ -1,5 +1,6 @@
-"""Sweeps and scheduled runs: variant planning, run keys, and real `airflow dags test` runs
-(a two-variant sweep ranked and reported; two dates run twice, one row per run key)."""
+"""Sweeps and scheduled runs: variant planning, run keys, and a real `airflow dags test`
+sweep ranked and reported. Dates run twice under the scheduler (one row per run key):
+tests/scheduler/test_deployment.py."""
 
 from __future__ import annotations
 
@@ -122,30 +123,6 @@ def test_sweep_of_two_variants_ranks_them_and_writes_both_reports(airflow_home, 
     verdicts = dict(_query(warehouse, "SELECT v.verdict, r.model_version FROM verdicts v "
                                       "JOIN runs r USING (run_id)"))
     assert verdicts["improvement"] == "tiny"
-    assert not our_processes()
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_two_dates_run_twice_leave_one_row_per_run_key(airflow_home, tmp_path):
-    """What `airflow backfill create` does per date, without a scheduler: the DAG run of a
-    logical date, run again, replaces its rows."""
-    warehouse = tmp_path / "wh.duckdb"
-    conf = json.dumps({"model_name": "m", "model_version": "daily",
-                       "model_source": "builtin:tiny", "load_shape": "constant", "users": 2,
-                       "duration_s": 5, "replicas": 1, "bucket": f"file://{tmp_path}/bucket",
-                       "warehouse": f"duckdb://{warehouse}"})
-    for _ in range(2):
-        for date in ("2026-03-01", "2026-03-02"):
-            _dags_test(airflow_home, "caio_load_test", date, "--conf", conf)
-    rows = _query(warehouse, "SELECT run_id, count(*) FROM runs GROUP BY run_id ORDER BY 1")
-    assert [n for _, n in rows] == [1, 1]
-    assert [r for r, _ in rows] == ["m-daily-2026-03-01t00-00-00-00-00",
-                                    "m-daily-2026-03-02t00-00-00-00-00"]
-    assert _query(warehouse, "SELECT count(*) FROM verdicts")[0][0] == 2
-    per_run = _query(warehouse, "SELECT count(DISTINCT run_id), count(*) FROM requests "
-                                "WHERE source = 'client'")[0]
-    assert per_run[0] == 2
     assert not our_processes()
 
 

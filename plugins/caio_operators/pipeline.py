@@ -296,6 +296,9 @@ def run_meta(spec: RunSpec, export_info: dict[str, Any] | None,
     layout = spec.layout
     if storage.exists(layout.load_result_uri):
         load = json.loads(storage.read_text(layout.load_result_uri))
+    elif storage.exists(layout.config_uri):  # written as the load starts
+        load = {"status": "failed", "reason": "the load started but wrote no result: its task "
+                "was killed, marked failed or timed out (see its log)"}
     else:
         load = {"status": "failed", "reason": "the load did not run (an upstream task failed)"}
     load = with_server_fate(load, deployment)

@@ -52,6 +52,10 @@ class SpecError(ValueError):
         )
 
 
+#: The JSON type of a string param whose empty default means "not set" (see param_schema).
+OPTIONAL_STRING = ["string", "null"]
+
+
 def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Every knob of a run as ``name -> JSON schema`` (with ``default`` and ``section``).
 
@@ -65,7 +69,7 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
     store = "Storage"
     cloud = "Google Cloud"
     compare = "Comparison and cost"
-    return {
+    schema = {
         "model_name": {
             "default": "resnet101", "type": "string", "pattern": _IDENT, "section": model,
             "title": "Model name",
@@ -410,6 +414,12 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "description": "Price-table machine that prices target=local; empty: cost 0.",
         },
     }
+    # An empty default means "not set". The Trigger form marks a field of type "string"
+    # required and will not trigger while it is empty, so these also accept null, read as "".
+    for prop in schema.values():
+        if prop["default"] == "" and prop["type"] == "string":
+            prop["type"] = list(OPTIONAL_STRING)
+    return schema
 
 
 @dataclass(frozen=True)
@@ -755,7 +765,8 @@ def validate_params(
     known = set(schema)
     merged = {name: prop["default"] for name, prop in schema.items()}
     unknown = sorted(set(params) - known)
-    merged.update({k: v for k, v in params.items() if k in known})
+    merged.update({k: "" if v is None and schema[k]["type"] == OPTIONAL_STRING else v
+                   for k, v in params.items() if k in known})
     problems = [f"{k}: unknown parameter (accepted: {', '.join(sorted(known))})"
                 for k in unknown]
     problems += _schema_problems(merged, schema)

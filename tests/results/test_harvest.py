@@ -164,3 +164,19 @@ def test_a_corrupt_histogram_file_is_skipped(small_run, meta, warehouse_uri):
     result = harvest_run(small_run, meta, warehouse_uri)
     assert result["skipped_files"] == [bad]
     assert result["figures"]["p50_ms"] == 30.079
+
+
+def test_a_load_stopped_before_its_result_is_told_from_one_that_never_ran(tmp_path, repo):
+    """A load task killed or marked failed mid-run writes no result.json: its row must not
+    say the load never ran (what the scheduler tier's mark-failed case first showed)."""
+    from caio_operators.pipeline import run_meta
+    from caio_operators.spec import param_schema, validate_params
+
+    spec = validate_params({"bucket": f"file://{tmp_path}/bucket"},
+                           param_schema(tmp_path, repo / "test_images"), dag_id="d",
+                           airflow_run_id="r")
+    assert "did not run" in run_meta(spec, None)["reason"]
+    storage.write_text(spec.layout.config_uri, "{}")  # what the load writes as it starts
+    meta = run_meta(spec, None)
+    assert meta["status"] == "failed"
+    assert meta["reason"].startswith("the load started but wrote no result")

@@ -1,0 +1,50 @@
+"""One real local deployment per session (``caio_operators.localairflow``, what ``make
+airflow`` starts) on free ports in a temporary home: PostgreSQL, api-server, scheduler with
+the LocalExecutor, dag-processor, triggerer."""
+
+from __future__ import annotations
+
+import pytest
+from caio_testing import REPO
+from scheduler_helpers import Api, wait_until
+
+from caio_operators.localairflow import LocalAirflow, free_port, marked_processes
+
+DAGS = ("caio_load_test", "caio_reports", "caio_version_sweep")
+
+
+@pytest.fixture(scope="session")
+def api(tmp_path_factory) -> Api:
+    root = tmp_path_factory.mktemp("deployment")
+    deployment = LocalAirflow(home=root / "airflow", dags_folder=REPO / "dags",
+                              caio_home=root / "caio", api_port=free_port(), db_port=free_port())
+    deployment.start()  # stops what it started if it fails
+    try:
+        client = Api(deployment)
+        wait_until(lambda: _parsed(client), 180,
+                   lambda: f"DAGs parsed: {[d['dag_id'] for d in client.get('/dags')['dags']]}")
+        yield client
+    finally:
+        deployment.stop()
+        left = marked_processes(deployment.home)
+        assert not left, f"left running after make airflow-stop: {[p.cmdline() for p in left]}"
+
+
+def _parsed(client: Api) -> bool:
+    return set(DAGS) <= {d["dag_id"] for d in client.get("/dags")["dags"]}
+
+
+@pytest.fixture(scope="session")
+def today_taken(api) -> None:
+    """Unpausing caio_load_test starts today's scheduled run with the default params
+    (ResNet101 for 80 s: minutes of this tier's time). The scheduler never creates a second
+    run of a date, so a run of today's date takes its place (the README's "unless a run of
+    that date exists already"): marked failed while the DAG is paused, none of its tasks
+    ever runs (they end skipped)."""
+    dag = api.get("/dags/caio_load_test")
+    if not dag["is_paused"]:
+        return
+    run_id = "placeholder-for-today"
+    api.call("POST", "/dags/caio_load_test/dagRuns",
+             {"dag_run_id": run_id, "logical_date": dag["next_dagrun_logical_date"], "conf": {}})
+    api.call("PATCH", f"/dags/caio_load_test/dagRuns/{run_id}", {"state": "failed"})
