@@ -75,7 +75,17 @@ def start_cloud_reporting(environment: Any, cfg: dict[str, Any]) -> None:
         atexit.register(_publish_at_exit, publish_uri, options)
         log.info("caio: Locust's CSV/HTML go to %s at exit", publish_uri)
     if cfg.get("cloud_logging"):
-        gevent.spawn(_cloud_log_loop, environment, cfg, cfg["cloud_logging"])
+        # The client is made here, at init, before any user starts: importing the client
+        # library and finding credentials take seconds in which no greenlet runs, and in the
+        # loop they froze the master mid-test (a short shape ran out before any spawn).
+        try:
+            client = _logging_client()
+        except Exception as exc:
+            log.error("caio: Cloud Logging is off for this run: cannot create the client "
+                      "(%s: %s); the load goes on without log-based metrics",
+                      type(exc).__name__, exc)
+            return
+        gevent.spawn(_cloud_log_loop, environment, cfg, cfg["cloud_logging"], client)
 
 
 def _publish_at_exit(publish_uri: str, options: Any) -> None:
@@ -120,24 +130,16 @@ def _logging_client() -> Any:
     return caio_load.make_logging_client()
 
 
-def _cloud_log_loop(environment: Any, cfg: dict[str, Any], settings: dict[str, Any]) -> None:
+def _cloud_log_loop(environment: Any, cfg: dict[str, Any], settings: dict[str, Any],
+                    client: Any) -> None:
     """Every ``interval_s`` while users run, one batch of entries (one per signature)."""
     interval = float(settings["interval_s"])
-    client = None
     written = 0
     while True:
         gevent.sleep(interval)
         runner = environment.runner
         if runner is None or runner.state not in (STATE_SPAWNING, STATE_RUNNING):
             continue
-        try:
-            if client is None:
-                client = _logging_client()
-        except Exception as exc:
-            log.error("caio: Cloud Logging is off for this run: cannot create the client "
-                      "(%s: %s); the load goes on without log-based metrics",
-                      type(exc).__name__, exc)
-            return
         try:
             payloads = caio_load.log_payloads(
                 test_id=cfg["test_id"], model=cfg.get("model", ""),

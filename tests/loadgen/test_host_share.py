@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import psutil
 import pytest
 from conftest import PredictServer
 
@@ -63,7 +64,14 @@ def test_a_load_beside_a_cpu_burner_is_degraded_with_its_share(tmp_path, images_
     from caio_operators import pipeline
     from caio_operators.spec import param_schema, validate_params
 
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # Someone else's process: started through a parent that exits at once, so it is no
+    # descendant of this one (the launcher counts its own process tree as the run's).
+    burner = psutil.Process(int(subprocess.run(
+        [sys.executable, "-c", "import subprocess, sys; print(subprocess.Popen([sys.executable, "
+         "'-c', 'while True: pass'], start_new_session=True, stdout=subprocess.DEVNULL, "
+         "stderr=subprocess.DEVNULL).pid)"],
+        capture_output=True, text=True, check=True, timeout=30).stdout))
+    assert burner.pid not in {p.pid for p in psutil.Process().children(recursive=True)}
     try:
         with PredictServer(error_every=0, fail_every=0) as server:
             params = {"model_name": "tiny", "model_version": "shared", "target": "endpoint",
@@ -77,7 +85,7 @@ def test_a_load_beside_a_cpu_burner_is_degraded_with_its_share(tmp_path, images_
             pipeline.run_load(spec, deployment)
     finally:
         burner.kill()
-        burner.wait(10)
+        burner.wait(10)  # psutil waits for a process that is not its child too
     pipeline.harvest(spec, deployment=deployment)
 
     with duckdb.connect(f"{tmp_path}/wh.duckdb", read_only=True) as con:
