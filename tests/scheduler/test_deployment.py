@@ -9,15 +9,18 @@ import sys
 from itertools import pairwise
 
 import pytest
-from caio_testing import our_processes
+from caio_testing import measured, our_processes
 from scheduler_helpers import QUICK, iso, query, readme_commands, states, wait_until
 
+from caio_operators.analysis.compare import NO_BASELINE
 from caio_operators.localairflow import DeploymentError, free_port
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
 
-LOAD_TEST_TASKS = {"validate", "export", "deploy", "prepare_metrics", "load", "undeploy",
-                   "harvest", "analyse"}
+LOAD_TEST_TASKS = {"validate", "export", "deploy", "prepare_metrics", "choose_load", "load",
+                   "undeploy", "harvest", "analyse"}
+# Locust runs here: choose_load skips the GKE load (issue 12's host pool)
+LOAD_TEST_STATES = {**dict.fromkeys(LOAD_TEST_TASKS, "success"), "load_gke": "skipped"}
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +34,19 @@ def triggered(api, today_taken) -> dict:
 def test_a_triggered_run_runs_every_task_in_its_own_process(api, triggered):
     assert triggered["state"] == "success", triggered
     tis = api.task_instances("caio_load_test", triggered["dag_run_id"])
-    assert states(tis) == dict.fromkeys(LOAD_TEST_TASKS, "success")
+    assert states(tis) == LOAD_TEST_STATES
     # the LocalExecutor ran each task in a process of its own, none in the scheduler's
-    pids = {t["pid"] for t in tis}
+    pids = {t["pid"] for t in tis if t["state"] == "success"}
     assert len(pids) == len(LOAD_TEST_TASKS) and None not in pids
     # XCom through the execution API: deploy's Deployment reached load and undeploy
     xcom = api.get(f"/dags/caio_load_test/dagRuns/{triggered['dag_run_id']}/taskInstances/"
                    "deploy/xcomEntries/return_value")
     assert "http://127.0.0.1:" in str(xcom["value"])
 
-    [(run_id, status, dag_id, requests)] = query(
-        api.deployment, "SELECT run_id, status, dag_id, requests FROM runs "
+    [(run_id, status, reason, dag_id, requests)] = query(
+        api.deployment, "SELECT run_id, status, reason, dag_id, requests FROM runs "
                         "WHERE model_name = 'sched' AND model_version = 't1'")
-    assert status == "success" and dag_id == "caio_load_test" and requests > 0
+    assert measured(status, reason) and dag_id == "caio_load_test" and requests > 0, reason
     [(client, server)] = query(api.deployment, "SELECT count(*) FILTER (source = 'client'), "
                                "count(*) FILTER (source = 'server') FROM requests "
                                "WHERE run_id = ?", [run_id])
@@ -87,20 +90,27 @@ def test_the_readmes_backfill_commands_work_as_written_and_again(api, today_take
     run(commands[0])
     api.wait_backfills_done("caio_load_test")
 
-    rows = query(api.deployment, "SELECT run_id, count(*), min(status), max(harvested_at) "
-                                 "FROM runs WHERE model_name = 'readme' GROUP BY run_id "
-                                 "ORDER BY run_id")
+    rows = query(api.deployment, "SELECT run_id, count(*), min(status), max(harvested_at), "
+                                 "min(reason) FROM runs WHERE model_name = 'readme' "
+                                 "GROUP BY run_id ORDER BY run_id")
     keys = [f"readme-{v}-2026-11-0{d}t00-00-00-00-00" for v in ("v1", "v2") for d in (1, 2)]
     assert [r[0] for r in rows] == keys and {r[1] for r in rows} == {1}, rows
-    assert {r[2] for r in rows} == {"success"}
-    for run_id, _, _, harvested_at in rows:  # v1 replaced by the second run, v2 kept
+    assert all(measured(r[2], r[4]) for r in rows), rows
+    for run_id, _, _, harvested_at, _ in rows:  # v1 replaced by the second run, v2 kept
         assert (harvested_at > first[run_id]) == ("-v1-" in run_id), (run_id, first)
     per_key = query(api.deployment, "SELECT run_id, count(*) FROM verdicts "
                                      "WHERE run_id LIKE 'readme-%' GROUP BY run_id")
     assert sorted(per_key) == [(k, 1) for k in keys]
-    baselines = query(api.deployment, "SELECT baseline_rule, baseline_run_id FROM verdicts "
-                                      "WHERE run_id LIKE 'readme-v2-%'")
-    assert all(rule == "version:v1" and base.startswith("readme-v1-") for rule, base in baselines)
+    baselines = query(api.deployment, "SELECT baseline_rule, baseline_run_id, verdict "
+                                      "FROM verdicts WHERE run_id LIKE 'readme-v2-%'")
+    # v2 is judged against a successful v1 run; a v1 run this shared machine degraded (the
+    # deployment's own processes count as others) is no baseline, and the verdict says so
+    usable = {r[0] for r in rows if "-v1-" in r[0] and r[2] == "success"}
+    for rule, base, verdict in baselines:
+        if usable:
+            assert rule == "version:v1" and base in usable, (rule, base, verdict)
+        else:
+            assert verdict == NO_BASELINE, (rule, base, verdict)
 
     # one Airflow run per date, last re-run with v1's conf, as a backfill
     airflow_runs = api.get("/dags/caio_load_test/dagRuns", logical_date_gte="2026-11-01T00:00:00Z",
@@ -119,17 +129,17 @@ def test_a_sweep_runs_one_task_at_a_time(api):
     assert run["state"] == "success", run
     tis = [t for t in api.task_instances("caio_version_sweep", run["dag_run_id"])
            if t["start_date"]]
-    assert set(states(tis).values()) == {"success"}
+    assert set(states(tis).values()) <= {"success", "skipped"}  # a GKE load is skipped
     assert {t["map_index"] for t in tis if t["task_id"].startswith("variant.")} == {0, 1}
     spans = sorted((iso(t["start_date"]), iso(t["end_date"]), t["task_id"], t["map_index"])
-                   for t in tis)
+                   for t in tis if t["state"] != "skipped")
     # one task at a time, so each load had the machine to itself; a variant's whole chain
     # before the other's is only the scheduler's priority, not asserted (README, Sweeps)
     for before, after in pairwise(spans):
         assert before[1] <= after[0], (before, after)
-    rows = query(api.deployment, "SELECT model_version, status FROM runs "
+    rows = query(api.deployment, "SELECT model_version, status, reason FROM runs "
                                  "WHERE model_name = 'sweep' ORDER BY 1")
-    assert rows == [("s1", "success"), ("s2", "success")]
+    assert [r[0] for r in rows] == ["s1", "s2"] and all(measured(*r[1:]) for r in rows), rows
     assert list((api.deployment.caio_home / "bucket" / "sweeps").glob("*/comparison.html"))
     assert not our_processes()
 
