@@ -85,8 +85,12 @@ def test_the_readmes_backfill_commands_work_as_written_and_again(api, today_take
     for argv in commands:
         run(argv)
     api.wait_backfills_done("caio_load_test")
-    first = dict(query(api.deployment, "SELECT run_id, harvested_at FROM runs "
-                                       "WHERE model_name = 'readme'"))
+    before = query(api.deployment, "SELECT run_id, harvested_at, status FROM runs "
+                                   "WHERE model_name = 'readme'")
+    first = {run_id: harvested_at for run_id, harvested_at, _ in before}
+    # the v1 runs v2 could be judged against: successful when v2 ran (a v1 run this shared
+    # machine degraded, the deployment's own processes counting as others, is no baseline)
+    usable = {run_id for run_id, _, status in before if "-v1-" in run_id and status == "success"}
     run(commands[0])
     api.wait_backfills_done("caio_load_test")
 
@@ -103,9 +107,6 @@ def test_the_readmes_backfill_commands_work_as_written_and_again(api, today_take
     assert sorted(per_key) == [(k, 1) for k in keys]
     baselines = query(api.deployment, "SELECT baseline_rule, baseline_run_id, verdict "
                                       "FROM verdicts WHERE run_id LIKE 'readme-v2-%'")
-    # v2 is judged against a successful v1 run; a v1 run this shared machine degraded (the
-    # deployment's own processes count as others) is no baseline, and the verdict says so
-    usable = {r[0] for r in rows if "-v1-" in r[0] and r[2] == "success"}
     for rule, base, verdict in baselines:
         if usable:
             assert rule == "version:v1" and base in usable, (rule, base, verdict)
