@@ -4,7 +4,7 @@ text free of values (allow-listed tables, one run per replace, one SELECT per qu
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 import pandas as pd
@@ -78,6 +78,22 @@ def run_frames_as_arrow(tables, run_id: str, stream: bool = False) -> dict:
     return arrow
 
 
+def sql_tree(con: Any, sql: str) -> dict[str, Any]:
+    """DuckDB's parse tree of ``sql`` as JSON (parsed, never executed)."""
+    return json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+
+
+def tree_nodes(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object of a parse tree, depth first."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from tree_nodes(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from tree_nodes(value)
+
+
 def check_select(con, sql: str) -> None:
     """Reject anything but one SELECT over allow-listed tables (parsed, never executed)."""
     import duckdb
@@ -88,28 +104,18 @@ def check_select(con, sql: str) -> None:
         raise WarehouseError(f"cannot parse query: {exc}") from exc
     if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
         raise WarehouseError("query() runs exactly one SELECT statement")
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
+    tree = sql_tree(con, sql)
     if tree.get("error"):
         raise WarehouseError(f"cannot parse query: {tree.get('error_message')}")
     tables, ctes, functions = set(), set(), set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("type") == "BASE_TABLE":
-                qualifier = node.get("schema_name") or node.get("catalog_name") or ""
-                name = node.get("table_name")
-                tables.add(name if qualifier in ("", "main") else f"{qualifier}.{name}")
-            elif node.get("type") == "TABLE_FUNCTION":
-                functions.add(str((node.get("function") or {}).get("function_name")))
-            for entry in (node.get("cte_map") or {}).get("map", []):
-                ctes.add(entry.get("key"))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(tree)
+    for node in tree_nodes(tree):
+        if node.get("type") == "BASE_TABLE":
+            qualifier = node.get("schema_name") or node.get("catalog_name") or ""
+            name = node.get("table_name")
+            tables.add(name if qualifier in ("", "main") else f"{qualifier}.{name}")
+        elif node.get("type") == "TABLE_FUNCTION":
+            functions.add(str((node.get("function") or {}).get("function_name")))
+        ctes.update(entry.get("key") for entry in (node.get("cte_map") or {}).get("map", []))
     if functions:
         raise WarehouseError(f"query() does not allow table functions ({sorted(functions)})")
     unknown = sorted(t for t in tables - ctes if t not in TABLES)

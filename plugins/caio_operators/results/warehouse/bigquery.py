@@ -48,6 +48,8 @@ from caio_operators.results.warehouse.base import (
     check_select,
     check_table,
     run_frames_as_arrow,
+    sql_tree,
+    tree_nodes,
 )
 
 log = logging.getLogger(__name__)
@@ -600,20 +602,5 @@ class BigQueryWarehouse:
 
 
 def _cte_names(con: Any, sql: str) -> set[str]:
-    import json
-
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchall()[0][0])
-    names: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for entry in (node.get("cte_map") or {}).get("map", []):
-                names.add(str(entry.get("key")).lower())
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(tree)
-    return names
+    return {str(entry.get("key")).lower() for node in tree_nodes(sql_tree(con, sql))
+            for entry in (node.get("cte_map") or {}).get("map", [])}
