@@ -15,7 +15,8 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 # make demo CONF='{"users": 4, "duration_s": 40}'  overrides any param of caio_load_test.
 CONF ?= {}
-PYTEST_ARGS ?=
+# the slowest tests of each tier are listed at its end (CI keeps them in its log)
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: help setup demo test test-faults test-compat test-scheduler lint lock clean bench bench-loadgen \
   bench-serving airflow airflow-stop

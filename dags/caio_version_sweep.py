@@ -10,10 +10,12 @@ with its own run id, folders and ports. `compare` judges every variant against t
 ranks them by max req/s under the SLO, prices them and writes the comparison report
 (`<bucket>/sweeps/<sweep>/comparison.html`) and the history report.
 
-Variants run one at a time (runs sharing a machine distort each other): the DAG runs one
-task at a time. Set `CAIO_SWEEP_PARALLEL` in the Airflow environment to allow more: the
-variants' exports and loads of this machine still wait in the `caio_host` pool (one at a
-time, also across DAGs), while GKE loads and cloud deploys then run side by side.
+Variants run one after another (runs sharing a machine distort each other): each
+variant's `wait_turn` waits until the previous variant's chain has ended, and the DAG runs
+one task at a time. Set `CAIO_SWEEP_PARALLEL` in the Airflow environment to allow more:
+then `wait_turn` passes at once, the variants' exports and loads of this machine still wait
+in the `caio_host` pool (one at a time, also across DAGs), while GKE loads and cloud
+deploys run side by side.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from caio_operators.operators import (
     PlanSweepOperator,
     RunLoadTestOperator,
     UndeployModelOperator,
+    WaitForPreviousVariantSensor,
 )
 from caio_operators.spec import param_schema
 
@@ -60,9 +63,7 @@ with DAG(
     max_active_runs=1,
     max_active_tasks=PARALLEL,
     tags=["caio", "benchmark", "ml-serving", "sweep"],
-    # "upstream": a variant's next stage outranks the next variant's first one, so with one
-    # task at a time a variant's chain mostly runs to its end before the next variant
-    # starts (a priority, not a guarantee: README, Sweeps)
+    # "upstream": a variant's next stage outranks the other variants' waiting gates
     default_args={"owner": "caio", "retries": 0, "retry_delay": timedelta(seconds=30),
                   "weight_rule": "upstream"},
     params={
@@ -86,6 +87,10 @@ with DAG(
 
     @task_group(group_id="variant")
     def variant(spec):
+        # pokes every 10 s between the previous variant's tasks, holding no slot meanwhile
+        turn = WaitForPreviousVariantSensor(
+            task_id="wait_turn", spec=spec, sequential=PARALLEL == 1, poke_interval=10,
+            timeout=timedelta(days=3).total_seconds())
         export = ExportServingModelOperator(
             task_id="export", spec=spec, pool=HOST_POOL,
             execution_timeout=timedelta(minutes=30))
@@ -112,7 +117,7 @@ with DAG(
                        "map_indexes=ti.map_index) | tojson }}",
             trigger_rule="all_done", execution_timeout=timedelta(hours=1),
             outlets=assets.HARVESTED)
-        export >> deploy >> prepare >> choose_load >> [load, load_gke]
+        turn >> export >> deploy >> prepare >> choose_load >> [load, load_gke]
         load >> undeploy.as_teardown(setups=deploy)
         load_gke >> undeploy
         undeploy >> harvest

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from caio_testing import REPO, dag_bag, measured, our_processes
 
+from caio_operators.operators.sweep import VARIANT_LAST_TASK, WaitForPreviousVariantSensor
 from caio_operators.spec import SpecError, make_run_id, param_schema, run_key
 from caio_operators.sweep import plan_sweep
 
@@ -63,6 +65,35 @@ def test_plan_reports_every_bad_variant_at_once(schema):
         plan_sweep({"variants": []}, schema, dag_id="d", airflow_run_id="r")
 
 
+class _TaskStates:
+    """The task instance's side of ``get_task_states``: literal states, the calls kept."""
+
+    def __init__(self, map_index: int, states: dict[str, str]) -> None:
+        self.map_index, self.states, self.calls = map_index, states, []
+
+    def get_task_states(self, **query):
+        self.calls.append(query)
+        return {"r1": self.states}
+
+
+@pytest.mark.parametrize(("index", "states", "passes"), [
+    (0, {}, True),                                              # the first variant: no wait
+    (1, {f"{VARIANT_LAST_TASK}_0": "running"}, False),
+    (1, {}, False),                                             # not even created yet
+    (1, {f"{VARIANT_LAST_TASK}_0": "failed"}, True),            # ended, in any state
+    (2, {f"{VARIANT_LAST_TASK}_1": "success"}, True),
+    (2, {f"{VARIANT_LAST_TASK}_1": "up_for_retry"}, False),
+])
+def test_a_variant_waits_until_the_previous_variants_chain_ended(index, states, passes):
+    gate = WaitForPreviousVariantSensor(task_id="wait_turn", spec={})
+    ti = _TaskStates(index, states)
+    assert gate.poke({"ti": ti, "run_id": "r1"}) is passes
+    assert all(c["task_ids"] == [VARIANT_LAST_TASK] and c["run_ids"] == ["r1"]
+               and c["map_index"] == index - 1 for c in ti.calls)
+    parallel = WaitForPreviousVariantSensor(task_id="wait_turn", spec={}, sequential=False)
+    assert parallel.poke({"ti": _TaskStates(index, {}), "run_id": "r1"}) is True
+
+
 # --- real Airflow runs -------------------------------------------------------------------------
 
 def _env(home: Path) -> dict[str, str]:
@@ -94,6 +125,18 @@ def _query(warehouse: Path, sql: str):
         return con.execute(sql).fetchall()
 
 
+def assert_variants_ran_one_after_another(airflow_db: Path) -> None:
+    """Variant 1's chain starts after variant 0's ended (its gate's pokes aside)."""
+    with sqlite3.connect(airflow_db) as con:
+        rows = con.execute(
+            "SELECT task_id, map_index, start_date, end_date FROM task_instance "
+            "WHERE dag_id = 'caio_version_sweep' AND task_id LIKE 'variant.%' "
+            "AND task_id != 'variant.wait_turn' AND state != 'skipped'").fetchall()
+    first_end = max(end for _, index, _, end in rows if index == 0)
+    second_start = min(start for _, index, start, _ in rows if index == 1)
+    assert first_end <= second_start, sorted(rows, key=lambda r: r[2])
+
+
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_sweep_of_two_variants_ranks_them_and_writes_both_reports(airflow_home, tmp_path):
@@ -105,6 +148,7 @@ def test_sweep_of_two_variants_ranks_them_and_writes_both_reports(airflow_home, 
         "replicas": 1, "workers": 1, "local_machine_type": "e2-standard-4",
         "bucket": f"file://{bucket}", "warehouse": f"duckdb://{warehouse}"}
     _dags_test(airflow_home, "caio_version_sweep", "--conf", json.dumps(conf))
+    assert_variants_ran_one_after_another(airflow_home / "airflow.db")
 
     runs = {version: rps for version, rps, status, reason in _query(
         warehouse, "SELECT model_version, throughput_rps, status, reason FROM runs")
@@ -135,6 +179,9 @@ def test_sweep_and_reports_dags():
             "variant.harvest", "compare"} <= set(tasks)
     assert tasks["variant.deploy"].is_setup and tasks["variant.undeploy"].is_teardown
     assert sweep.max_active_tasks == 1  # one variant at a time by default
+    turn = tasks["variant.wait_turn"]  # ... and each variant after the previous one's chain
+    assert turn.downstream_task_ids == {"variant.export"} and turn.mode == "reschedule"
+    assert turn.sequential and VARIANT_LAST_TASK in tasks
     # and, whatever CAIO_SWEEP_PARALLEL allows, one load of this machine at a time
     assert tasks["variant.load"].pool == tasks["variant.export"].pool == "caio_host"
     assert tasks["variant.load_gke"].pool == "default_pool"

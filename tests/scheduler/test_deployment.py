@@ -122,7 +122,7 @@ def test_the_readmes_backfill_commands_work_as_written_and_again(api, today_take
     assert not our_processes()
 
 
-def test_a_sweep_runs_one_task_at_a_time(api):
+def test_a_sweep_runs_one_task_and_one_variant_at_a_time(api):
     conf = {"variants": [{"name": "one", "model_version": "s1"},
                          {"name": "two", "model_version": "s2"}],
             "model_name": "sweep", **QUICK}
@@ -134,10 +134,12 @@ def test_a_sweep_runs_one_task_at_a_time(api):
     assert {t["map_index"] for t in tis if t["task_id"].startswith("variant.")} == {0, 1}
     spans = sorted((iso(t["start_date"]), iso(t["end_date"]), t["task_id"], t["map_index"])
                    for t in tis if t["state"] != "skipped")
-    # one task at a time, so each load had the machine to itself; a variant's whole chain
-    # before the other's is only the scheduler's priority, not asserted (README, Sweeps)
+    # one task at a time, so each load had the machine to itself ...
     for before, after in pairwise(spans):
         assert before[1] <= after[0], (before, after)
+    # ... and variant 1's chain after variant 0's (its wait_turn gate's pokes aside)
+    chain = [s for s in spans if s[2].startswith("variant.") and s[2] != "variant.wait_turn"]
+    assert max(s[1] for s in chain if s[3] == 0) <= min(s[0] for s in chain if s[3] == 1), spans
     rows = query(api.deployment, "SELECT model_version, status, reason FROM runs "
                                  "WHERE model_name = 'sweep' ORDER BY 1")
     assert [r[0] for r in rows] == ["s1", "s2"] and all(measured(*r[1:]) for r in rows), rows

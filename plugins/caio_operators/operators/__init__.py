@@ -16,6 +16,7 @@ from caio_operators.operators.sweep import (
     CompareSweepOperator,
     HistoryReportOperator,
     PlanSweepOperator,
+    WaitForPreviousVariantSensor,
 )
 from caio_operators.operators.validate import ValidateRunSpecOperator
 
@@ -35,4 +36,5 @@ __all__ = [
     "RunLoadTestOperator",
     "UndeployModelOperator",
     "ValidateRunSpecOperator",
+    "WaitForPreviousVariantSensor",
 ]

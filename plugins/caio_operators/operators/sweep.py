@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, BaseSensorOperator
 
 from caio_operators.spec import run_key
+
+#: a variant's chain ends with this task (its trigger rule is all_done: it always ends)
+VARIANT_LAST_TASK = "variant.harvest"
+#: states after which a task instance does not run again in this DAG run
+_ENDED = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
 
 class PlanSweepOperator(BaseOperator):
@@ -31,6 +36,40 @@ class PlanSweepOperator(BaseOperator):
                           spec["model_name"], spec["model_version"], spec["model_source"],
                           spec["target"], spec["replicas"], spec["machine_type"])
         return specs
+
+
+class WaitForPreviousVariantSensor(BaseSensorOperator):
+    """First task of a sweep variant: wait until the previous variant's chain has ended.
+
+    The scheduler's priorities only ask for a variant's chain to finish before the next one
+    starts (and ``airflow dags test`` runs stage by stage: every export, then every deploy),
+    so a variant's deployed server could sit beside the other's load. This gate makes the
+    order a rule: variant *i* starts once variant *i-1*'s last task has ended, in whatever
+    state. It reschedules between pokes, so it holds no task slot while it waits.
+    With ``sequential=False`` (``CAIO_SWEEP_PARALLEL`` > 1) it passes at once.
+    """
+
+    template_fields = ("spec",)
+    ui_color = "#fdf3e1"
+
+    def __init__(self, *, spec: dict[str, Any] | Any, sequential: bool = True,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("mode", "reschedule")
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.sequential = sequential
+
+    def poke(self, context) -> bool:
+        index = context["ti"].map_index
+        if not self.sequential or index is None or index <= 0:
+            return True
+        states = context["ti"].get_task_states(
+            dag_id=self.dag_id, task_ids=[VARIANT_LAST_TASK], run_ids=[context["run_id"]],
+            map_index=index - 1)
+        state = states.get(context["run_id"], {}).get(f"{VARIANT_LAST_TASK}_{index - 1}")
+        self.log.info("variant %s waits for variant %s (%s: %s)", index, index - 1,
+                      VARIANT_LAST_TASK, state)
+        return state in _ENDED
 
 
 class CompareSweepOperator(BaseOperator):
