@@ -306,7 +306,9 @@ class LocalAirflow:
             if _signal_group(pid, signal.SIGTERM):
                 stopped.append(f"{name} (pid {pid})")
         _wait_groups_gone(list(airflow.values()), grace_s)
-        for pid in airflow.values():
+        for name, pid in airflow.items():
+            if _group_alive(pid):
+                stopped.append(f"{name} still running {grace_s:.0f} s after SIGTERM: killed")
             _signal_group(pid, signal.SIGKILL)
         left = [p for p in marked_processes(self.home) if _pgid(p.pid) != pids.get("postgres")]
         if left:

@@ -4,6 +4,8 @@ the LocalExecutor, dag-processor, triggerer."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 from caio_testing import REPO
 from scheduler_helpers import Api, wait_until
@@ -25,7 +27,9 @@ def api(tmp_path_factory) -> Api:
                    lambda: f"DAGs parsed: {[d['dag_id'] for d in client.get('/dags')['dags']]}")
         yield client
     finally:
-        deployment.stop()
+        stopped = deployment.stop()
+        if any("killed" in what for what in stopped):  # shown in the warnings summary
+            warnings.warn(f"the deployment's stop needed kills: {stopped}", stacklevel=1)
         left = marked_processes(deployment.home)
         assert not left, f"left running after make airflow-stop: {[p.cmdline() for p in left]}"
 
