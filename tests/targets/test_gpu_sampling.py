@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import pathlib
 import subprocess
 import sys
 import time
@@ -204,3 +205,36 @@ def test_gpus_enter_the_benchmark_only_when_there_are_any():
         "x86_64 x16 cpus, NVIDIA H100 80GB HBM3, NVIDIA H100 80GB HBM3")
     assert "local_gpus" not in benchmark_fields({**params, "local_gpus": ""}, machine)
     assert benchmark_fields({**params, "local_gpus": "0"}, machine)["local_gpus"] == "0"
+
+
+@pytest.mark.slow
+def test_a_real_server_pins_its_replicas_and_still_samples_cpu(tiny_model_dir, tmp_path):
+    """local_gpus='none' on this GPU-less machine: each replica's environment hides every
+    GPU, the log says once that there are no GPU samples, CPU samples go on."""
+    import psutil
+    import requests
+
+    from caio_operators.targets.local import LocalTarget
+
+    target = LocalTarget()
+    deployment = target.deploy(
+        model_uri=str(tiny_model_dir), model_name="tiny", model_version="3", replicas=2,
+        server_dir=str(tmp_path / "server"), max_lifetime_s=300, startup_timeout_s=240,
+        gpus="none")
+    try:
+        assert requests.get(deployment["health_url"], timeout=10).status_code == 200
+        for pid in deployment["replica_pids"]:
+            env = psutil.Process(pid).environ()
+            assert env["CUDA_VISIBLE_DEVICES"] == ""
+            assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+        samples = tmp_path / "server" / "samples"
+        deadline = time.monotonic() + 15
+        while not list(samples.glob("samples-*.csv")) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert list(samples.glob("samples-*.csv"))
+    finally:
+        target.undeploy(deployment)
+    log = pathlib.Path(deployment["log_path"]).read_text()
+    assert "GPUs hidden from the replicas (local_gpus=none)" in log
+    assert log.count("no GPU samples:") == 1
+    assert not list((tmp_path / "server" / "gpu").glob("*.csv"))
