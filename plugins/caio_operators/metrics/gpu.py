@@ -74,9 +74,9 @@ def inventory(nvml: Any | None = None) -> dict[str, Any]:
     provenance; empty values when there is no GPU or no NVML."""
     nvml = nvml if nvml is not None else load_nvml()
     count, _ = start_nvml(nvml)
-    if not count:
-        return {"driver": "", "devices": []}
     try:
+        if not count:
+            return {"driver": "", "devices": []}
         driver = _text(nvml.nvmlSystemGetDriverVersion())
         devices = []
         for index in range(count):
@@ -89,7 +89,8 @@ def inventory(nvml: Any | None = None) -> dict[str, Any]:
         log.warning("cannot read the GPU inventory from NVML: %s", exc)
         return {"driver": "", "devices": []}
     finally:
-        stop_nvml(nvml)
+        if nvml is not None:
+            stop_nvml(nvml)
 
 
 def parse_gpus(text: str, device_count: int) -> list[int] | None:
@@ -216,6 +217,8 @@ class LocalGpus:
             if why:
                 raise ValueError(f"{exc} ({why})") from None
             raise
+        if nvml is not None and not count:
+            stop_nvml(nvml)  # nothing to sample: release NVML at once
         return cls(nvml if count else None, count, why, devices, replicas)
 
     def env(self, replica: int, base: Mapping[str, str]) -> dict[str, str]:
