@@ -133,3 +133,18 @@ def test_gpu_timeseries_pure_rules():
     }
     assert gpu.peak_gpu_pct(rows) == 50.0
     assert math.isnan(gpu.peak_gpu_pct(sc.empty_frame("timeseries")))
+
+
+def test_unpinned_samples_read_back_as_device_dimensions(tmp_path):
+    """A sample file of replicas that share every GPU (empty replica column)."""
+    directory = tmp_path / "gpu"
+    directory.mkdir()
+    (directory / "gpu-000000.csv").write_text(
+        ",".join(nvml_gpu.SAMPLE_COLUMNS) + "\n"
+        "5.2,,0,12.5,100.0,1000.0,70.0\n5.9,,0,37.5,300.0,1000.0,\n")
+    samples = gpu.read_gpu_samples(storage.to_uri(directory))
+    rows = gpu.gpu_timeseries("r", samples)
+    assert set(rows["dimension"]) == {"gpu-0"}
+    by_metric = dict(zip(rows["metric"], rows["value"], strict=True))
+    assert by_metric == {sc.GPU_UTILIZATION_PCT: 25.0, sc.GPU_MEMORY_USED_MB: 200.0,
+                         sc.GPU_MEMORY_TOTAL_MB: 1000.0, sc.GPU_POWER_W: 70.0}
