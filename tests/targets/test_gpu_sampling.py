@@ -88,6 +88,14 @@ def test_each_replica_gets_its_own_cuda_visible_devices(text, replicas, expected
         == "false"
 
 
+def test_a_replica_started_later_follows_the_same_rule():
+    """A replica index beyond the first ones (a restart or a scale-out) is pinned too."""
+    gpus = LocalGpus.open("0,1", replicas=2, nvml=two_gpus())
+    assert [gpus.env(i, {})["CUDA_VISIBLE_DEVICES"] for i in (2, 3, 4)] == ["0", "1", "0"]
+    hidden = LocalGpus.open("none", replicas=1, nvml=two_gpus())
+    assert hidden.env(5, {})["CUDA_VISIBLE_DEVICES"] == ""
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("2", r"local_gpus='2': no GPU \[2\] on this machine \(NVML sees 2\)"),
     ("gpu0", r"local_gpus='gpu0': accepted: '' \(not pinned\), 'none', 'all'"),

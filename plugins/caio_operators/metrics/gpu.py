@@ -114,11 +114,14 @@ def parse_gpus(text: str, device_count: int) -> list[int] | None:
     return list(dict.fromkeys(devices))
 
 
+def device_of(replica: int, devices: Sequence[int] | None) -> int | None:
+    """Replica ``replica``'s device: round-robin over ``devices``; None: not pinned."""
+    return devices[replica % len(devices)] if devices else None
+
+
 def replica_devices(replicas: int, devices: Sequence[int] | None) -> dict[int, int | None]:
-    """Replica index -> its device (round-robin over ``devices``); None: not pinned."""
-    if not devices:
-        return {index: None for index in range(replicas)}
-    return {index: devices[index % len(devices)] for index in range(replicas)}
+    """Replica index -> its device, for replicas 0..replicas-1."""
+    return {index: device_of(index, devices) for index in range(replicas)}
 
 
 def replica_env(device: int | None, devices: Sequence[int] | None) -> dict[str, str]:
@@ -226,7 +229,8 @@ class LocalGpus:
         # TensorFlow takes almost all of a GPU's memory by default: two replicas on one
         # device would fail. Growing on demand lets them share it (the user may say otherwise).
         env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-        env.update(replica_env(self.assignment[replica], self.devices))
+        # any index: a replica started later (a restart, a scale-out) follows the same rule
+        env.update(replica_env(device_of(replica, self.devices), self.devices))
         return env
 
     def describe(self) -> str:
