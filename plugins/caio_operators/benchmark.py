@@ -54,10 +54,15 @@ HOST = "host"
 
 def host_of(provenance: Mapping[str, Any] | None) -> str | None:
     """The serving machine of a target=local run as the fingerprint sees it: architecture
-    and CPU count (a host name would make every Composer worker pod a new benchmark)."""
+    and CPU count, and its GPU models when it has any (a host name would make every Composer
+    worker pod a new benchmark)."""
     if not provenance:
         return None
-    return f"{provenance.get('machine')} x{provenance.get('cpu_count')} cpus"
+    host = f"{provenance.get('machine')} x{provenance.get('cpu_count')} cpus"
+    gpus = (provenance.get("gpus") or {}).get("devices") or []
+    if gpus:  # a machine without GPUs keeps the fingerprint it had before they were recorded
+        host += ", " + ", ".join(str(d.get("name")) for d in gpus)
+    return host
 
 
 def benchmark_fields(params: Mapping[str, Any], provenance: Mapping[str, Any] | None = None
@@ -71,6 +76,8 @@ def benchmark_fields(params: Mapping[str, Any], provenance: Mapping[str, Any] | 
     names = [*_COMMON, *_TARGET.get(target, ()), *_SHAPE.get(shape, ())]
     if target == "local" and (params.get("server_batch_max") or 0) > 1:
         names.append("server_batch_timeout_ms")
+    if target == "local" and params.get("local_gpus"):  # absent or empty: as before GPUs
+        names.append("local_gpus")
     if shape == "open_rate":
         names += _RATE_PROFILE.get(params.get("rate_profile"), ())
     out = {name: _norm(params.get(name)) for name in dict.fromkeys(names)}

@@ -117,6 +117,7 @@ def deploy(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
             server_dir=str(storage.local_path(spec.layout.server_dir)),
             threads_per_replica=spec.server_threads, max_lifetime_s=lifetime,
             batch_max=spec.server_batch_max, batch_timeout_ms=spec.server_batch_timeout_ms,
+            gpus=spec.local_gpus,
         )
     else:
         deployment = target.deploy(url=spec.endpoint_url, protocol=spec.protocol)

@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 import caio_operators
+from caio_operators.metrics import gpu
 
 _PACKAGES = ("apache-airflow", "locust", "tensorflow", "tensorflow-hub", "pandas", "duckdb")
 
@@ -43,7 +44,8 @@ def git_sha() -> str | None:
 
 
 def collect() -> dict:
-    """Versions, machine and git sha as a JSON-able dict (no imports of the packages)."""
+    """Versions, machine, GPUs (model and driver from NVML; empty without) and git sha as a
+    JSON-able dict (no imports of the packages but NVML's bindings)."""
     return {
         "caio_operators": caio_operators.__version__,
         "packages": {name: _version(name) for name in _PACKAGES},
@@ -53,4 +55,5 @@ def collect() -> dict:
         "hostname": platform.node(),
         "cpu_count": os.cpu_count(),
         "git_sha": git_sha(),
+        "gpus": gpu.inventory(),
     }

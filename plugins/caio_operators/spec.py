@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from caio_operators.layout import RunLayout, model_uri
+from caio_operators.metrics.gpu import PATTERN as GPU_PATTERN
 
 TARGETS = ("local", "endpoint", "vertex", "caip")
 CLOUD_TARGETS = ("vertex", "caip")
@@ -137,6 +138,13 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
             "title": "Batching wait (ms)",
             "description": "With server_batch_max > 1: how long the oldest queued request "
                            "waits for others to fill its model call.",
+        },
+        "local_gpus": {
+            "default": "", "type": "string", "section": deploy, "title": "GPUs (local)",
+            "description": "Local server: the GPUs the replicas use. Empty: not pinned (each "
+                           "sees every GPU); none: CPU only; all, or NVML indices like 0,1: "
+                           "replica i runs on device i mod n (CUDA_VISIBLE_DEVICES). Their "
+                           "utilisation, memory and power are sampled (docs/gpu.md).",
         },
         "load_shape": {
             "default": "staircase", "type": "string", "enum": list(LOAD_SHAPES), "section": load,
@@ -494,6 +502,7 @@ class RunSpec:
     local_machine_type: str = ""
     server_batch_max: int = 0
     server_batch_timeout_ms: float = 2.0
+    local_gpus: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -647,6 +656,7 @@ def _rule_problems(p: Mapping[str, Any]) -> list[str]:
     if p["server_batch_max"] > 1 and p["target"] != "local":
         problems.append(f"server_batch_max={p['server_batch_max']}: only the local model "
                         f"server batches (target is {p['target']!r}); leave it 0")
+    problems += _gpu_problems(p)
     if p["load_shape"] == "staircase":
         if p["step_users"] > p["users"]:
             problems.append(f"step_users={p['step_users']}: larger than users={p['users']} "
@@ -688,6 +698,17 @@ def _open_loop_problems(p: Mapping[str, Any]) -> list[str]:
                             f"with window_s={p['window_s']} (accepted: >= 4 x window_s; "
                             "a search usually needs 20 x or more)")
     return problems
+
+
+def _gpu_problems(p: Mapping[str, Any]) -> list[str]:
+    gpus = p["local_gpus"] or ""
+    if gpus and p["target"] != "local":
+        return [f"local_gpus={gpus!r}: only the local model server is pinned to GPUs "
+                f"(target is {p['target']!r}; cloud targets: accelerator_type); leave it empty"]
+    if not re.match(GPU_PATTERN, gpus):
+        return [f"local_gpus={gpus!r}: not a GPU choice (accepted: empty, none, all, or "
+                "device indices like 0,1)"]
+    return []
 
 
 _CLOUD_PATTERNS = {

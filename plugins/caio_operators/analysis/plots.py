@@ -119,6 +119,33 @@ def memory_plot(timeseries: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def gpu_plot(timeseries: pd.DataFrame) -> bytes:
+    """GPU utilisation and memory per replica/device over time (local: NVML per pinned
+    replica or shared device; cloud: the accelerators' duty cycle), memory total dashed.
+
+    Every report has it: a run without GPU series says so (no GPU, or no NVML: docs/gpu.md).
+    """
+    t0 = _t0(timeseries)
+    metrics = set(timeseries["metric"].unique()) if not timeseries.empty else set()
+    if not metrics & {sc.GPU_UTILIZATION_PCT, sc.GPU_MEMORY_USED_MB}:
+        fig, (ax,) = _figure(height=2.0)  # one short box, not two pages of empty axes
+        _no_data(ax, "no GPU series in this run (no GPU used, or no NVML)")
+        return _png(fig)
+    fig, (util, memory) = _figure(2)
+    if _per_dimension(util, timeseries, sc.GPU_UTILIZATION_PCT, t0, "% duty cycle",
+                      "GPU utilisation per replica/device", "no GPU utilisation series"):
+        util.set_ylim(0, 105)
+    drawn = _per_dimension(memory, timeseries, sc.GPU_MEMORY_USED_MB, t0, "MB",
+                           "GPU memory used per replica/device (total dashed)",
+                           "no GPU memory series (cloud: not harvested)")
+    if drawn:
+        for dim, frame in _series(timeseries, sc.GPU_MEMORY_TOTAL_MB, t0).items():
+            memory.plot(frame["x"], frame["value"], linestyle="--", linewidth=0.8,
+                        color="0.5", label=f"{dim} total")
+        memory.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
 def latency_plot(timeseries: pd.DataFrame) -> bytes:
     """Client vs server latency (p50, p95, p99) over time."""
     t0 = _t0(timeseries)
@@ -271,6 +298,7 @@ PLOTS: Sequence[tuple[str, str, Callable[[pd.DataFrame], bytes]]] = (
     ("peak_search", "Peak search: every window and step verdict", peak_search_plot),
     ("cpu", "CPU and GPU utilisation per replica; CPU per Locust worker", cpu_plot),
     ("memory", "Memory per replica", memory_plot),
+    ("gpu", "GPU utilisation and memory per replica/device", gpu_plot),
 )
 
 

@@ -91,6 +91,8 @@ def _figures_table(s: Mapping[str, Any]) -> str:
         ("duration", f"{_fmt(s.get('duration_s'))} s"),
         ("peak CPU (busiest replica)", f"{_fmt(s.get('peak_cpu_pct'), '{:.0f}')} % of a core"),
         ("peak memory", f"{_fmt(s.get('peak_memory_mb'), '{:.0f}')} MB"),
+        ("peak GPU utilisation (busiest GPU)",
+         f"{_fmt(s.get('peak_gpu_pct'), '{:.0f}')} % duty cycle"),
         ("max CPU (busiest Locust worker)",
          f"{_fmt(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core"),
         ("machine CPU during the load (all / other processes)",

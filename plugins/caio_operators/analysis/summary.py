@@ -36,7 +36,8 @@ FIGURE_FIELDS = ("run_id", "dag_id", "status", "reason", "target", "protocol", "
                  "users", "workers", "replicas", "started_at", "ended_at", "duration_s",
                  "requests", "failures", "error_rate", "throughput_rps", "p50_ms", "p90_ms",
                  "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms", "server_p50_ms",
-                 "server_p99_ms", "peak_cpu_pct", "peak_memory_mb", "max_worker_cpu_pct",
+                 "server_p99_ms", "peak_cpu_pct", "peak_memory_mb", "peak_gpu_pct",
+                 "max_worker_cpu_pct",
                  "generator_saturated", "max_sustainable_rps", "slo_ms", "slo_percentile",
                  "fingerprint", "host_cpu_pct", "host_other_cpu_pct", "overlapping_runs",
                  "monitoring_coverage")
@@ -264,6 +265,7 @@ def summary_text(summary: Mapping[str, Any]) -> str:
         "",
         f"peak CPU    {_num(s.get('peak_cpu_pct'), '{:.0f}')} % of a core (busiest replica)  "
         f"peak memory {_num(s.get('peak_memory_mb'), '{:.0f}')} MB",
+        f"peak GPU    {_num(s.get('peak_gpu_pct'), '{:.0f}')} % duty cycle (busiest GPU)",
         f"load gen    max worker CPU {_num(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core "
         f"(busiest Locust worker)",
         f"machine     CPU during the load {_num(s.get('host_cpu_pct'), '{:.0f}')} % of a core, "

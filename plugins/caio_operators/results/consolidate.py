@@ -524,6 +524,8 @@ def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFr
         **benchmark_columns(meta.get("params"), meta.get("provenance")),
         # runs loaded from this machine: filled from the load's host file (metrics/host.py)
         "host_cpu_pct": math.nan, "host_other_cpu_pct": math.nan, "overlapping_runs": "",
+        # every target: filled from the finished timeseries (results/gpu.py)
+        "peak_gpu_pct": math.nan,
     })
     frame = pd.DataFrame([row])
     for col in ("started_at", "ended_at", "harvested_at"):

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from caio_operators import storage
 from caio_operators.layout import RunLayout
 from caio_operators.metrics import host as hostload
-from caio_operators.results import hdr, peak
+from caio_operators.results import gpu, hdr, peak
 from caio_operators.results import schema as sc
 from caio_operators.results.consolidate import apply_histograms, build_tables
 from caio_operators.results.readers import read_run_inputs
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 KEY_FIGURES = ("status", "reason", "requests", "failures", "error_rate", "throughput_rps",
                "p50_ms", "p95_ms", "p99_ms", "server_p50_ms", "peak_cpu_pct", "duration_s",
                "max_worker_cpu_pct", "generator_saturated", "max_sustainable_rps",
-               "host_other_cpu_pct", "overlapping_runs", "fingerprint")
+               "host_other_cpu_pct", "overlapping_runs", "fingerprint", "peak_gpu_pct")
 
 
 def parquet_bytes(table: str, frame: pd.DataFrame | sc.BatchedTable) -> bytes:
@@ -141,7 +141,9 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
     figures and per-interval series) come from them (``consolidate.apply_histograms``). The
     workers' CPU samples (``<run>/load/workers``) flag a saturated load generator
     (``runs.generator_saturated``). A peak search's ``<run>/load/peak/search.json`` gives
-    the ``max_sustainable_rps`` columns and ``peak_*`` series (``results/peak.py``).
+    the ``max_sustainable_rps`` columns and ``peak_*`` series (``results/peak.py``). The
+    local server's GPU samples (``<run>/server/gpu``) give the ``gpu_*`` series, and the
+    finished series ``runs.peak_gpu_pct`` (``results/gpu.py``).
 
     Returns a small dict: run_id, row counts, table URIs, key figures, skipped files,
     ``latency_source`` ("histograms" or "records") and the seconds spent.
@@ -172,6 +174,11 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
             [tables["timeseries"], hostload.host_timeseries(layout.run_id, host, interval_s)],
             ignore_index=True))
         problems = [*problems, *hostload.host_problems(host)]
+    gpu_rows = gpu.gpu_timeseries(layout.run_id, gpu.read_gpu_samples(
+        gpu.gpu_samples_dir(layout), raw.skipped), interval_s)
+    if len(gpu_rows):
+        tables["timeseries"] = sc.conform("timeseries", pd.concat(
+            [tables["timeseries"], gpu_rows], ignore_index=True))
     search = peak.read_search(layout, raw.skipped)
     tables = peak.apply_search(tables, search)
     if search is not None and search.get("status") != "converged":
@@ -184,6 +191,8 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
                              f"not only {layout.run_id!r}")
         tables["timeseries"] = sc.conform(
             "timeseries", pd.concat([tables["timeseries"], extra], ignore_index=True))
+    # local GPU samples or the cloud's accelerator series, whichever the run has
+    tables["runs"] = tables["runs"].assign(peak_gpu_pct=gpu.peak_gpu_pct(tables["timeseries"]))
     if problems:
         tables["runs"] = _with_problems(tables["runs"], problems)
     t_build = time.perf_counter()

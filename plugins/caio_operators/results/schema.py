@@ -34,6 +34,9 @@ HOST_OTHER_CPU_PCT = "host_other_cpu_pct"
 MEMORY_MB = "memory_mb"
 REPLICAS = "replicas"
 GPU_UTILIZATION_PCT = "gpu_utilization_pct"
+GPU_MEMORY_USED_MB = "gpu_memory_used_mb"
+GPU_MEMORY_TOTAL_MB = "gpu_memory_total_mb"
+GPU_POWER_W = "gpu_power_w"
 WORKER_CPU_PCT = "worker_cpu_pct"
 PEAK_OFFERED_RPS = "peak_offered_rps"
 PEAK_THROUGHPUT_RPS = "peak_throughput_rps"
@@ -59,7 +62,15 @@ METRICS: dict[str, str] = {
     HOST_OTHER_CPU_PCT: "CPU of processes other than the run's own on that machine",
     MEMORY_MB: "resident memory of one replica, mean over the interval; dimension 'replica-<i>'",
     REPLICAS: "replicas reporting samples in the interval",
-    GPU_UTILIZATION_PCT: "GPU duty cycle per replica (cloud targets with GPUs only)",
+    GPU_UTILIZATION_PCT: "GPU duty cycle, % of the interval a kernel ran (local: NVML, "
+                         "dimension 'replica-<i>/gpu-<d>' when pinned, 'gpu-<d>' when not; "
+                         "cloud: the accelerator duty cycle, 'all')",
+    GPU_MEMORY_USED_MB: "GPU memory in use on the device, mean over the interval (local: "
+                        "NVML); dimensions as gpu_utilization_pct",
+    GPU_MEMORY_TOTAL_MB: "GPU memory of the device (local: NVML); dimensions as "
+                         "gpu_utilization_pct",
+    GPU_POWER_W: "GPU power draw, watts, mean over the interval (local: NVML, where the "
+                 "board reports it); dimensions as gpu_utilization_pct",
     WORKER_CPU_PCT: "CPU of one Locust worker (load generator), mean over the interval "
                     "(100 = one core busy, a worker's limit); dimension 'worker-<id>'",
     PEAK_OFFERED_RPS: "peak_search: the arrival rate offered in one measurement window (ts = "
@@ -155,13 +166,16 @@ RUNS: tuple[Column, ...] = (
                               "when none"),
     _c("monitoring_coverage", S, "cloud targets: 'complete' or 'partial: ...' (how far Cloud "
                                  "Monitoring's points reached when harvested); null for local"),
+    _c("peak_gpu_pct", F64, "highest GPU utilisation of any one device (local) or of the "
+                            "accelerators (cloud) in any interval; null without GPU series"),
 )
 
 TIMESERIES: tuple[Column, ...] = (
     _c("run_id", S, "run key"),
     _c("ts", UTC_TS, "interval start (UTC), aligned to multiples of interval_s on the epoch"),
     _c("metric", S, "metric name, unit in the name (see the metric list)"),
-    _c("dimension", S, "'all', a signature, 'replica-<i>', 'worker-<id>'; cloud: a latency type "
+    _c("dimension", S, "'all', a signature, 'replica-<i>', 'worker-<id>', GPUs: "
+                       "'replica-<i>/gpu-<d>' or 'gpu-<d>'; cloud: a latency type "
                        "(model/overhead/total), 'code-<http code>', 'log:<signature>'"),
     _c("value", F64, "the value for that interval"),
 )

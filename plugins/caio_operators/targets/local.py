@@ -171,6 +171,7 @@ class LocalTarget:
         import_keras: bool = False,
         batch_max: int = 0,
         batch_timeout_ms: float = DEFAULT_BATCH_TIMEOUT_MS,
+        gpus: str = "",
     ) -> LocalDeployment:
         """Start the server and wait until every replica serves.
 
@@ -182,6 +183,8 @@ class LocalTarget:
         :param max_lifetime_s: the server stops by itself after this, teardown or not.
         :param batch_max: dynamic batching: up to this many instances of concurrent requests
             per model call, waiting up to ``batch_timeout_ms`` for them; 0 or 1: off.
+        :param gpus: the replicas' GPUs ('' not pinned, 'none', 'all', '0,1'; see
+            ``metrics/gpu.py``), sampled into ``gpu/``.
         :raises DeployError: with the tail of the server log when it does not come up.
         """
         if not isinstance(replicas, int) or replicas < 1:
@@ -197,8 +200,9 @@ class LocalTarget:
             raise DeployError(f"cannot serve model_uri {model_uri!r}: {exc}") from None
         root = _local_dir(server_dir, "server_dir")
         records_dir, samples_dir = root / "requests", root / "samples"
+        gpu_dir = root / "gpu"
         ready_file, log_path = root / READY_FILE, root / LOG_FILE
-        _clear_records(records_dir, samples_dir)
+        _clear_records(records_dir, samples_dir, gpu_dir)
         ready_file.unlink(missing_ok=True)
         (root / TEARDOWN_FILE).unlink(missing_ok=True)
         argv = [
@@ -211,6 +215,7 @@ class LocalTarget:
             "--threads-per-replica", str(threads_per_replica),
             "--max-body-bytes", str(max_body_bytes),
             "--batch-max", str(batch_max), "--batch-timeout-ms", repr(float(batch_timeout_ms)),
+            "--gpus", gpus, "--gpu-samples-dir", str(gpu_dir),
         ]
         if import_keras:
             argv.append("--import-keras")

@@ -31,6 +31,9 @@ samples each replica's CPU% and RSS every second into ``--samples-dir``. SIGTERM
 or ``--max-lifetime-s`` elapsed, stop the replicas (which flush their request records) and
 end it with status 0. A replica that dies is logged, not restarted: its connections fail
 and new ones go to the others. Replicas stop by themselves when the supervisor dies.
+With ``--gpus`` the replicas are pinned to GPUs (one ``CUDA_VISIBLE_DEVICES`` each,
+round-robin) and the GPUs they use are sampled through NVML into ``--gpu-samples-dir``
+(``metrics/gpu.py``); without a GPU or NVML that says so once and samples nothing.
 With ``--batch-max N`` (N > 1) each replica batches the instances of concurrent requests
 into one model call (``batching.py``); off by default.
 """
@@ -131,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-timeout-ms", type=float, default=DEFAULT_BATCH_TIMEOUT_MS,
                         help="dynamic batching: how long the oldest queued request waits "
                         "for others to fill its batch")
+    parser.add_argument("--gpus", default="",
+                        help="GPUs of the replicas: '' (not pinned), 'none', 'all' or NVML "
+                        "indices like '0,1' (replica i gets device i mod n; metrics/gpu.py)")
+    parser.add_argument("--gpu-samples-dir", default="",
+                        help="GPU utilisation/memory/power samples (default: none)")
     parser.add_argument("--import-keras", action="store_true",
                         help="let TensorFlow import Keras (slower start; for models that "
                         "need Keras to load)")
@@ -397,6 +405,7 @@ class Supervisor:
         self.port = 0
         self.samples = None
         self.balancer: ConnectionBalancer | None = None
+        self.gpus = None  # metrics.gpu.LocalGpus: pinning and GPU samples
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -407,6 +416,13 @@ class Supervisor:
         try:
             model_dir = check_model_dir(args.model_dir)
         except ModelDirError as exc:
+            log.error("%s", exc)
+            return 2
+        from caio_operators.metrics.gpu import LocalGpus
+
+        try:
+            self.gpus = LocalGpus.open(args.gpus, args.replicas)
+        except ValueError as exc:
             log.error("%s", exc)
             return 2
         try:
@@ -432,6 +448,7 @@ class Supervisor:
             self.balancer.close()  # after the replicas: they take its end of file for a fault
             if self.samples is not None:
                 self.samples.close()
+            self.gpus.close()
             if args.ready_file:
                 Path(args.ready_file).unlink(missing_ok=True)
             log.info("stopped")
@@ -466,12 +483,14 @@ class Supervisor:
                 ]
                 if args.import_keras:
                     argv.append("--import-keras")
-                process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                process = subprocess.Popen(argv, env=self.gpus.env(index, env),
+                                           stdin=subprocess.DEVNULL,
                                            pass_fds=(theirs.fileno(), admin.fileno()))
                 self.replicas.append(Replica(index, process, admin.getsockname()[1]))
-        log.info("started %d replica(s) for %s:%d (pids %s; %d intra-op threads each)",
+        log.info("started %d replica(s) for %s:%d (pids %s; %d intra-op threads each; %s)",
                  len(self.replicas), args.host, self.port,
-                 ", ".join(str(r.process.pid) for r in self.replicas), intra)
+                 ", ".join(str(r.process.pid) for r in self.replicas), intra,
+                 self.gpus.describe())
 
     def _wait_ready(self) -> bool:
         pending = {r.index for r in self.replicas}
@@ -528,6 +547,7 @@ class Supervisor:
             os.makedirs(self.args.samples_dir, exist_ok=True)
             self.samples = CsvBatchWriter(self.args.samples_dir, "samples", SAMPLE_COLUMNS)
             self.samples.start(SAMPLE_FLUSH_INTERVAL_S)
+        self.gpus.start(self.args.gpu_samples_dir, SAMPLE_INTERVAL_S, SAMPLE_FLUSH_INTERVAL_S)
         for replica in self.replicas:
             try:
                 replica.sampler = psutil.Process(replica.process.pid)
