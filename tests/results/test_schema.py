@@ -17,6 +17,7 @@ RUNS_COLUMNS = [
     "params", "harvested_at", "max_worker_cpu_pct", "generator_saturated",
     "max_sustainable_rps", "slo_ms", "slo_percentile", "peak_search", "fingerprint",
     "benchmark", "host_cpu_pct", "host_other_cpu_pct", "overlapping_runs", "monitoring_coverage",
+    "goodput_rps",
 ]
 
 

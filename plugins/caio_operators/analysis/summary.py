@@ -39,7 +39,7 @@ FIGURE_FIELDS = ("run_id", "dag_id", "status", "reason", "target", "protocol", "
                  "server_p99_ms", "peak_cpu_pct", "peak_memory_mb", "max_worker_cpu_pct",
                  "generator_saturated", "max_sustainable_rps", "slo_ms", "slo_percentile",
                  "fingerprint", "host_cpu_pct", "host_other_cpu_pct", "overlapping_runs",
-                 "monitoring_coverage")
+                 "monitoring_coverage", "goodput_rps")
 
 
 def plain(value: Any) -> Any:
