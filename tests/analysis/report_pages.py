@@ -29,6 +29,8 @@ STAIRCASE = {"target": "local", "signature": "serving_default", "instances_per_r
              "rate": 10.0, "project": "", "region": "us-central1", "max_in_flight": 64}
 OPEN_RATE = {**STAIRCASE, "load_shape": "open_rate", "rate": 20.0, "rate_profile": "constant",
              "arrivals": "poisson"}
+#: the local machine priced as this machine type (the default price table has it)
+PRICED = {"local_machine_type": "n1-standard-4"}
 LATE = "dropped: could not start within 1000 ms (late by 1250 ms)"
 CAP = "dropped: 64 requests already in flight"
 
@@ -73,14 +75,14 @@ def build(root: Path) -> dict[str, Path]:
         warehouse.replace_run(tables, run_id)
     pages = {}
     for run_id, baseline in (("stair-v1", None), ("stair-v2", "stair-v1"), ("open-v2", None)):
-        verdict = verdicts.judge_run(warehouse, run_id, baseline_run_id=baseline)
+        verdict = verdicts.judge_run(warehouse, run_id, baseline_run_id=baseline, **PRICED)
         out = analyse_run(warehouse.uri, run_id, RunLayout(bucket, run_id), verdict)
         pages[f"report-{run_id}"] = storage.local_path(out["report_uri"])
     specs = [{"run_id": run_id, "target": "local", "extra": {"variant": version,
                                                              "varies": ["model_version"]}}
              for run_id, version in (("stair-v1", "v1"), ("stair-v2", "v2"))]
     pages["comparison"] = storage.local_path(
-        compare_sweep(warehouse, specs, bucket, "sweep-1")["report_uri"])
+        compare_sweep(warehouse, specs, bucket, "sweep-1", PRICED)["report_uri"])
     pages["history"] = storage.local_path(history_report(warehouse, bucket)["report_uri"])
     return {name: Path(path) for name, path in pages.items()}
 

@@ -1,13 +1,15 @@
 // Draws the charts of a caio-bench report with uPlot (embedded in the same page).
 // Reads the specs from <script id="caio-chart-data">; each chart goes into #chart-<key>.
 // Hover shows values in the legend; drag to zoom, double-click to reset; click a legend
-// entry to hide or show its series. Each drawn chart's box gets data-drawn="<series shown>".
+// entry to hide or show its series. Each drawn chart's box gets data-drawn="<series shown>";
+// window.caioCharts maps each chart's key to its uPlot instance.
 (function () {
   "use strict";
   var PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                  "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
   var specs = JSON.parse(document.getElementById("caio-chart-data").textContent);
   var plots = [];
+  window.caioCharts = {};
 
   function seriesOpts(s, i) {
     var color = s.color || PALETTE[i % PALETTE.length];
@@ -77,7 +79,9 @@
         }).length);
       }]}
     };
-    plots.push([el, new uPlot(opts, spec.data, el)]);
+    var plot = new uPlot(opts, spec.data, el);
+    window.caioCharts[spec.key] = plot;
+    plots.push([el, plot]);
   });
 
   window.addEventListener("resize", function () {
