@@ -1,15 +1,18 @@
 """The three kinds of report, written from a DuckDB warehouse that real consolidation filled
 from raw records (``analysis_data.raw_staircase``): two closed-loop staircase runs of two
-versions (v2 30% slower) and an open-loop run that dropped sends. Used by the browser test
-and to take the screenshots in docs/images (``python tests/analysis/report_pages.py``)."""
+versions (v2 30% slower), an open-loop run that dropped sends and a peak search (its search
+``caio_testing.PEAK_SEARCH_REPORT``). Used by the browser test and to take the screenshots
+in docs/images (``python tests/analysis/report_pages.py``)."""
 
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from analysis_data import T0, raw_staircase
+from caio_testing import PEAK_SEARCH_REPORT
 
 from caio_operators import storage
 from caio_operators.analysis import verdicts
@@ -17,6 +20,7 @@ from caio_operators.analysis.report import analyse_run
 from caio_operators.analysis.reports import compare_sweep, history_report
 from caio_operators.layout import RunLayout
 from caio_operators.results.consolidate import build_tables
+from caio_operators.results.peak import apply_search
 from caio_operators.results.warehouse import open_warehouse
 
 #: the benchmark both staircase runs measured (their fingerprint)
@@ -31,6 +35,8 @@ OPEN_RATE = {**STAIRCASE, "load_shape": "open_rate", "rate": 20.0, "rate_profile
              "arrivals": "poisson"}
 #: the local machine priced as this machine type (the default price table has it)
 PRICED = {"local_machine_type": "n1-standard-4"}
+PEAK_SEARCH = {**OPEN_RATE, "load_shape": "peak_search", "max_rate": 100.0,
+               "slo_percentile": 99.0, "slo_ms": 100.0}
 LATE = "dropped: could not start within 1000 ms (late by 1250 ms)"
 CAP = "dropped: 64 requests already in flight"
 
@@ -68,13 +74,17 @@ def build(root: Path) -> dict[str, Path]:
     bucket = storage.to_uri(root / "bucket")
     runs = (("stair-v1", "v1", 0.0, 1.0, STAIRCASE, False),
             ("stair-v2", "v2", 3600.0, 1.3, STAIRCASE, False),
-            ("open-v2", "v2", 7200.0, 1.0, OPEN_RATE, True))
+            ("open-v2", "v2", 7200.0, 1.0, OPEN_RATE, True),
+            ("peak-v2", "v2", 10800.0, 1.0, PEAK_SEARCH, False))
     for seed, (run_id, version, offset, scale, params, drops) in enumerate(runs, 1):
         tables = build_tables(_meta(run_id, version, T0 + offset, params),
                               *_raw(seed, offset, scale, drops))
+        if params["load_shape"] == "peak_search":  # its search, as the harvest adds it
+            tables = apply_search(tables, PEAK_SEARCH_REPORT)
         warehouse.replace_run(tables, run_id)
     pages = {}
-    for run_id, baseline in (("stair-v1", None), ("stair-v2", "stair-v1"), ("open-v2", None)):
+    for run_id, baseline in (("stair-v1", None), ("stair-v2", "stair-v1"), ("open-v2", None),
+                             ("peak-v2", None)):
         verdict = verdicts.judge_run(warehouse, run_id, baseline_run_id=baseline, **PRICED)
         out = analyse_run(warehouse.uri, run_id, RunLayout(bucket, run_id), verdict)
         pages[f"report-{run_id}"] = storage.local_path(out["report_uri"])
@@ -87,5 +97,38 @@ def build(root: Path) -> dict[str, Path]:
     return {name: Path(path) for name, path in pages.items()}
 
 
+def screenshot(html: Path, png: Path, max_height: int = 2600) -> None:
+    """A headless Chromium screenshot of ``html``, cut at ``max_height`` pixels."""
+    import importlib.util
+    import io
+
+    from caio_testing import REPO
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("browser", REPO / "tests/scheduler/browser.py")
+    browser = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(browser)
+    with tempfile.TemporaryDirectory() as profile:
+        chromium = browser.Browser(Path(profile), width=1200, height=900)
+        try:
+            chromium.goto(html.as_uri())
+            chromium.wait_js("document.readyState === 'complete' && !!window.caioCharts")
+            chromium.screenshot(png)
+        finally:
+            chromium.close()
+    with Image.open(io.BytesIO(png.read_bytes())) as image:
+        image.crop((0, 0, image.width, min(image.height, max_height))).save(png,
+                                                                          optimize=True)
+
+
 if __name__ == "__main__":
-    sys.exit(print(build(Path(sys.argv[1]))))
+    # report_pages.py OUT_DIR [IMAGES_DIR [RUN_REPORT]]: write the reports to OUT_DIR; with
+    # IMAGES_DIR, screenshot them there (RUN_REPORT: a real run's report.html instead)
+    written = build(Path(sys.argv[1]))
+    if len(sys.argv) > 2:
+        images = Path(sys.argv[2])
+        run = Path(sys.argv[3]) if len(sys.argv) > 3 else written["report-stair-v2"]
+        for html, name in ((run, "report"), (written["comparison"], "comparison"),
+                           (written["history"], "history")):
+            screenshot(html, images / f"{name}.png")
+    print(written)

@@ -1,5 +1,7 @@
 """The reports in a real headless Chromium, opened from files: every chart is drawn, its
-series toggle from the legend, and the page logs no error (Debian's ``chromium``)."""
+series toggle from the legend, and the page logs no error (Debian's ``chromium``). The
+reports: a closed-loop run's, an open-loop run's, a peak search's, a sweep's comparison and
+the history (``report_pages``)."""
 
 from __future__ import annotations
 
@@ -75,6 +77,8 @@ def open_page(chromium, path):
                          "memory"]),
     ("report-open-v2", ["latency", "rates", "users", "latency_vs_throughput", "open_loop",
                         "cpu", "memory"]),
+    ("report-peak-v2", ["latency", "rates", "users", "latency_vs_throughput", "open_loop",
+                        "peak_latency", "peak_rates", "cpu", "memory"]),
     ("comparison", ["curves", "capacity", "cost"]),
     ("history", ["history_latency", "history_throughput", "history_cost"]),
 ])

@@ -188,7 +188,7 @@ def peak_latency_chart(timeseries: pd.DataFrame, summary: Mapping[str, Any]) -> 
         Series(f"window of a {label}", rows[sc.PEAK_OFFERED_RPS].tolist(),
                rows[sc.PEAK_LATENCY_MS].tolist(), kind="points", color=color)
         for label, color, rows in _peak_groups(wide) if sc.PEAK_LATENCY_MS in rows)
-    return Chart("peak_latency", "Peak search: each window's latency vs offered rate",
+    return Chart("peak_latency", "Peak search: every window, latency vs offered rate",
                  "offered req/s", "latency ms (SLO percentile, log)", series, y_log=True)
 
 
