@@ -160,6 +160,15 @@ def test_the_headline_says_what_was_measured_in_one_sentence():
         "(previous baseline); cost 0.01234 per 1,000 predictions (0.5 per hour).")
     peak = {**summary, "load_shape": "peak_search", "slo_ms": 200.0, "slo_percentile": 99.0,
             "max_sustainable_rps": 42.0, "goodput_rps": None}
+    unpriced = {"verdict": "no baseline", "baseline_run_id": None, "reason": "no earlier "
+                "successful run of resnet101:v2 before this one", "cost_per_1k": 0.0,
+                "cost_per_hour": 0.0, "cost_note": "local target: cost 0 (set "
+                "local_machine_type to price this machine); at the measured throughput"}
+    assert headline(summary, {}, unpriced).endswith(
+        "users: 12.35 successful req/s at p95 310.0 ms with 1.2% errors, goodput 11.50 req/s "
+        "within 500 ms; verdict no baseline (no earlier successful run of resnet101:v2 before "
+        "this one); cost not priced: local target: cost 0 (set local_machine_type to price "
+        "this machine).")
     assert headline(peak, {"max_rate": 100}, None) == (
         "resnet101:v2 on the local target (2 replica(s), tfserving protocol) under a peak "
         "search up to 100 req/s for the highest rate with p99 under 200 ms: 12.35 successful "

@@ -148,14 +148,18 @@ def _verdict_words(verdict: Mapping[str, Any] | None) -> str:
     if not verdict:
         return "not judged (a failed run is never compared)"
     base = verdict.get("baseline_run_id")
-    against = (f"against run {base} ({verdict.get('baseline_rule')} baseline)" if base else
-               f"with no baseline ({verdict.get('baseline_rule')} rule)")
-    return f"verdict {verdict.get('verdict')} {against}"
+    if base:
+        return (f"verdict {verdict.get('verdict')} against run {base} "
+                f"({verdict.get('baseline_rule')} baseline)")
+    return f"verdict {verdict.get('verdict')} ({verdict.get('reason')})"
 
 
 def _cost_words(verdict: Mapping[str, Any] | None) -> str:
     if not verdict or verdict.get("cost_per_1k") is None:
         return "cost not priced"
+    if not verdict.get("cost_per_hour") and verdict.get("cost_note"):
+        # a zero price is a machine left unpriced: the note's first clause says how to price it
+        return f"cost not priced: {verdict['cost_note'].split(';')[0]}"
     return (f"cost {fmt(verdict.get('cost_per_1k'), '{:.4g}')} per 1,000 predictions "
             f"({fmt(verdict.get('cost_per_hour'), '{:.4g}')} per hour)")
 
