@@ -23,7 +23,6 @@ from caio_operators.analysis.summary import (
     summary_text,
 )
 from caio_operators.layout import RunLayout
-from caio_operators.results.consolidate import run_slo_ms
 from caio_operators.results.warehouse import open_warehouse
 
 log = logging.getLogger(__name__)
@@ -259,7 +258,6 @@ def analyse_run(warehouse_uri: str, run_id: str, layout: RunLayout,
     summary = summarize(tables["runs"], tables["timeseries"])
     row = tables["runs"].iloc[0]
     provenance, params = _json_field(row["provenance"]), _json_field(row["params"])
-    summary["goodput_slo_ms"] = run_slo_ms(params)
     text = summary_text(summary)
     chart_list = run_charts.run_charts(tables["timeseries"], summary)
     page = render_html(summary, chart_list, provenance, params, text, verdict)

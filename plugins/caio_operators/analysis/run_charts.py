@@ -13,7 +13,6 @@ from typing import Any
 import pandas as pd
 
 from caio_operators.analysis.charts import Chart, Series
-from caio_operators.analysis.summary import load_levels
 from caio_operators.results import schema as sc
 from caio_operators.results.stats import SATURATED_CPU_PCT
 from caio_operators.spec import OPEN_LOOP_SHAPES
@@ -115,7 +114,7 @@ def latency_vs_throughput_chart(timeseries: pd.DataFrame, summary: Mapping[str, 
             if metric in wide:
                 series.append(Series(f"{label} per interval", ok_rate, wide[metric].tolist(),
                                      kind="points", color=COLORS[label] + "80"))
-    levels = load_levels(timeseries)
+    levels = summary.get("levels") or []  # none for open-loop shapes (summarize)
     for key, label in (("p50_ms", "p50"), ("p95_ms", "p95")):
         if levels:
             series.append(Series(f"{label} per users level",
