@@ -80,7 +80,8 @@ def build(root: Path) -> dict[str, Path]:
         tables = build_tables(_meta(run_id, version, T0 + offset, params),
                               *_raw(seed, offset, scale, drops))
         if params["load_shape"] == "peak_search":  # its search, as the harvest adds it
-            tables = apply_search(tables, PEAK_SEARCH_REPORT)
+            windows = [{**w, "ts": w["ts"] + offset} for w in PEAK_SEARCH_REPORT["windows"]]
+            tables = apply_search(tables, {**PEAK_SEARCH_REPORT, "windows": windows})
         warehouse.replace_run(tables, run_id)
     pages = {}
     for run_id, baseline in (("stair-v1", None), ("stair-v2", "stair-v1"), ("open-v2", None),

@@ -198,13 +198,15 @@ def peak_rates_chart(timeseries: pd.DataFrame, summary: Mapping[str, Any]) -> Ch
     if wide.empty or sc.PEAK_OFFERED_RPS not in wide:
         return None
     t0 = wide["ts"].min()
-    series = [Series(f"offered, {label}", (rows["ts"] - t0).dt.total_seconds().tolist(),
-                     rows[sc.PEAK_OFFERED_RPS].tolist(), kind="points", color=color)
-              for label, color, rows in _peak_groups(wide)]
-    if sc.PEAK_THROUGHPUT_RPS in wide:
+    series = []
+    if sc.PEAK_THROUGHPUT_RPS in wide:  # first: the offered points are drawn over it
         rows = wide.sort_values("ts")
         series.append(Series("throughput", (rows["ts"] - t0).dt.total_seconds().tolist(),
-                             rows[sc.PEAK_THROUGHPUT_RPS].tolist(), color="#000000"))
+                             rows[sc.PEAK_THROUGHPUT_RPS].tolist(), color="#000000",
+                             dash=True))
+    series += [Series(f"offered, {label}", (rows["ts"] - t0).dt.total_seconds().tolist(),
+                      rows[sc.PEAK_OFFERED_RPS].tolist(), kind="points", color=color)
+               for label, color, rows in _peak_groups(wide)]
     return Chart("peak_rates", "Peak search: offered rate per step and throughput",
                  "seconds since the first window", "req/s", tuple(series))
 
