@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import sys
 import uuid
 from http.server import ThreadingHTTPServer
@@ -129,3 +131,11 @@ def measured(status: str, reason: str) -> bool:
         return True
     parts = [p.strip() for p in (reason or "").split("; ")]
     return status == "degraded" and all(p.startswith("shared machine:") for p in parts)
+
+
+def chart_data(page: str) -> list[dict]:
+    """The chart specs a report page embeds (analysis/charts.py's spec_json, drawn ones)."""
+    found = re.search(r"<script type='application/json' id='caio-chart-data'>(.*?)</script>",
+                      page, re.S)
+    assert found, "the page holds no chart data"
+    return json.loads(found.group(1))

@@ -161,7 +161,7 @@ def test_sweep_of_two_variants_ranks_them_and_writes_both_reports(airflow_home, 
     assert ranking[1]["verdict"] == "baseline" and ranking[0]["verdict"] == "improvement"
     assert all(r["cost_per_1k"] > 0 for r in ranking)  # priced as an e2-standard-4
     html = comparison.with_suffix(".html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "Latency vs throughput" in html
+    assert html.count("class='chart-box'") == 3 and "Latency vs throughput" in html
     history = (bucket / "reports" / "history.html").read_text()
     assert "History of all runs" in history and "m:tiny" in history
     verdicts = dict(_query(warehouse, "SELECT v.verdict, r.model_version FROM verdicts v "

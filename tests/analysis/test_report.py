@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import re
 
 import pandas as pd
 import pytest
 from analysis_data import T0, raw_staircase
-from PIL import Image
+from caio_testing import chart_data
 
 from caio_operators import storage
-from caio_operators.analysis import plots
-from caio_operators.analysis.report import analyse_run
+from caio_operators.analysis.report import analyse_run, headline, split_params
 from caio_operators.layout import RunLayout
 from caio_operators.results.consolidate import build_tables
 from caio_operators.results.warehouse import open_warehouse
 
 HOSTILE = "<script>alert('x')</script>"
+
+
+def chart_keys(page: str) -> list[str]:
+    return [c["key"] for c in chart_data(page)]
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +55,14 @@ def test_report_holds_plots_figures_and_escaped_text(stored_run, analysed):
     assert result["summary_uri"] == layout.summary_json
     page = storage.read_text(layout.report_html)
 
-    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert len(images) == len(plots.PLOTS) - 1  # all but the peak search's: no search here
-    assert all(base64.b64decode(img).startswith(b"\x89PNG") for img in images)
-    # self-contained: no external fetches at all
+    # every chart that applies to a closed-loop run without a peak search, drawn from data
+    assert chart_keys(page) == ["latency", "rates", "users", "latency_vs_throughput", "cpu",
+                                "memory"]
+    assert page.count("class='chart-box'") == 6
+    # self-contained: no external fetches at all; the library embedded once
     assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page)
-    assert "<link" not in page and "<script" not in page
+    assert "<link" not in page and not re.search(r"<script[^>]*\ssrc=", page)
+    assert page.count("var uPlot=") == 1
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
     assert "mobilenet &amp; co" in page
 
@@ -114,12 +117,11 @@ def test_a_saturated_generator_warns_at_the_top_and_plots_worker_cpu(tmp_path):
     assert page.index("class='warning'") < page.index("<h2>Finding</h2>")
     assert "<th>max CPU (busiest Locust worker)</th><td class='num'>99 % of a core</td>" in page
     assert "WARNING     Load generator saturated" in out["summary_text"]
-    cpu_png = plots.cpu_plot(tables["timeseries"])
-    without = plots.cpu_plot(tables["timeseries"][
-        tables["timeseries"]["metric"] != "worker_cpu_pct"])
-    heights = [Image.open(io.BytesIO(png)).size[1] for png in (without, cpu_png)]
-    assert heights[1] > heights[0]  # a panel of its own for the workers
-    assert base64.b64encode(cpu_png).decode("ascii") in page
+    workers = {c["key"]: c for c in chart_data(page)}["worker_cpu"]  # a chart of its own
+    assert [s["label"] for s in workers["series"]] == ["worker-0", "worker-1",
+                                                       "saturated (90%)"]
+    worker_1 = workers["data"][2]
+    assert sorted(v for v in worker_1 if v is not None)[-20:] == [99.0] * 20
 
 
 def test_a_partial_cloud_monitoring_harvest_is_in_the_report_and_the_summary(tmp_path):
@@ -136,3 +138,52 @@ def test_a_partial_cloud_monitoring_harvest_is_in_the_report_and_the_summary(tmp
     assert out["summary"]["monitoring_coverage"] == coverage
     assert f"<th>Cloud Monitoring series</th><td class='num'>{coverage}</td>" in page
     assert f"monitoring  Cloud Monitoring series {coverage}" in out["summary_text"]
+
+
+def test_the_headline_says_what_was_measured_in_one_sentence():
+    summary = {"model_name": "resnet101", "model_version": "v2", "target": "local",
+               "replicas": 2, "protocol": "tfserving", "load_shape": "staircase", "users": 8,
+               "throughput_rps": 12.345, "p95_ms": 310.04, "error_rate": 0.0125,
+               "goodput_rps": 11.5, "goodput_slo_ms": 500.0}
+    verdict = {"verdict": "regression", "baseline_run_id": "run-1", "baseline_rule": "previous",
+               "cost_per_1k": 0.01234, "cost_per_hour": 0.5}
+    assert headline(summary, {"duration_s": 80}, verdict) == (
+        "resnet101:v2 on the local target (2 replica(s), tfserving protocol) under a staircase "
+        "load of up to 8 users for 80 s: 12.35 successful req/s at p95 310.0 ms with 1.2% "
+        "errors, goodput 11.50 req/s within 500 ms; verdict regression against run run-1 "
+        "(previous baseline); cost 0.01234 per 1,000 predictions (0.5 per hour).")
+    peak = {**summary, "load_shape": "peak_search", "slo_ms": 200.0, "slo_percentile": 99.0,
+            "max_sustainable_rps": 42.0, "goodput_rps": None}
+    unpriced = {"verdict": "no baseline", "baseline_run_id": None, "reason": "no earlier "
+                "successful run of resnet101:v2 before this one", "cost_per_1k": 0.0,
+                "cost_per_hour": 0.0, "cost_note": "local target: cost 0 (set "
+                "local_machine_type to price this machine); at the measured throughput"}
+    assert headline(summary, {}, unpriced).endswith(
+        "users: 12.35 successful req/s at p95 310.0 ms with 1.2% errors, goodput 11.50 req/s "
+        "within 500 ms; verdict no baseline (no earlier successful run of resnet101:v2 before "
+        "this one); cost not priced: local target: cost 0 (set local_machine_type to price "
+        "this machine).")
+    assert headline(peak, {"max_rate": 100}, None) == (
+        "resnet101:v2 on the local target (2 replica(s), tfserving protocol) under a peak "
+        "search up to 100 req/s for the highest rate with p99 under 200 ms: 12.35 successful "
+        "req/s at p95 310.0 ms with 1.2% errors, 42 req/s sustainable; not judged (a failed "
+        "run is never compared); cost not priced.")
+
+
+def test_only_the_params_that_shaped_the_run_are_shown():
+    params = {"model_name": "m", "model_version": "v1", "model_source": "builtin:tiny",
+              "endpoint_url": "", "target": "local", "replicas": 2, "server_threads": 0,
+              "server_batch_max": 0, "server_batch_timeout_ms": 2.0, "signature": "s",
+              "load_shape": "open_rate", "rate": 50.0, "rate_profile": "spike",
+              "spike_rate": 200.0, "spike_start_s": 10, "spike_duration_s": 5,
+              "step_rate": 10.0, "arrivals": "poisson", "max_in_flight": 64, "users": 8,
+              "step_users": 2, "project": "p", "machine_type": "n1-standard-4"}
+    shaping, other = split_params(params)
+    assert list(shaping) == [
+        "model_name", "model_version", "model_source", "endpoint_url", "target", "signature",
+        "load_shape", "replicas", "server_threads", "server_batch_max", "rate",
+        "rate_profile", "arrivals", "max_in_flight", "spike_rate", "spike_start_s",
+        "spike_duration_s"]
+    # a closed-loop knob, a staircase-profile knob, batching off, and cloud settings
+    assert set(other) == {"server_batch_timeout_ms", "step_rate", "users", "step_users",
+                          "project", "machine_type"}

@@ -98,6 +98,12 @@ def test_summarize_and_text_table():
     assert "throughput  16.25 req/s (steady window)" in lines
     client = next(line for line in lines if line.startswith("client"))
     assert client.split() == ["client", "12.5", "30.0", "40.0", "80.0", "81.0", "90.0", "20.0"]
+    assert not any(line.startswith("goodput") for line in lines)  # RUN has no goodput
+    with_slo = summarize(pd.DataFrame([{**RUN, "goodput_rps": 12.5,
+                                        "params": '{"slo_ms": 250}'}]), ts)
+    assert with_slo["goodput_slo_ms"] == 250.0
+    assert "goodput     12.50 req/s within 250 ms (steady window)" in summary_text(
+        with_slo).splitlines()
     server = next(line for line in lines if line.startswith("server"))
     assert server.split() == ["server", "6.0", "40.0"]
     assert "      4          4      19.5      40.0      80.0     2.5%" in lines

@@ -29,6 +29,10 @@ PACKAGED = {
     "caio_operators/resources/locust/manifests/worker-deployment.yaml",
     "caio_operators/resources/dashboards/monitoring-template.json",
     "caio_operators/resources/pricing/prices.json",
+    "caio_operators/resources/report/uPlot.iife.min.js",
+    "caio_operators/resources/report/uPlot.min.css",
+    "caio_operators/resources/report/uPlot.LICENSE",
+    "caio_operators/resources/report/charts.js",
     *(f"caio_operators/resources/test_images/{p.name}"
       for p in (REPO / "test_images").iterdir() if p.suffix in (".jpg", ".png")),
 }
@@ -38,6 +42,7 @@ import json, sys
 from caio_operators import resources
 from caio_operators.loadgen import gke, local
 from caio_operators.metrics import dashboard
+from caio_operators.analysis import charts
 base = gke.load_base()
 print(json.dumps({
     "manifests": str(gke.default_manifests_dir()),
@@ -45,6 +50,8 @@ print(json.dumps({
     "template": str(dashboard.DEFAULT_TEMPLATE),
     "packaged": str(resources.PACKAGED),
     "images": str(resources.find("test_images")),
+    "report": str(resources.find("report")),
+    "uplot_embedded": charts.assets([])[1].count("var uPlot="),
     "master_port": base.master_port,
     "tiles": len(dashboard.render_dashboard(dashboard.dashboard_values({
         "project": "proj-1", "target": "caip", "model_name": "m", "model_version": "v1",
@@ -76,7 +83,10 @@ def test_the_wheel_ships_the_resources_and_the_installed_package_uses_them(tmp_p
         assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
         for name in PACKAGED:  # real files, equal to the repository's
             relative = name.removeprefix("caio_operators/resources/")
-            assert archive.read(name) == (REPO / relative).read_bytes(), name
+            source = REPO / relative  # a symlinked folder's source, or the package's own
+            if not source.exists():
+                source = REPO / "plugins" / name
+            assert archive.read(name) == source.read_bytes(), name
         installed = tmp_path / "site"
         archive.extractall(installed)
 
@@ -92,6 +102,7 @@ def test_the_wheel_ships_the_resources_and_the_installed_package_uses_them(tmp_p
     assert found["locustfile"] == str(packaged / "locust" / "locustfile.py")
     assert found["template"] == str(packaged / "dashboards" / "monitoring-template.json")
     assert found["images"] == str(packaged / "test_images")
+    assert found["report"] == str(packaged / "report") and found["uplot_embedded"] == 1
     assert found["master_port"] == 5557 and found["tiles"] > 0
 
 

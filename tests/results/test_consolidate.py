@@ -107,6 +107,36 @@ def test_mixed_signatures_get_their_own_series(meta):
     assert p50.to_dict() == {"all": 20.0, "serving_default": 10.0, "serving_preprocess": 30.0}
 
 
+def test_goodput_and_open_loop_drops(meta):
+    """Goodput against the params' slo_ms (runs column and series); the sends an open-loop
+    generator dropped, per cause, as the locustfile writes them."""
+    late = "dropped: could not start within 1000 ms (late by 1200 ms)"
+    cap = "dropped: 4 requests already in flight"
+    client = pd.DataFrame({
+        "ts": [10.1, 10.4, 10.7, 11.2, 11.5, 11.8, 12.3, 12.6, 13.1, 13.9],
+        "latency_ms": [50.0, 150.0, 90.0, math.nan, 80.0, math.nan, 100.0, 120.0, 70.0, 60.0],
+        "ok": [True, True, True, False, True, False, True, True, True, True],
+        "status_code": [200, 200, 200, None, 200, None, 200, 200, 200, 200],
+        "worker": "0", "bytes": 1, "signature": "serving_default",
+        "error": ["", "", "", late, "", cap, "", "", "", ""]})
+    empty = readers.read_run_inputs(RunLayout("file:///nonexistent-bucket", "x"))
+    params = {**meta.get("params", {}), "slo_ms": 100.0}
+    tables = build_tables({**meta, "params": params}, client, empty.server, empty.samples,
+                          empty.locust_history)
+    ts = tables["timeseries"]
+    # steady window [10.1 + 0.38, 13.9 - 0.38): 10.7, 11.5, 12.3 (= the SLO) and 13.1 within
+    # 100 ms; 12.6 too slow; the drops are failures
+    assert tables["runs"].iloc[0]["goodput_rps"] == pytest.approx(4 / (3.8 * 0.8))
+    assert series(ts, sc.GOODPUT_RPS) == {10: 2.0, 11: 1.0, 12: 1.0, 13: 2.0}
+    assert series(ts, sc.DROPPED_RPS, "late") == {10: 0.0, 11: 1.0, 12: 0.0, 13: 0.0}
+    assert series(ts, sc.DROPPED_RPS, "in_flight_cap") == {10: 0.0, 11: 1.0, 12: 0.0,
+                                                           13: 0.0}
+    without = build_tables({**meta, "params": {}}, client.assign(error=""), empty.server,
+                           empty.samples, empty.locust_history)
+    assert math.isnan(without["runs"].iloc[0]["goodput_rps"])
+    assert not without["timeseries"]["metric"].isin([sc.GOODPUT_RPS, sc.DROPPED_RPS]).any()
+
+
 def test_failed_run_with_nothing_written_still_has_a_runs_row(bucket, meta):
     meta.update(run_id="run-x", status="failed", reason="deploy timed out")
     tables = tables_of(RunLayout(bucket, "run-x"), meta)

@@ -3,16 +3,14 @@ GPU and the report's GPU panel; and a cloud run's accelerator series the same wa
 
 from __future__ import annotations
 
-import base64
 import math
-import re
 
 import pandas as pd
 import pytest
+from caio_testing import chart_data
 from fake_nvml import FakeDevice, FakeNvml
 
 from caio_operators import storage
-from caio_operators.analysis import plots
 from caio_operators.analysis.report import analyse_run
 from caio_operators.metrics import gpu as nvml_gpu
 from caio_operators.results import gpu
@@ -83,12 +81,13 @@ def test_fake_nvml_series_reach_the_warehouse_summary_and_report(gpu_run, wareho
     assert "peak GPU    95 % duty cycle (busiest GPU)" in out["summary_text"]
     page = storage.read_text(layout.report_html)
     assert "peak GPU utilisation (busiest GPU)" in page
-    panel = re.search(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'><figcaption>GPU "
-                      r"utilisation and memory per replica/device</figcaption>", page)
-    assert panel, "the report has no GPU panel"
-    empty = plots.gpu_plot(sc.empty_frame("timeseries"))
-    assert base64.b64decode(panel.group(1)) == plots.gpu_plot(ts)
-    assert base64.b64decode(panel.group(1)) != empty  # drawn from the series, not "no data"
+    charts = {c["key"]: c for c in chart_data(page)}
+    assert charts["gpu"]["title"] == "GPU utilisation per replica/device"
+    util = dict(zip([s["label"] for s in charts["gpu"]["series"]],
+                    charts["gpu"]["data"][1:], strict=True))
+    assert [v for v in util["replica-0/gpu-0"] if v is not None] == [30.0, 95.0, 50.0]
+    memory = [s["label"] for s in charts["gpu_memory"]["series"]]
+    assert {"replica-0/gpu-0", "replica-1/gpu-1 total"} <= set(memory)
 
 
 def test_a_run_without_gpu_files_has_no_gpu_series_and_no_peak(small_run, meta,
@@ -111,8 +110,9 @@ def test_cloud_accelerator_series_feed_the_same_peak_and_panel(small_run, meta,
     assert result["figures"]["peak_gpu_pct"] == 73.25
     out = analyse_run(warehouse_uri, "run-1", small_run)
     assert out["summary"]["peak_gpu_pct"] == 73.25
-    ts = open_warehouse(warehouse_uri).read_run("run-1")["timeseries"]
-    assert plots.gpu_plot(ts) != plots.gpu_plot(sc.empty_frame("timeseries"))
+    charts = {c["key"]: c for c in chart_data(storage.read_text(small_run.report_html))}
+    assert [s["label"] for s in charts["gpu"]["series"]] == [sc.DIMENSION_ALL]
+    assert "gpu_memory" not in charts  # the cloud's GPU memory is not harvested
 
 
 def test_gpu_timeseries_pure_rules():

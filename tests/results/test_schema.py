@@ -18,6 +18,7 @@ RUNS_COLUMNS = [
     "max_sustainable_rps", "slo_ms", "slo_percentile", "peak_search", "fingerprint",
     "benchmark", "host_cpu_pct", "host_other_cpu_pct", "overlapping_runs", "monitoring_coverage",
     "peak_gpu_pct",
+    "goodput_rps",
 ]
 
 

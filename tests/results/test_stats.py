@@ -127,6 +127,34 @@ def test_throughput_counts_successes_in_the_steady_window():
     assert got == pytest.approx(1.0)
 
 
+def test_goodput_counts_successes_within_the_slo_in_the_steady_window():
+    ts = np.arange(0.0, 101.0)  # one request per second for 100 s; window [10, 90)
+    latency = np.full(ts.size, 100.0)
+    latency[30:50] = 250.0  # 20 slow ones inside the window
+    latency[50] = 200.0  # exactly at the SLO: meets it
+    ok = np.ones(ts.size, dtype=bool)
+    ok[60:65] = False  # 5 fast failures: not goodput
+    rec = records(ts, latency, ok)
+    assert stats.goodput_rps(rec, slo_ms=200.0) == pytest.approx((80 - 20 - 5) / 80)
+    assert stats.throughput_rps(rec) == pytest.approx(75 / 80)
+    assert stats.goodput_rps(rec, slo_ms=300.0) == pytest.approx(75 / 80)
+    assert stats.goodput_rps(rec, slo_ms=50.0) == 0.0
+    assert math.isnan(stats.goodput_rps(records([1.0], [1.0], [True]), slo_ms=200.0))
+    with pytest.raises(ValueError, match="slo_ms must be > 0"):
+        stats.goodput_rps(rec, slo_ms=0)
+
+
+def test_interval_goodput_per_epoch_aligned_interval():
+    rec = records([10.1, 10.5, 10.9, 11.2, 13.0], [10.0, 30.0, np.nan, 19.0, 21.0],
+                  [True, True, False, True, True])
+    got = stats.interval_goodput(rec, slo_ms=20.0, interval_s=1.0)
+    assert got["ts"].tolist() == [10.0, 11.0, 12.0, 13.0]
+    assert got["goodput_rps"].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert stats.interval_goodput(rec, slo_ms=20.0, interval_s=2.0)[
+        "goodput_rps"].tolist() == [1.0, 0.0]
+    assert stats.interval_goodput(records([], [], []), slo_ms=20.0).empty
+
+
 def test_throughput_without_a_window_is_nan():
     assert math.isnan(stats.throughput_rps(records([1.0], [1.0], [True])))
     assert math.isnan(stats.throughput_rps(records([], [], [])))

@@ -39,6 +39,7 @@ class Browser:
              f"--window-size={width},{height}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         self._ids = count(1)
+        self.errors: list[str] = []  # console errors and uncaught exceptions, in order
         try:
             port = self._devtools_port(profile)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
@@ -47,6 +48,7 @@ class Browser:
                                                   suppress_origin=True)
             self.send("Page.enable")
             self.send("Runtime.enable")
+            self.send("Log.enable")
         except BaseException:
             self.close()
             raise
@@ -61,15 +63,35 @@ class Browser:
         return int(marker.read_text().split()[0])
 
     def send(self, method: str, **params: Any) -> dict:
-        """One command; events that arrive before its answer are dropped."""
+        """One command; events that arrive before its answer are dropped, except console
+        errors and uncaught exceptions, kept in ``errors``."""
         msg_id = next(self._ids)
         self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
         while True:
             message = json.loads(self.ws.recv())
+            self._keep_error(message)
             if message.get("id") == msg_id:
                 if "error" in message:
                     raise BrowserError(f"{method}: {message['error']}")
                 return message.get("result", {})
+
+    def _keep_error(self, message: dict) -> None:
+        method, params = message.get("method"), message.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            details = params.get("exceptionDetails", {})
+            self.errors.append(details.get("exception", {}).get("description")
+                               or details.get("text", "exception"))
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            self.errors.append(" ".join(str(a.get("value", a.get("description", "")))
+                                        for a in params.get("args", [])))
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+            entry = params["entry"]
+            self.errors.append(f"{entry.get('text')} ({entry.get('url', '')})")
+
+    def console_errors(self) -> list[str]:
+        """The errors so far (a round trip first, so that those already sent are read)."""
+        self.send("Runtime.evaluate", expression="0")
+        return list(self.errors)
 
     def js(self, expression: str) -> Any:
         result = self.send("Runtime.evaluate", expression=expression, returnByValue=True,

@@ -1,21 +1,21 @@
 """Analyse a run from the warehouse into a self-contained HTML report and ``summary.json``.
 
 The report reads the run back from the warehouse, never from raw files or XCom, so it
-looks the same whichever backend produced the rows. The HTML has no external assets:
-CSS is inline, plots are base64 PNG data URIs, and every piece of text is escaped.
+looks the same whichever backend produced the rows. The HTML has no external assets: CSS
+is inline, the interactive charts (``run_charts``) embed their data and the charting
+library once (``charts.assets``), and every piece of text is escaped.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from caio_operators import storage
-from caio_operators.analysis import plots
+from caio_operators import benchmark, storage
+from caio_operators.analysis import charts, run_charts
+from caio_operators.analysis.page import document, e, fmt, kv_table
 from caio_operators.analysis.summary import (
     generator_warning,
     host_warning,
@@ -27,49 +27,8 @@ from caio_operators.results.warehouse import open_warehouse
 
 log = logging.getLogger(__name__)
 
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
-       margin: 2rem auto; max-width: 60rem; color: #222; line-height: 1.4; padding: 0 1rem; }
-h1 { font-size: 1.5rem; margin-bottom: 0.2rem; } h2 { font-size: 1.15rem; margin-top: 2rem;
-     border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; }
-.sub { color: #666; margin-top: 0; }
-.badge { display: inline-block; padding: 0.1rem 0.6rem; border-radius: 0.8rem; color: #fff;
-         font-size: 0.9rem; vertical-align: middle; }
-.success { background: #2e7d32; } .degraded { background: #ef6c00; }
-.failed { background: #c62828; }
-.finding { background: #f4f6fb; border-left: 4px solid #3f51b5; padding: 0.6rem 1rem; }
-.warning { background: #fff3e0; border-left: 4px solid #ef6c00; padding: 0.6rem 1rem;
-           font-weight: 600; }
-table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
-th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-th { background: #fafafa; }
-figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #555; font-size: 0.9rem; }
-pre { background: #f7f7f7; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
-"""
-
-
-def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _fmt(value: Any, spec: str = "{:.1f}") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return spec.format(value)
-    return str(value)
-
-
-def _kv_table(items: Mapping[str, Any]) -> str:
-    if not items:
-        return "<p class='sub'>none recorded</p>"
-    rows = []
-    for key, value in items.items():
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-        rows.append(f"<tr><th>{_e(key)}</th><td>{_e(text)}</td></tr>")
-    return "<table>" + "".join(rows) + "</table>"
+#: params that name the model under test: always shown next to the benchmark's own
+MODEL_PARAMS = ("model_name", "model_version", "model_source", *benchmark.IDENTITY)
 
 
 def _json_field(text: Any) -> dict[str, Any]:
@@ -85,30 +44,33 @@ def _json_field(text: Any) -> dict[str, Any]:
 def _figures_table(s: Mapping[str, Any]) -> str:
     err = "-" if s.get("error_rate") is None else f"{s['error_rate']:.2%}"
     rows = [
-        ("requests", _fmt(s.get("requests"))), ("failures", _fmt(s.get("failures"))),
+        ("requests", fmt(s.get("requests"))), ("failures", fmt(s.get("failures"))),
         ("error rate", err),
-        ("throughput (steady window)", f"{_fmt(s.get('throughput_rps'), '{:.2f}')} req/s"),
-        ("duration", f"{_fmt(s.get('duration_s'))} s"),
-        ("peak CPU (busiest replica)", f"{_fmt(s.get('peak_cpu_pct'), '{:.0f}')} % of a core"),
-        ("peak memory", f"{_fmt(s.get('peak_memory_mb'), '{:.0f}')} MB"),
+        ("throughput (steady window)", f"{fmt(s.get('throughput_rps'), '{:.2f}')} req/s"),
+        ("goodput (successful within the SLO)",
+         f"{fmt(s.get('goodput_rps'), '{:.2f}')} req/s within "
+         f"{fmt(s.get('goodput_slo_ms'), '{:g}')} ms"),
+        ("duration", f"{fmt(s.get('duration_s'))} s"),
+        ("peak CPU (busiest replica)", f"{fmt(s.get('peak_cpu_pct'), '{:.0f}')} % of a core"),
+        ("peak memory", f"{fmt(s.get('peak_memory_mb'), '{:.0f}')} MB"),
         ("peak GPU utilisation (busiest GPU)",
-         f"{_fmt(s.get('peak_gpu_pct'), '{:.0f}')} % duty cycle"),
+         f"{fmt(s.get('peak_gpu_pct'), '{:.0f}')} % duty cycle"),
         ("max CPU (busiest Locust worker)",
-         f"{_fmt(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core"),
+         f"{fmt(s.get('max_worker_cpu_pct'), '{:.0f}')} % of a core"),
         ("machine CPU during the load (all / other processes)",
-         f"{_fmt(s.get('host_cpu_pct'), '{:.0f}')} / "
-         f"{_fmt(s.get('host_other_cpu_pct'), '{:.0f}')} % of a core"),
+         f"{fmt(s.get('host_cpu_pct'), '{:.0f}')} / "
+         f"{fmt(s.get('host_other_cpu_pct'), '{:.0f}')} % of a core"),
         ("other caio loads on this machine meanwhile", s.get("overlapping_runs") or "none"),
     ]
     if s.get("monitoring_coverage"):
         rows.append(("Cloud Monitoring series", s["monitoring_coverage"]))
-    body = "".join(f"<tr><th>{_e(k)}</th><td class='num'>{_e(v)}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><th>{e(k)}</th><td class='num'>{e(v)}</td></tr>" for k, v in rows)
     lat_keys = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")
-    heads = "".join(f"<th>{_e(k.removesuffix('_ms').replace('p999', 'p99.9'))}</th>"
+    heads = "".join(f"<th>{e(k.removesuffix('_ms').replace('p999', 'p99.9'))}</th>"
                     for k in lat_keys)
-    client = "".join(f"<td class='num'>{_e(_fmt(s.get(k)))}</td>" for k in lat_keys)
+    client = "".join(f"<td class='num'>{e(fmt(s.get(k)))}</td>" for k in lat_keys)
     server = "".join(
-        f"<td class='num'>{_e(_fmt(s.get('server_' + k)) if k in ('p50_ms', 'p99_ms') else '')}"
+        f"<td class='num'>{e(fmt(s.get('server_' + k)) if k in ('p50_ms', 'p99_ms') else '')}"
         "</td>" for k in lat_keys)
     latency = (f"<table><tr><th>latency ms</th>{heads}</tr><tr><th>client</th>{client}</tr>"
                f"<tr><th>server</th>{server}</tr></table>")
@@ -121,9 +83,9 @@ def _levels_table(levels: list[Mapping[str, Any]]) -> str:
     head = ("<tr><th>users</th><th>intervals</th><th>req/s</th><th>p50 ms</th>"
             "<th>p95 ms</th><th>errors</th></tr>")
     rows = "".join(
-        "<tr>" + "".join(f"<td class='num'>{_e(v)}</td>" for v in (
-            lv["users"], lv["intervals"], _fmt(lv["throughput_rps"]), _fmt(lv["p50_ms"]),
-            _fmt(lv["p95_ms"]),
+        "<tr>" + "".join(f"<td class='num'>{e(v)}</td>" for v in (
+            lv["users"], lv["intervals"], fmt(lv["throughput_rps"]), fmt(lv["p50_ms"]),
+            fmt(lv["p95_ms"]),
             "-" if lv.get("error_rate") is None else f"{lv['error_rate']:.1%}")) + "</tr>"
         for lv in levels)
     return f"<h3>Per users level</h3><table>{head}{rows}</table>"
@@ -134,17 +96,17 @@ def _peak_table(s: Mapping[str, Any]) -> str:
     if not search:
         return ""
     head = ("<tr><th>step</th><th>offered req/s</th><th>verdict</th><th>req/s</th>"
-            f"<th>p{_e(_fmt(s.get('slo_percentile'), '{:g}'))} ms</th><th>errors</th>"
+            f"<th>p{e(fmt(s.get('slo_percentile'), '{:g}'))} ms</th><th>errors</th>"
             "<th>windows</th><th>reason</th></tr>")
     rows = "".join(
-        "<tr>" + "".join(f"<td class='num'>{_e(v)}</td>" for v in (
-            st["step"], _fmt(st["rate"]), "pass" if st["passed"] else "FAIL",
-            _fmt(st["throughput_rps"]), _fmt(st.get("latency_ms")),
+        "<tr>" + "".join(f"<td class='num'>{e(v)}</td>" for v in (
+            st["step"], fmt(st["rate"]), "pass" if st["passed"] else "FAIL",
+            fmt(st["throughput_rps"]), fmt(st.get("latency_ms")),
             "-" if st.get("error_rate") is None else f"{st['error_rate']:.1%}",
-            st["windows"])) + f"<td>{_e(st['reason'])}</td></tr>"
+            st["windows"])) + f"<td>{e(st['reason'])}</td></tr>"
         for st in search["steps"])
-    return (f"<h3>Peak search: {_e(_fmt(s.get('max_sustainable_rps'), '{:.4g}'))} req/s "
-            f"sustained ({_e(search.get('status'))})</h3><table>{head}{rows}</table>")
+    return (f"<h3>Peak search: {e(fmt(s.get('max_sustainable_rps'), '{:.4g}'))} req/s "
+            f"sustained ({e(search.get('status'))})</h3><table>{head}{rows}</table>")
 
 
 def _verdict_section(verdict: Mapping[str, Any] | None) -> str:
@@ -157,62 +119,127 @@ def _verdict_section(verdict: Mapping[str, Any] | None) -> str:
                f"no baseline used ({verdict.get('baseline_rule')} rule)")
     rows = [("verdict", verdict.get("verdict")), ("baseline", against),
             ("why", verdict.get("reason")),
-            ("cost per hour", _fmt(verdict.get("cost_per_hour"), "{:.4g}")),
-            ("cost per 1,000 predictions", _fmt(verdict.get("cost_per_1k"), "{:.4g}")),
+            ("cost per hour", fmt(verdict.get("cost_per_hour"), "{:.4g}")),
+            ("cost per 1,000 predictions", fmt(verdict.get("cost_per_1k"), "{:.4g}")),
             ("cost basis", f"{verdict.get('cost_basis') or '-'} "
-                           f"({_fmt(verdict.get('cost_basis_rps'), '{:.4g}')} req/s)"),
+                           f"({fmt(verdict.get('cost_basis_rps'), '{:.4g}')} req/s)"),
             ("cost note", verdict.get("cost_note"))]
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
     return f"<h2>Verdict</h2><table>{body}</table>"
 
 
-def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
+def _load_words(s: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """The load in a few words, from the shape's own params."""
+    shape = s.get("load_shape") or params.get("load_shape")
+    duration = params.get("duration_s") or s.get("duration_s")
+    length = f" for {fmt(duration, '{:.0f}')} s" if duration else ""
+    if shape == "open_rate":
+        profile = params.get("rate_profile") or "constant"
+        return (f"an open-loop {profile} rate of {fmt(params.get('rate'), '{:g}')} req/s"
+                f"{length}")
+    if shape == "peak_search":
+        return (f"a peak search up to {fmt(params.get('max_rate'), '{:g}')} req/s for the "
+                f"highest rate with p{fmt(s.get('slo_percentile'), '{:g}')} under "
+                f"{fmt(s.get('slo_ms'), '{:g}')} ms")
+    users = s.get("users") or params.get("users")
+    return f"a {shape or 'closed-loop'} load of up to {users} users{length}"
+
+
+def _verdict_words(verdict: Mapping[str, Any] | None) -> str:
+    if not verdict:
+        return "not judged (a failed run is never compared)"
+    base = verdict.get("baseline_run_id")
+    if base:
+        return (f"verdict {verdict.get('verdict')} against run {base} "
+                f"({verdict.get('baseline_rule')} baseline)")
+    return f"verdict {verdict.get('verdict')} ({verdict.get('reason')})"
+
+
+def _cost_words(verdict: Mapping[str, Any] | None) -> str:
+    if not verdict or verdict.get("cost_per_1k") is None:
+        return "cost not priced"
+    if not verdict.get("cost_per_hour") and verdict.get("cost_note"):
+        # a zero price is a machine left unpriced: the note's first clause says how to price it
+        return f"cost not priced: {verdict['cost_note'].split(';')[0]}"
+    return (f"cost {fmt(verdict.get('cost_per_1k'), '{:.4g}')} per 1,000 predictions "
+            f"({fmt(verdict.get('cost_per_hour'), '{:.4g}')} per hour)")
+
+
+def headline(s: Mapping[str, Any], params: Mapping[str, Any],
+             verdict: Mapping[str, Any] | None) -> str:
+    """What was measured, in one sentence: model, target, load, result, verdict, cost."""
+    model = f"{s.get('model_name')}:{s.get('model_version')}"
+    target = (f"{s.get('target')} target ({s.get('replicas')} replica(s), "
+              f"{s.get('protocol')} protocol)")
+    result = (f"{fmt(s.get('throughput_rps'), '{:.2f}')} successful req/s at p95 "
+              f"{fmt(s.get('p95_ms'))} ms")
+    if s.get("error_rate") is not None:
+        result += f" with {s['error_rate']:.1%} errors"
+    if s.get("goodput_rps") is not None and s.get("goodput_slo_ms"):
+        result += (f", goodput {fmt(s['goodput_rps'], '{:.2f}')} req/s within "
+                   f"{fmt(s['goodput_slo_ms'], '{:g}')} ms")
+    if s.get("max_sustainable_rps") is not None:
+        result += f", {fmt(s['max_sustainable_rps'], '{:.4g}')} req/s sustainable"
+    return (f"{model} on the {target} under {_load_words(s, params)}: {result}; "
+            f"{_verdict_words(verdict)}; {_cost_words(verdict)}.")
+
+
+def split_params(params: Mapping[str, Any], provenance: Mapping[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(shaping, other)``: the params that shaped this run (the model under test and the
+    run's benchmark fields: its target's settings, its load shape's knobs; see
+    ``benchmark.benchmark_fields``) and the rest."""
+    names = [*MODEL_PARAMS, *benchmark.benchmark_fields(params, provenance)]
+    shaping = {n: params[n] for n in dict.fromkeys(names) if n in params}
+    return shaping, {n: v for n, v in params.items() if n not in shaping}
+
+
+def _params_section(params: Mapping[str, Any], provenance: Mapping[str, Any]) -> str:
+    shaping, other = split_params(params, provenance)
+    folded = (f"<details><summary>{len(other)} other params (defaults or not used by this "
+              f"target and load shape)</summary>{kv_table(other)}</details>" if other else "")
+    return f"<h2>Parameters that shaped this run</h2>{kv_table(shaping)}{folded}"
+
+
+def render_html(summary: Mapping[str, Any], chart_list: list[charts.Chart],
                 provenance: Mapping[str, Any], params: Mapping[str, Any], text: str,
                 verdict: Mapping[str, Any] | None = None) -> str:
-    """The whole report as one HTML string (inline CSS, inline PNGs, escaped text)."""
+    """The whole report as one HTML string (inline CSS, embedded charts, escaped text)."""
     s = summary
     status = str(s.get("status") or "unknown")
     status_class = status if status in ("success", "degraded", "failed") else "failed"
-    reason = f" <span class='sub'>{_e(s.get('reason'))}</span>" if s.get("reason") else ""
-    titles = {key: title for key, title, _ in plots.PLOTS}
-    figures = "".join(
-        f"<figure><img alt='{_e(titles.get(key, key))}' "
-        f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
-        f"<figcaption>{_e(titles.get(key, key))}</figcaption></figure>"
-        for key, png in images.items())
+    reason = f" <span class='sub'>{e(s.get('reason'))}</span>" if s.get("reason") else ""
+    figures = "\n".join(charts.figure(c) for c in chart_list)
     warnings = [w for w in (generator_warning(s), host_warning(s)) if w]
-    warning_html = "".join(f"<p class='warning'>Warning: {_e(w)}</p>\n" for w in warnings)
+    warning_html = "".join(f"<p class='warning'>Warning: {e(w)}</p>\n" for w in warnings)
     subtitle = (f"model {s.get('model_name')}:{s.get('model_version')} "
                 f"({s.get('model_source')}, weights {s.get('weights')}), "
                 f"signature {s.get('signature')}; target {s.get('target')} "
                 f"({s.get('protocol')}), {s.get('replicas')} replica(s); "
                 f"{s.get('load_shape')} load, {s.get('users')} users, "
                 f"{s.get('workers')} worker(s); started {s.get('started_at')}")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>caio-bench run {_e(s.get('run_id'))}</title>
-<style>{_CSS}</style></head>
-<body>
-<h1>Run {_e(s.get('run_id'))} <span class="badge {status_class}">{_e(status)}</span>{reason}</h1>
-<p class="sub">{_e(subtitle)}</p>
+    head, scripts = charts.assets(chart_list)
+    badge = f"<span class='badge {status_class}'>{e(status)}</span>"
+    body = f"""<h1>Run {e(s.get('run_id'))} {badge}{reason}</h1>
+<p class="headline">{e(headline(s, params, verdict))}</p>
+<p class="sub">{e(subtitle)}</p>
 {warning_html}<h2>Finding</h2>
-<p class="finding">{_e(s.get('finding'))}</p>
+<p class="finding">{e(s.get('finding'))}</p>
 {_verdict_section(verdict)}
 <h2>Key figures</h2>
 {_figures_table(s)}
 {_peak_table(s)}
 {_levels_table(list(s.get('levels') or []))}
-<h2>Plots</h2>
+<h2>Charts</h2>
+<p class="sub">Hover for values; drag across a chart to zoom, double-click to reset; click a
+legend entry to hide or show its series.</p>
 {figures}
+{_params_section(params, provenance)}
 <h2>Provenance</h2>
-{_kv_table(provenance)}
-<h2>Parameters</h2>
-{_kv_table(params)}
+{kv_table(provenance)}
 <h2>Summary (text)</h2>
-<pre>{_e(text)}</pre>
-</body></html>
-"""
+<pre>{e(text)}</pre>"""
+    return document(f"caio-bench run {s.get('run_id')}", body, head, scripts)
 
 
 def analyse_run(warehouse_uri: str, run_id: str, layout: RunLayout,
@@ -231,11 +258,11 @@ def analyse_run(warehouse_uri: str, run_id: str, layout: RunLayout,
         raise ValueError(f"run {run_id!r} is not in the warehouse {warehouse_uri}; "
                          "harvest it first")
     summary = summarize(tables["runs"], tables["timeseries"])
-    text = summary_text(summary)
     row = tables["runs"].iloc[0]
     provenance, params = _json_field(row["provenance"]), _json_field(row["params"])
-    images = plots.all_plots(tables["timeseries"])
-    page = render_html(summary, images, provenance, params, text, verdict)
+    text = summary_text(summary)
+    chart_list = run_charts.run_charts(tables["timeseries"], summary)
+    page = render_html(summary, chart_list, provenance, params, text, verdict)
     report_uri = storage.write_text(layout.report_html, page)
     summary_uri = storage.write_text(
         layout.summary_json,

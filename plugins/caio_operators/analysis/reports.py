@@ -1,7 +1,8 @@
 """Reports across runs: a sweep's comparison report and the history report.
 
 Both read only the warehouse (``runs``, ``timeseries``, ``verdicts``) and write one
-self-contained HTML file (inline CSS, base64 PNGs, escaped text) plus a JSON twin:
+self-contained HTML file (inline CSS, interactive charts with their data and the charting
+library embedded once, escaped text) plus a JSON twin:
 
 - ``<bucket>/sweeps/<sweep_id>/comparison.html``: the variants ranked by max req/s under
   the SLO (the peak search's max sustainable throughput, or the measured throughput when no
@@ -14,7 +15,6 @@ self-contained HTML file (inline CSS, base64 PNGs, escaped text) plus a JSON twi
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -23,8 +23,10 @@ from typing import Any
 import pandas as pd
 
 from caio_operators import storage
-from caio_operators.analysis.plots import _figure, _png
-from caio_operators.analysis.report import _CSS, _e, _fmt
+from caio_operators.analysis import charts
+from caio_operators.analysis.charts import Chart, Series
+from caio_operators.analysis.page import document, e, fmt
+from caio_operators.analysis.page import table as html_table
 from caio_operators.analysis.summary import load_levels, plain
 from caio_operators.analysis.verdicts import MAX_SUSTAINABLE, judge_run, run_row
 
@@ -56,51 +58,28 @@ def rank_variants(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return good + bad
 
 
-def _img(png: bytes, alt: str) -> str:
-    return (f"<figure><img alt='{_e(alt)}' src='data:image/png;base64,"
-            f"{base64.b64encode(png).decode()}'/></figure>")
+def curves_chart(curves: Mapping[str, list[dict[str, Any]]]) -> Chart:
+    """Latency (p95) vs throughput, one toggleable curve per variant (a point per users
+    level, or the run's one point)."""
+    series = tuple(Series(name, [p["throughput_rps"] for p in points],
+                          [p["p95_ms"] for p in points]) for name, points in curves.items())
+    return Chart("curves", "Latency vs throughput per variant", "successful requests/s",
+                 "p95 latency ms", series, empty="no variant measured anything",
+                 caption="click a variant in the legend to hide or show it")
 
 
-def curves_plot(curves: Mapping[str, list[dict[str, Any]]]) -> bytes:
-    """Latency (p95) vs throughput, one curve per variant (a point per users level)."""
-    fig, (ax,) = _figure(height=4.0)
-    for name, points in curves.items():
-        if points:
-            ax.plot([p["throughput_rps"] for p in points], [p["p95_ms"] for p in points],
-                    marker="o", linewidth=1.4, label=name)
-    ax.set_xlabel("successful requests/s")
-    ax.set_ylabel("p95 latency ms")
-    ax.set_title("Latency vs throughput per variant", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    if any(curves.values()):
-        ax.legend(fontsize=8)
-    return _png(fig)
+def bars_chart(key: str, names: Sequence[str], values: Sequence[float | None], ylabel: str,
+               title: str) -> Chart:
+    """One bar per name (a missing value: no bar)."""
+    return Chart(key, title, "variant", ylabel,
+                 (Series(ylabel, list(range(len(names))), list(values), kind="bars"),),
+                 x_names=tuple(names), y_min=0.0, empty="no variant has a value", height=260)
 
 
-def bars_plot(names: Sequence[str], values: Sequence[float | None], ylabel: str,
-              title: str) -> bytes:
-    fig, (ax,) = _figure(height=3.0)
-    ax.bar(list(names), [v or 0.0 for v in values], color="tab:blue")
-    for i, v in enumerate(values):
-        ax.annotate("n/a" if v is None else f"{v:.4g}", (i, v or 0.0), ha="center",
-                    va="bottom", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, axis="y", alpha=0.3)
-    return _png(fig)
-
-
-def _page(title: str, sub: str, body: str) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
-            f"<p class='sub'>{_e(sub)}</p>{body}</body></html>")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def _page(title: str, sub: str, body: str, chart_list: Sequence[Chart]) -> str:
+    head, scripts = charts.assets(chart_list)
+    return document(title, f"<h1>{e(title)}</h1><p class='sub'>{e(sub)}</p>{body}", head,
+                    scripts)
 
 
 def compare_sweep(warehouse, specs: Sequence[Mapping[str, Any]], bucket: str, sweep: str,
@@ -150,34 +129,37 @@ def compare_sweep(warehouse, specs: Sequence[Mapping[str, Any]], bucket: str, sw
     basis_text = ("max sustainable req/s under the SLO (peak search)"
                   if basis == MAX_SUSTAINABLE else
                   "measured req/s (no peak search ran: the SLO-bound maximum is unknown)")
-    table = _table(
+    table = html_table(
         ["rank", "variant", "run", "model", "source", "replicas", "status", "req/s",
          "p50 ms", "p95 ms", "p99 ms", "max sustainable req/s", "cost/h", "cost per 1,000",
          "verdict vs first"],
         [[r.get("rank") or "-", r["variant"], r["run_id"],
           f"{r.get('model_name')}:{r.get('model_version')}", r.get("model_source"),
-          r.get("replicas"), r.get("status"), _fmt(r.get("throughput_rps"), "{:.2f}"),
-          _fmt(r.get("p50_ms")), _fmt(r.get("p95_ms")), _fmt(r.get("p99_ms")),
-          _fmt(r.get(MAX_SUSTAINABLE)), _fmt(r.get("cost_per_hour"), "{:.4g}"),
-          _fmt(r.get("cost_per_1k"), "{:.4g}"), r.get("verdict", "-")] for r in ranked])
-    verdict_table = _table(["variant", "verdict", "figures"],
+          r.get("replicas"), r.get("status"), fmt(r.get("throughput_rps"), "{:.2f}"),
+          fmt(r.get("p50_ms")), fmt(r.get("p95_ms")), fmt(r.get("p99_ms")),
+          fmt(r.get(MAX_SUSTAINABLE)), fmt(r.get("cost_per_hour"), "{:.4g}"),
+          fmt(r.get("cost_per_1k"), "{:.4g}"), r.get("verdict", "-")] for r in ranked])
+    verdict_table = html_table(["variant", "verdict", "figures"],
                            [[r["variant"], r.get("verdict", "-"), r.get("verdict_reason", "")]
                             for r in rows])
     names = [r["variant"] for r in ranked]
-    capacity = bars_plot(names, [r.get("capacity_rps") for r in ranked], "req/s", basis_text)
-    cost = bars_plot(names, [r.get("cost_per_1k") for r in ranked], "cost",
-                     "Cost per 1,000 predictions")
+    curves_c = curves_chart(curves)
+    capacity = bars_chart("capacity", names, [r.get("capacity_rps") for r in ranked], "req/s",
+                          basis_text)
+    cost = bars_chart("cost", names, [r.get("cost_per_1k") for r in ranked], "cost",
+                      "Cost per 1,000 predictions")
     cost_notes = "; ".join(f"{r['variant']}: {r['cost_note']}" for r in rows
                            if r.get("cost_note"))
     body = (
-        f"<h2>Ranking</h2><p>Ranked by {_e(basis_text)}.</p>{table}"
-        f"<h2>Latency vs throughput</h2>{_img(curves_plot(curves), 'curves')}"
-        f"<h2>Max req/s</h2>{_img(capacity, 'capacity')}"
-        f"<h2>Cost per 1,000 predictions</h2>{_img(cost, 'cost')}"
-        f"<p class='sub'>{_e(cost_notes)}</p>"
-        f"<h2>Verdicts (each variant against {_e(rows[0]['variant'])})</h2>{verdict_table}")
+        f"<h2>Ranking</h2><p>Ranked by {e(basis_text)}.</p>{table}"
+        f"<h2>Latency vs throughput</h2>{charts.figure(curves_c)}"
+        f"<h2>Max req/s</h2>{charts.figure(capacity)}"
+        f"<h2>Cost per 1,000 predictions</h2>{charts.figure(cost)}"
+        f"<p class='sub'>{e(cost_notes)}</p>"
+        f"<h2>Verdicts (each variant against {e(rows[0]['variant'])})</h2>{verdict_table}")
     uri = comparison_uri(bucket, sweep)
-    storage.write_text(uri, _page(f"Sweep {sweep}", f"{len(specs)} variants", body))
+    storage.write_text(uri, _page(f"Sweep {sweep}", f"{len(specs)} variants", body,
+                                  [curves_c, capacity, cost]))
     summary = {"sweep": sweep, "basis": basis, "ranking": [
         {k: r.get(k) for k in ("rank", "variant", "run_id", "status", "capacity_rps",
                                "p95_ms", "cost_per_1k", "verdict")} for r in ranked]}
@@ -213,27 +195,34 @@ def with_fingerprints(history: pd.DataFrame) -> pd.DataFrame:
     return history
 
 
-def history_plot(history: pd.DataFrame) -> bytes:
-    """p95/p99, throughput and cost per 1,000 over time, one line per model and benchmark
-    fingerprint (versions follow each other along it; runs of different benchmarks never
-    share a line), each regression marked by a red cross."""
-    fig, axes = _figure(3, height=8.5)
-    panels = ((("p95_ms", "p99_ms"), "latency ms"), (("throughput_rps",), "req/s"),
-              (("cost_per_1k",), "cost per 1,000"))
-    for ax, (columns, label) in zip(axes, panels, strict=True):
+#: the history's charts: (key, title, axis label, columns)
+HISTORY_PANELS = (("history_latency", "Latency per run", "latency ms", ("p95_ms", "p99_ms")),
+                  ("history_throughput", "Throughput per run", "req/s", ("throughput_rps",)),
+                  ("history_cost", "Cost per 1,000 predictions per run", "cost per 1,000",
+                   ("cost_per_1k",)))
+
+
+def history_charts(history: pd.DataFrame) -> list[Chart]:
+    """p95/p99, throughput and cost per 1,000 over time, one toggleable line per model and
+    benchmark fingerprint (versions follow each other along it; runs of different
+    benchmarks never share a line), regressions as red points."""
+    out = []
+    when = history["started_at"].map(lambda t: t.timestamp()) if len(history) else []
+    for key, title, label, columns in HISTORY_PANELS:
+        series = []
         for (model, _), part in history.groupby(["model_name", "fingerprint"]):
             bench = part["benchmark_label"].iloc[0]
             for column in columns:
-                ax.plot(part["started_at"], part[column], marker="o", linewidth=1.2,
-                        label=f"{model} {bench} {column}")
-                bad = part[part["verdict"] == "regression"]
-                ax.scatter(bad["started_at"], bad[column], marker="x", s=80, color="red",
-                           zorder=3)
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0].set_title("History (red x: regression against the baseline)", fontsize=10)
-    return _png(fig)
+                series.append(Series(f"{model} {bench} {column}", when[part.index].tolist(),
+                                     part[column].astype(float).tolist()))
+        bad = history[history["verdict"] == "regression"]
+        if len(bad):
+            series.append(Series("regression", when[bad.index].tolist(),
+                                 bad[columns[0]].astype(float).tolist(), kind="points",
+                                 color="#d62728"))
+        out.append(Chart(key, title, "run started", label, tuple(series), x_time=True,
+                         empty="no run has this figure"))
+    return out
 
 
 def history_report(warehouse, bucket: str, dag_id: str = "caio_load_test") -> dict[str, Any]:
@@ -243,17 +232,20 @@ def history_report(warehouse, bucket: str, dag_id: str = "caio_load_test") -> di
     history["started_at"] = pd.to_datetime(history["started_at"], utc=True)
     rows = [[r.started_at, f"{r.model_name}:{r.model_version}", r.benchmark_label,
              r.run_id, r.status,
-             _fmt(plain(r.throughput_rps), "{:.2f}"), _fmt(plain(r.p95_ms)),
-             _fmt(plain(r.p99_ms)), _fmt(plain(r.cost_per_1k), "{:.4g}"), r.verdict or "-"]
+             fmt(plain(r.throughput_rps), "{:.2f}"), fmt(plain(r.p95_ms)),
+             fmt(plain(r.p99_ms)), fmt(plain(r.cost_per_1k), "{:.4g}"), r.verdict or "-"]
             for r in history.itertuples()]
-    body = (f"<h2>Trend</h2>{_img(history_plot(history), 'history')}" if len(history) else
-            "<p>No runs yet.</p>")
-    body += "<h2>Runs</h2>" + _table(
+    chart_list = history_charts(history) if len(history) else []
+    body = ("<h2>Trend</h2><p class='sub'>One line per model and benchmark fingerprint; "
+            "click a legend entry to hide or show it, drag to zoom, double-click to reset."
+            "</p>" + "".join(charts.figure(c) for c in chart_list)
+            if len(history) else "<p>No runs yet.</p>")
+    body += "<h2>Runs</h2>" + html_table(
         ["started", "model", "benchmark", "run", "status", "req/s", "p95 ms", "p99 ms",
          "cost per 1,000", "verdict"], rows)
     uri = history_uri(bucket)
     title = "History of all runs" if dag_id == "*" else f"History of {dag_id}"
-    storage.write_text(uri, _page(title, f"{len(history)} runs", body))
+    storage.write_text(uri, _page(title, f"{len(history)} runs", body, chart_list))
     log.info("history report of %d runs: %s", len(history), uri)
     return {"report_uri": uri, "runs": len(history),
             "regressions": int((history["verdict"] == "regression").sum())}

@@ -26,6 +26,7 @@ import pandas as pd
 
 from caio_operators.metrics import host
 from caio_operators.results import schema as sc
+from caio_operators.results.consolidate import run_slo_ms
 from caio_operators.results.stats import MAX_SATURATED_SHARE, SATURATED_CPU_PCT
 
 MIN_INTERVALS = 3
@@ -40,7 +41,7 @@ FIGURE_FIELDS = ("run_id", "dag_id", "status", "reason", "target", "protocol", "
                  "max_worker_cpu_pct",
                  "generator_saturated", "max_sustainable_rps", "slo_ms", "slo_percentile",
                  "fingerprint", "host_cpu_pct", "host_other_cpu_pct", "overlapping_runs",
-                 "monitoring_coverage")
+                 "monitoring_coverage", "goodput_rps")
 
 
 def plain(value: Any) -> Any:
@@ -208,6 +209,8 @@ def summarize(runs: pd.DataFrame | Mapping[str, Any], timeseries: pd.DataFrame,
     out["peak"] = _peak_json(row.get("peak_search"))
     out["finding"] = peak_finding(out) or sat["finding"]
     out["warning"] = generator_warning(out)
+    # goodput counts requests within the run's slo_ms param (results/stats.goodput_rps)
+    out["goodput_slo_ms"] = run_slo_ms(row.get("params"))
     out["has_gpu_metrics"] = bool((timeseries["metric"] == sc.GPU_UTILIZATION_PCT).any()) \
         if not timeseries.empty else False
     return out
@@ -255,6 +258,9 @@ def summary_text(summary: Mapping[str, Any]) -> str:
         f"requests    {s.get('requests')}  failures {s.get('failures')}  "
         f"error rate {error_rate}",
         f"throughput  {_num(s.get('throughput_rps'), '{:.2f}')} req/s (steady window)",
+        *([f"goodput     {_num(s['goodput_rps'], '{:.2f}')} req/s within "
+           f"{_num(s.get('goodput_slo_ms'), '{:g}')} ms (steady window)"]
+          if s.get("goodput_rps") is not None else []),
         "",
         f"{'latency ms':<12}{'p50':>9}{'p90':>9}{'p95':>9}{'p99':>9}{'p99.9':>9}{'max':>9}"
         f"{'mean':>9}",

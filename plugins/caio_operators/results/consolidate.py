@@ -65,9 +65,10 @@ def build_tables(meta: Mapping[str, Any], client: pd.DataFrame | pa.Table,
     client, server = _stats_frame(client_rec), _stats_frame(server_rec)
     worker_cpu = _clean_worker_cpu(worker_cpu)
     requests = _requests_table(run_id, client_rec, server_rec)
+    slo_ms = run_slo_ms(meta.get("params"))
     timeseries = _timeseries_table(run_id, client, server, samples, locust_history, interval_s,
-                                   worker_cpu)
-    runs = _runs_table(meta, client, server, samples, worker_cpu)
+                                   worker_cpu, slo_ms)
+    runs = _runs_table(meta, client, server, samples, worker_cpu, slo_ms)
     return {
         "runs": sc.conform("runs", runs),
         "timeseries": sc.conform("timeseries", timeseries),
@@ -260,6 +261,39 @@ def _client_series(client: pd.DataFrame, interval_s: float) -> list[pd.DataFrame
     return out
 
 
+def _goodput_series(client: pd.DataFrame, slo_ms: float | None, interval_s: float
+                    ) -> list[pd.DataFrame]:
+    if client.empty or slo_ms is None:
+        return []
+    return [_long(stats.interval_goodput(client, slo_ms, interval_s),
+                  {"goodput_rps": sc.GOODPUT_RPS}, sc.DIMENSION_ALL)]
+
+
+#: the open-loop generator's error text of a send it dropped (locust/caio_openloop.py)
+DROPPED_PREFIX = "dropped:"
+#: ... and of one dropped because max_in_flight requests were already in flight
+DROPPED_CAP_TEXT = "already in flight"
+
+
+def _dropped_series(client: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
+    """Sends an open-loop generator dropped, per interval of their intended send time and
+    per cause; nothing when none was dropped (closed-loop runs never drop)."""
+    if client.empty:
+        return []
+    errors = client["error"].astype("string")
+    dropped = errors.str.startswith(DROPPED_PREFIX, na=False).to_numpy(bool)
+    if not dropped.any():
+        return []
+    cap = errors.str.contains(DROPPED_CAP_TEXT, regex=False, na=False).to_numpy(bool)
+    out = []
+    for dimension, mask in (("late", dropped & ~cap), ("in_flight_cap", dropped & cap)):
+        if mask.any():
+            # every interval from the first request to the last, zero where none dropped
+            counts = stats.interval_stats(client.assign(ok=~mask), interval_s)
+            out.append(_long(counts, {"failure_rate_rps": sc.DROPPED_RPS}, dimension))
+    return out
+
+
 def _server_series(server: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
     if server.empty:
         return []
@@ -310,9 +344,11 @@ def _users_series(history: pd.DataFrame, interval_s: float) -> list[pd.DataFrame
 
 
 def _timeseries_table(run_id: str, client, server, samples, history, interval_s: float,
-                      worker_cpu: pd.DataFrame) -> pd.DataFrame:
+                      worker_cpu: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFrame:
     parts = [
         *_client_series(client, interval_s),
+        *_goodput_series(client, slo_ms, interval_s),
+        *_dropped_series(client, interval_s),
         *_server_series(server, interval_s),
         *_sample_series(samples, interval_s),
         *_users_series(history, interval_s),
@@ -468,6 +504,16 @@ def benchmark_columns(params: Any, provenance: Any) -> dict[str, str | None]:
             "benchmark": json.dumps(fields, sort_keys=True, default=str)}
 
 
+def run_slo_ms(params: Any) -> float | None:
+    """The ``slo_ms`` param of a run (dict or JSON text); None when absent or not > 0."""
+    value = _as_dict(params).get("slo_ms")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
 def _as_dict(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         try:
@@ -478,7 +524,8 @@ def _as_dict(value: Any) -> dict[str, Any]:
 
 
 def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFrame,
-                samples: pd.DataFrame, worker_cpu: pd.DataFrame) -> pd.DataFrame:
+                samples: pd.DataFrame, worker_cpu: pd.DataFrame, slo_ms: float | None = None
+                ) -> pd.DataFrame:
     figures = stats.latency_summary(client)
     ok_server = server[server["ok"]] if not server.empty else server
     server_pct = stats.percentiles(
@@ -526,6 +573,7 @@ def _runs_table(meta: Mapping[str, Any], client: pd.DataFrame, server: pd.DataFr
         "host_cpu_pct": math.nan, "host_other_cpu_pct": math.nan, "overlapping_runs": "",
         # every target: filled from the finished timeseries (results/gpu.py)
         "peak_gpu_pct": math.nan,
+        "goodput_rps": math.nan if slo_ms is None else stats.goodput_rps(client, slo_ms),
     })
     frame = pd.DataFrame([row])
     for col in ("started_at", "ended_at", "harvested_at"):

@@ -5,8 +5,9 @@ successful requests, so counts and rates built from them would be too low. The w
 HDR histogram records count every request (``ok``/``failed`` per interval and signature,
 exactly), so this replaces the ``runs`` counts (``requests``, ``failures``, ``error_rate``,
 ``throughput_rps``) and the per-interval ``request_rate_rps`` / ``failure_rate_rps`` series
-with theirs. Latency percentiles already come from the histograms
-(``consolidate.apply_histograms``); the ``requests`` table keeps the sample.
+with theirs, and leaves goodput out (a sample cannot count it). Latency percentiles already
+come from the histograms (``consolidate.apply_histograms``); the ``requests`` table keeps
+the sample.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def apply_histogram_counts(tables: Mapping[str, pd.DataFrame],
     runs.at[0, "failures"] = failures
     runs.at[0, "error_rate"] = failures / requests if requests else math.nan
     runs.at[0, "throughput_rps"] = throughput_rps(counts, interval_s)
+    # the histograms count outcomes per interval, not latencies against the SLO: a goodput
+    # from the sample would be too low, so there is none
+    runs.at[0, "goodput_rps"] = math.nan
     out["runs"] = sc.conform("runs", runs)
     parts = [_rate_rows(run_id, counts, sc.DIMENSION_ALL, interval_s)]
     signatures = sorted({r.signature for r in records})
@@ -90,7 +94,7 @@ def apply_histogram_counts(tables: Mapping[str, pd.DataFrame],
         parts += [_rate_rows(run_id, interval_counts(records, interval_s, sig), sig, interval_s)
                   for sig in signatures]
     timeseries = tables["timeseries"]
-    kept = timeseries[~timeseries["metric"].isin(RATE_SERIES)]
+    kept = timeseries[~timeseries["metric"].isin((*RATE_SERIES, sc.GOODPUT_RPS))]
     merged = pd.concat([df for df in (kept, *parts) if not df.empty], ignore_index=True)
     out["timeseries"] = sc.conform("timeseries", merged.sort_values(
         ["metric", "dimension", "ts"], kind="stable", ignore_index=True))

@@ -43,6 +43,8 @@ PEAK_THROUGHPUT_RPS = "peak_throughput_rps"
 PEAK_LATENCY_MS = "peak_latency_ms"
 PEAK_ERROR_RATE = "peak_error_rate"
 PEAK_STEP_PASSED = "peak_step_passed"
+GOODPUT_RPS = "goodput_rps"
+DROPPED_RPS = "dropped_rps"
 
 METRICS: dict[str, str] = {
     CLIENT_LATENCY_P50_MS: "client-side latency, median of successful requests started in "
@@ -80,6 +82,11 @@ METRICS: dict[str, str] = {
     PEAK_ERROR_RATE: "peak_search: failed or dropped share of that window's requests",
     PEAK_STEP_PASSED: "peak_search: 1 if the step's rate passed, 0 if it failed (ts = the "
                       "step's first judged window; dimension 'step-<n>')",
+    GOODPUT_RPS: "successful requests per second that took at most the slo_ms param "
+                 "(requests started in the interval); absent when the params have no slo_ms",
+    DROPPED_RPS: "open-loop sends the load generator dropped per second (never sent, by "
+                 "intended send time); dimension 'late' (could not start in time) or "
+                 "'in_flight_cap' (max_in_flight reached)",
 }
 
 DEFAULT_INTERVAL_S = 1.0
@@ -168,6 +175,9 @@ RUNS: tuple[Column, ...] = (
                                  "Monitoring's points reached when harvested); null for local"),
     _c("peak_gpu_pct", F64, "highest GPU utilisation of any one device (local) or of the "
                             "accelerators (cloud) in any interval; null without GPU series"),
+    _c("goodput_rps", F64, "successful requests per second that took at most the slo_ms "
+                           "param, over the steady window (<= throughput_rps); null when the "
+                           "params have no slo_ms"),
 )
 
 TIMESERIES: tuple[Column, ...] = (

@@ -219,12 +219,57 @@ def throughput_rps(records: pd.DataFrame, window: tuple[float, float] | None = N
         window = steady_window(ts, trim_fraction)
     if window is None:
         return math.nan
+    return _rate_in(ts, _ok_mask(records), window)
+
+
+def _rate_in(ts: np.ndarray, mask: np.ndarray, window: tuple[float, float]) -> float:
     start, end = window
     if end <= start:
         raise ValueError(f"steady window end {end} is not after its start {start}")
     # half-open [start, end): n evenly spaced requests over (n - 1) gaps give the true rate
     inside = (ts >= start) & (ts < end)
-    return float((inside & _ok_mask(records)).sum() / (end - start))
+    return float((inside & mask).sum() / (end - start))
+
+
+def within_slo(records: pd.DataFrame, slo_ms: float) -> np.ndarray:
+    """Which records succeeded within ``slo_ms`` (a latency equal to the SLO meets it)."""
+    if slo_ms is None or not slo_ms > 0:
+        raise ValueError(f"slo_ms must be > 0, got {slo_ms}")
+    lat = records["latency_ms"].to_numpy(dtype=float, na_value=np.nan)
+    with np.errstate(invalid="ignore"):
+        return _ok_mask(records) & (lat <= slo_ms)
+
+
+def goodput_rps(records: pd.DataFrame, slo_ms: float,
+                window: tuple[float, float] | None = None,
+                trim_fraction: float = STEADY_TRIM_FRACTION) -> float:
+    """Goodput: successful requests per second that took at most ``slo_ms``, started within
+    the steady window (the same window as :func:`throughput_rps`, so goodput <= throughput).
+    NaN when there is no window."""
+    if records.empty:
+        return math.nan
+    ts = epoch_seconds(records["ts"])
+    if window is None:
+        window = steady_window(ts, trim_fraction)
+    if window is None:
+        return math.nan
+    return _rate_in(ts, within_slo(records, slo_ms), window)
+
+
+def interval_goodput(records: pd.DataFrame, slo_ms: float, interval_s: float = 1.0
+                     ) -> pd.DataFrame:
+    """Per interval (aligned like :func:`interval_stats`, every interval from the first
+    request to the last): ``ts`` and ``goodput_rps``, requests within ``slo_ms`` per s."""
+    if records.empty:
+        return pd.DataFrame({"ts": pd.Series([], dtype="float64"),
+                             "goodput_rps": pd.Series([], dtype="float64")})
+    ts = epoch_seconds(records["ts"])
+    good = within_slo(records, slo_ms)
+    keep = ~np.isnan(ts)
+    bins = _bins(ts[keep], interval_s)
+    all_bins = _full_range(bins)
+    counts = np.bincount(bins[good[keep]] - all_bins[0], minlength=all_bins.size)
+    return pd.DataFrame({"ts": all_bins * interval_s, "goodput_rps": counts / interval_s})
 
 
 def cpu_saturation(percents: Sequence[float], threshold: float = SATURATED_CPU_PCT,
