@@ -23,14 +23,6 @@ LOAD_TEST_TASKS = {"validate", "export", "deploy", "prepare_metrics", "choose_lo
 LOAD_TEST_STATES = {**dict.fromkeys(LOAD_TEST_TASKS, "success"), "load_gke": "skipped"}
 
 
-@pytest.fixture(scope="module")
-def triggered(api, today_taken) -> dict:
-    """One caio_load_test run triggered through the REST API with a conf, ended."""
-    api.unpause("caio_load_test")  # the Trigger form's "unpause" box
-    run_id = api.trigger("caio_load_test", {"model_name": "sched", "model_version": "t1", **QUICK})
-    return api.wait_run("caio_load_test", run_id)
-
-
 def test_a_triggered_run_runs_every_task_in_its_own_process(api, triggered):
     assert triggered["state"] == "success", triggered
     tis = api.task_instances("caio_load_test", triggered["dag_run_id"])
