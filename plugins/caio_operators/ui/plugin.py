@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from airflow import __version__ as airflow_version
 from airflow.plugins_manager import AirflowPlugin
 from packaging.version import Version
 
@@ -50,12 +51,11 @@ def supported(version: str) -> bool:
     return Version(version).release >= Version(MIN_AIRFLOW).release
 
 
-def _components() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from airflow import __version__
-
-    if not supported(__version__):
+def components(airflow_version: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The plugin's ``fastapi_apps`` and ``external_views`` on that Airflow version."""
+    if not supported(airflow_version):
         log.info("caio-bench: the benchmark tabs need Airflow >= %s (this is %s): not "
-                 "registered", MIN_AIRFLOW, __version__)
+                 "registered", MIN_AIRFLOW, airflow_version)
         return [], []
     apps = [{"app": LazyApp(), "url_prefix": URL_PREFIX, "name": "caio-bench reports"}]
     views = [{"name": tab.name, "destination": tab.destination,
@@ -68,4 +68,4 @@ class CaioBenchPlugin(AirflowPlugin):
     """Benchmark report, sweep comparison and history tabs."""
 
     name = "caio_bench"
-    fastapi_apps, external_views = _components()
+    fastapi_apps, external_views = components(airflow_version)
