@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from itertools import pairwise
+from urllib.parse import quote
 
 import pytest
 from caio_testing import measured, our_processes
@@ -14,6 +15,7 @@ from scheduler_helpers import QUICK, iso, query, readme_commands, states, wait_u
 
 from caio_operators.analysis.compare import NO_BASELINE
 from caio_operators.localairflow import DeploymentError, free_port
+from caio_operators.sweep import sweep_id
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
 
@@ -134,6 +136,11 @@ def test_a_sweep_runs_one_task_at_a_time(api):
                                  "WHERE model_name = 'sweep' ORDER BY 1")
     assert [r[0] for r in rows] == ["s1", "s2"] and all(measured(*r[1:]) for r in rows), rows
     assert list((api.deployment.caio_home / "bucket" / "sweeps").glob("*/comparison.html"))
+    # the Sweep comparison and Benchmark history tabs (caio_bench plugin) find its reports
+    comparison = api.page(f"/caio-bench/dags/caio_version_sweep/runs/"
+                          f"{quote(run['dag_run_id'], safe='')}/comparison")
+    assert f"<h1>Sweep {sweep_id(run['dag_run_id'])}</h1>" in comparison
+    assert "<h1>History of all runs</h1>" in api.page("/caio-bench/dags/caio_version_sweep/history")
     assert not our_processes()
 
 
