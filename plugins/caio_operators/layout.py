@@ -11,6 +11,8 @@
 <bucket>/runs/<run_id>/server/samples/*.csv             CPU/memory per replica (local target)
 <bucket>/runs/<run_id>/tables/{runs,timeseries,requests}.parquet
 <bucket>/runs/<run_id>/report/report.html (+ summary.json)
+<bucket>/sweeps/<sweep_id>/comparison.html (+ .json)     a sweep's comparison report
+<bucket>/reports/history.html (+ .json)                 the history report
 ```
 """
 
@@ -23,6 +25,14 @@ from caio_operators.storage import join
 
 def model_uri(bucket: str, model_name: str, model_version: str) -> str:
     return join(bucket, "models", model_name, model_version)
+
+
+def comparison_uri(bucket: str, sweep: str) -> str:
+    return join(bucket, "sweeps", sweep, "comparison.html")
+
+
+def history_uri(bucket: str) -> str:
+    return join(bucket, "reports", "history.html")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 from caio_testing import REPO
-from scheduler_helpers import Api, wait_until
+from scheduler_helpers import QUICK, Api, wait_until
 
 from caio_operators.localairflow import LocalAirflow, free_port, marked_processes
 
@@ -52,3 +52,12 @@ def today_taken(api) -> None:
     api.call("POST", "/dags/caio_load_test/dagRuns",
              {"dag_run_id": run_id, "logical_date": dag["next_dagrun_logical_date"], "conf": {}})
     api.call("PATCH", f"/dags/caio_load_test/dagRuns/{run_id}", {"state": "failed"})
+
+
+@pytest.fixture(scope="session")
+def triggered(api, today_taken) -> dict:
+    """One caio_load_test run triggered through the REST API with a conf, ended (shared by
+    the modules that look at a finished run: one run of this tier's time)."""
+    api.unpause("caio_load_test")  # the Trigger form's "unpause" box
+    run_id = api.trigger("caio_load_test", {"model_name": "sched", "model_version": "t1", **QUICK})
+    return api.wait_run("caio_load_test", run_id)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -41,6 +42,13 @@ class Api:
 
     def get(self, path: str, **params: Any) -> Any:
         return self.call("GET", path, **params)
+
+    def page(self, path: str) -> str:
+        """An HTML page of the deployment (``path`` from its root), as the logged-in admin."""
+        request = urllib.request.Request(f"{self.deployment.url}{path}",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.read().decode()
 
     def run(self, dag_id: str, run_id: str) -> dict:
         return self.get(f"/dags/{dag_id}/dagRuns/{quote(run_id)}")

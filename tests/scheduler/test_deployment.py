@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from itertools import pairwise
+from urllib.parse import quote
 
 import pytest
 from caio_testing import measured, our_processes
@@ -14,6 +15,7 @@ from scheduler_helpers import QUICK, iso, query, readme_commands, states, wait_u
 
 from caio_operators.analysis.compare import NO_BASELINE
 from caio_operators.localairflow import DeploymentError, free_port
+from caio_operators.sweep import sweep_id
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
 
@@ -21,14 +23,6 @@ LOAD_TEST_TASKS = {"validate", "export", "deploy", "prepare_metrics", "choose_lo
                    "undeploy", "harvest", "analyse"}
 # Locust runs here: choose_load skips the GKE load (issue 12's host pool)
 LOAD_TEST_STATES = {**dict.fromkeys(LOAD_TEST_TASKS, "success"), "load_gke": "skipped"}
-
-
-@pytest.fixture(scope="module")
-def triggered(api, today_taken) -> dict:
-    """One caio_load_test run triggered through the REST API with a conf, ended."""
-    api.unpause("caio_load_test")  # the Trigger form's "unpause" box
-    run_id = api.trigger("caio_load_test", {"model_name": "sched", "model_version": "t1", **QUICK})
-    return api.wait_run("caio_load_test", run_id)
 
 
 def test_a_triggered_run_runs_every_task_in_its_own_process(api, triggered):
@@ -144,6 +138,11 @@ def test_a_sweep_runs_one_task_and_one_variant_at_a_time(api):
                                  "WHERE model_name = 'sweep' ORDER BY 1")
     assert [r[0] for r in rows] == ["s1", "s2"] and all(measured(*r[1:]) for r in rows), rows
     assert list((api.deployment.caio_home / "bucket" / "sweeps").glob("*/comparison.html"))
+    # the Sweep comparison and Benchmark history tabs (caio_bench plugin) find its reports
+    comparison = api.page(f"/caio-bench/dags/caio_version_sweep/runs/"
+                          f"{quote(run['dag_run_id'], safe='')}/comparison")
+    assert f"<h1>Sweep {sweep_id(run['dag_run_id'])}</h1>" in comparison
+    assert "<h1>History of all runs</h1>" in api.page("/caio-bench/dags/caio_version_sweep/history")
     assert not our_processes()
 
 

@@ -29,16 +29,9 @@ from caio_operators.analysis.page import document, e, fmt
 from caio_operators.analysis.page import table as html_table
 from caio_operators.analysis.summary import load_levels, plain
 from caio_operators.analysis.verdicts import MAX_SUSTAINABLE, judge_run, run_row
+from caio_operators.layout import comparison_uri, history_uri
 
 log = logging.getLogger(__name__)
-
-
-def comparison_uri(bucket: str, sweep: str) -> str:
-    return storage.join(bucket, "sweeps", sweep, "comparison.html")
-
-
-def history_uri(bucket: str) -> str:
-    return storage.join(bucket, "reports", "history.html")
 
 
 def rank_variants(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
