@@ -36,6 +36,7 @@ from caio_operators.targets.local_server import (
     check_model_dir,
 )
 from caio_operators.targets.protocols import HEALTH_PATH, predict_url
+from caio_operators.targets.scaling import SCALING_DIR, AutoscalingConfig
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class LocalTarget:
         import_keras: bool = False,
         batch_max: int = 0,
         batch_timeout_ms: float = DEFAULT_BATCH_TIMEOUT_MS,
+        autoscaling: AutoscalingConfig | None = None,
     ) -> LocalDeployment:
         """Start the server and wait until every replica serves.
 
@@ -182,6 +184,8 @@ class LocalTarget:
         :param max_lifetime_s: the server stops by itself after this, teardown or not.
         :param batch_max: dynamic batching: up to this many instances of concurrent requests
             per model call, waiting up to ``batch_timeout_ms`` for them; 0 or 1: off.
+        :param autoscaling: scale between its bounds (``replicas`` is the starting count);
+            None: ``replicas`` fixed. Either way the server writes ``scaling/`` records.
         :raises DeployError: with the tail of the server log when it does not come up.
         """
         if not isinstance(replicas, int) or replicas < 1:
@@ -198,7 +202,8 @@ class LocalTarget:
         root = _local_dir(server_dir, "server_dir")
         records_dir, samples_dir = root / "requests", root / "samples"
         ready_file, log_path = root / READY_FILE, root / LOG_FILE
-        _clear_records(records_dir, samples_dir)
+        scaling_dir = root / SCALING_DIR
+        _clear_records(records_dir, samples_dir, scaling_dir)
         ready_file.unlink(missing_ok=True)
         (root / TEARDOWN_FILE).unlink(missing_ok=True)
         argv = [
@@ -211,6 +216,8 @@ class LocalTarget:
             "--threads-per-replica", str(threads_per_replica),
             "--max-body-bytes", str(max_body_bytes),
             "--batch-max", str(batch_max), "--batch-timeout-ms", repr(float(batch_timeout_ms)),
+            "--scaling-dir", str(scaling_dir),
+            *(autoscaling.argv() if autoscaling is not None else ()),
         ]
         if import_keras:
             argv.append("--import-keras")

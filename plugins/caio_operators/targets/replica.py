@@ -33,6 +33,7 @@ import numpy as np
 from caio_operators.targets.batching import Batcher
 from caio_operators.targets.instances import STRING, SignatureInfo, TensorInfo
 from caio_operators.targets.records import SERVER_RECORD_COLUMNS, CsvBatchWriter
+from caio_operators.targets.scaling import DRAIN_MESSAGE, SHED_MESSAGE
 from caio_operators.targets.serving_app import Reply, ServingApp, error_reply, reason
 from caio_operators.targets.signals import stop_on_signals
 
@@ -186,6 +187,19 @@ class HandoffServer(_Server):
         self.socket.close()  # the supervisor listens; this server only serves
         self.channel = channel
         self._stopping = False
+        self.draining = False  # the supervisor scales in: close connections after answering
+        self._shed = 0  # connections to close after their next answer (a replica joined)
+        self._shed_lock = threading.Lock()
+
+    def close_after_answer(self) -> bool:
+        """Whether the connection answering now should close (draining, or shedding)."""
+        if self.draining:
+            return True
+        with self._shed_lock:
+            if self._shed > 0:
+                self._shed -= 1
+                return True
+        return False
 
     def receive_forever(self) -> None:
         while True:
@@ -199,6 +213,14 @@ class HandoffServer(_Server):
                 if not self._stopping:
                     log.warning("the supervisor closed the connection channel")
                 return
+            if message == DRAIN_MESSAGE and not fds:
+                self.draining = True
+                log.info("draining: every further answer closes its connection")
+                continue
+            if message == SHED_MESSAGE and not fds:
+                with self._shed_lock:
+                    self._shed += 1
+                continue
             for fd in fds:
                 self._serve(fd)
 
@@ -311,7 +333,8 @@ def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int)
                               f"{reply.queue_ms:.3f}" if timed else ""))
 
         def _write(self, reply: Reply, close: bool = False) -> None:
-            if close:
+            if close or self.close_connection or getattr(
+                    self.server, "close_after_answer", bool)():
                 self.close_connection = True
             lines = [f"HTTP/1.1 {reply.status} {reason(reply.status)}",
                      "Content-Type: application/json",
