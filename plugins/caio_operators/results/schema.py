@@ -33,6 +33,7 @@ HOST_CPU_PCT = "host_cpu_pct"
 HOST_OTHER_CPU_PCT = "host_other_cpu_pct"
 MEMORY_MB = "memory_mb"
 REPLICAS = "replicas"
+TARGET_REPLICAS = "target_replicas"
 GPU_UTILIZATION_PCT = "gpu_utilization_pct"
 WORKER_CPU_PCT = "worker_cpu_pct"
 PEAK_OFFERED_RPS = "peak_offered_rps"
@@ -59,6 +60,8 @@ METRICS: dict[str, str] = {
     HOST_OTHER_CPU_PCT: "CPU of processes other than the run's own on that machine",
     MEMORY_MB: "resident memory of one replica, mean over the interval; dimension 'replica-<i>'",
     REPLICAS: "replicas reporting samples in the interval",
+    TARGET_REPLICAS: "replicas the autoscaler asked for at the interval's end (local: the "
+                     "server's scaling records; fixed-size servers: their replicas)",
     GPU_UTILIZATION_PCT: "GPU duty cycle per replica (cloud targets with GPUs only)",
     WORKER_CPU_PCT: "CPU of one Locust worker (load generator), mean over the interval "
                     "(100 = one core busy, a worker's limit); dimension 'worker-<id>'",
