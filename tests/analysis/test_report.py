@@ -55,7 +55,10 @@ def test_report_holds_plots_figures_and_escaped_text(stored_run, analysed):
     page = storage.read_text(layout.report_html)
 
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
-    assert len(images) == len(plots.PLOTS) - 1  # all but the peak search's: no search here
+    # all but the peak search's (no search here), plus the autoscaling section's: this
+    # staircase's load changed
+    assert len(images) == len(plots.PLOTS) - 1 + 1
+    assert "<h2 id='autoscaling'>Autoscaling</h2>" in page
     assert all(base64.b64decode(img).startswith(b"\x89PNG") for img in images)
     # self-contained: no external fetches at all
     assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page)

@@ -16,6 +16,7 @@ from typing import Any
 
 from caio_operators import storage
 from caio_operators.analysis import plots
+from caio_operators.analysis.autoscaling_report import section_for_run as autoscaling_section
 from caio_operators.analysis.summary import (
     generator_warning,
     host_warning,
@@ -166,8 +167,9 @@ def _verdict_section(verdict: Mapping[str, Any] | None) -> str:
 
 def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
                 provenance: Mapping[str, Any], params: Mapping[str, Any], text: str,
-                verdict: Mapping[str, Any] | None = None) -> str:
-    """The whole report as one HTML string (inline CSS, inline PNGs, escaped text)."""
+                verdict: Mapping[str, Any] | None = None, sections: str = "") -> str:
+    """The whole report as one HTML string (inline CSS, inline PNGs, escaped text).
+    ``sections``: HTML fragments placed after the plots (e.g. autoscaling)."""
     s = summary
     status = str(s.get("status") or "unknown")
     status_class = status if status in ("success", "degraded", "failed") else "failed"
@@ -203,6 +205,7 @@ def render_html(summary: Mapping[str, Any], images: Mapping[str, bytes],
 {_levels_table(list(s.get('levels') or []))}
 <h2>Plots</h2>
 {figures}
+{sections}
 <h2>Provenance</h2>
 {_kv_table(provenance)}
 <h2>Parameters</h2>
@@ -233,7 +236,8 @@ def analyse_run(warehouse_uri: str, run_id: str, layout: RunLayout,
     row = tables["runs"].iloc[0]
     provenance, params = _json_field(row["provenance"]), _json_field(row["params"])
     images = plots.all_plots(tables["timeseries"])
-    page = render_html(summary, images, provenance, params, text, verdict)
+    sections = autoscaling_section(tables["timeseries"], params)
+    page = render_html(summary, images, provenance, params, text, verdict, sections)
     report_uri = storage.write_text(layout.report_html, page)
     summary_uri = storage.write_text(
         layout.summary_json,
