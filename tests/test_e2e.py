@@ -136,6 +136,62 @@ def test_local_run_end_to_end(airflow_home, tmp_path):
     assert after == before
 
 
+def test_local_autoscaling_spike_end_to_end(airflow_home, tmp_path):
+    """Issue 17's "done when": min_replicas=1, max_replicas=3 and a spike load scale the local
+    server out and back in; the time to scale and the latency meanwhile come from the
+    warehouse rows, and the report has the autoscaling section.
+
+    Open loop, 4 req/s with a 120 req/s spike from 6 s to 26 s, against a 1-thread replica
+    with a 20% CPU target, 2 s scale-out window and 5 s cool-down. The spike is far above
+    the target even on a loaded machine (a busy machine slows requests; the replica still
+    burns its core), and 4 req/s is far below it.
+    """
+    import pandas as pd
+
+    from caio_operators.analysis.autoscaling import autoscaling_summary
+
+    bucket, warehouse = tmp_path / "bucket", tmp_path / "wh.duckdb"
+    conf = {
+        "model_name": "tiny", "model_version": "autoscale", "model_source": "builtin:tiny",
+        "replicas": 1, "local_autoscaling": True, "min_replicas": 1, "max_replicas": 3,
+        "autoscaling_target": 20, "scale_up_window_s": 2, "scale_down_window_s": 5,
+        "server_threads": 1, "load_shape": "open_rate", "rate": 4, "rate_profile": "spike",
+        "spike_rate": 120, "spike_start_s": 6, "spike_duration_s": 20, "duration_s": 48,
+        "workers": 1, "slo_ms": 500,
+        "bucket": f"file://{bucket}", "warehouse": f"duckdb://{warehouse}",
+    }
+    proc = dags_test(airflow_home, conf)
+    assert proc.returncode == 0, _tail(proc)
+
+    (run_id, status, reason, requests, failures), = _query(
+        warehouse, "SELECT run_id, status, reason, requests, failures FROM runs")
+    assert measured(status, reason), reason
+    assert requests > 1000 and failures == 0
+    rows = _query(warehouse, "SELECT ts, metric, dimension, value FROM timeseries "
+                             "WHERE run_id = ? ORDER BY ts", run_id)
+    timeseries = pd.DataFrame(rows, columns=["ts", "metric", "dimension", "value"])
+    timeseries["ts"] = pd.to_datetime(timeseries["ts"], utc=True)
+    targets = timeseries[timeseries["metric"] == "target_replicas"]["value"].tolist()
+    replicas = timeseries[timeseries["metric"] == "replicas"]["value"].tolist()
+    assert targets[0] == 1 and max(targets) >= 2 and targets[-1] == 1, targets
+    assert max(replicas) >= 2 and replicas[-1] == 1, replicas
+
+    summary = autoscaling_summary(timeseries, slo_ms=500, open_loop=True)
+    out = summary["scale_outs"][0]
+    # the spike starts 6 s into the load; the grid starts with the server's first samples
+    assert out["load_step_s"] is not None and out["ready_s"] is not None, out
+    assert 2 <= out["time_to_scale_s"] <= 40, out  # 2 s window + a replica's start
+    assert out["p99_during_ms"] is not None and out["p99_during_ms"] > 0
+    (scale_in, *_) = summary["scale_ins"]
+    assert scale_in["to"] == 1 and scale_in["ready_s"] is not None
+    assert scale_in["decided_s"] > out["ready_s"]
+
+    report = (bucket / "runs" / run_id / "report" / "report.html").read_text()
+    assert "<h2 id='autoscaling'>Autoscaling</h2>" in report
+    assert f"<td>1 &rarr; {out['to']}</td>" in report
+    assert not our_processes(), "processes left after the run"
+
+
 def test_peak_search_end_to_end(airflow_home, tmp_path):
     """load_shape=peak_search through `airflow dags test` on the local target with the tiny
     architecture: the search ends, and its curve and verdicts are in the warehouse and the

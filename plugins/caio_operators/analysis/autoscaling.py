@@ -65,11 +65,14 @@ def interval_s(frame: pd.DataFrame) -> float:
     return float(np.min(steps[steps > 0])) if (steps > 0).any() else 1.0
 
 
-def load_steps(frame: pd.DataFrame, min_rise: float = DEFAULT_MIN_RISE) -> list[float]:
-    """Times (s) at which the load rose: ``users``, or the offered rate when users stayed
-    the same all run (open loop)."""
+def load_steps(frame: pd.DataFrame, min_rise: float = DEFAULT_MIN_RISE,
+               open_loop: bool | None = None) -> list[float]:
+    """Times (s) at which the load rose: ``users`` (closed loop), or the offered rate (open
+    loop). ``open_loop`` None: open when users stayed the same all run."""
     users = frame["users"].dropna()
-    if users.nunique() > 1:
+    if open_loop is None:
+        open_loop = users.nunique() <= 1
+    if not open_loop:
         t, load, threshold = frame["t"][users.index].to_numpy(), users.to_numpy(), 0.0
     else:
         offered = frame["offered_rps"].fillna(0.0).rolling(3, min_periods=1).median()
@@ -110,10 +113,11 @@ def _worst(frame: pd.DataFrame, start: float, end: float) -> float | None:
 
 
 def scale_out_reactions(frame: pd.DataFrame, window_s: float = DEFAULT_WINDOW_S,
-                        min_rise: float = DEFAULT_MIN_RISE) -> list[dict[str, Any]]:
+                        min_rise: float = DEFAULT_MIN_RISE, open_loop: bool | None = None
+                        ) -> list[dict[str, Any]]:
     """Each scale-out with the load step it answered (the last at or before its decision),
     the time to scale and the worst p99 before, during and after it."""
-    steps = load_steps(frame, min_rise)
+    steps = load_steps(frame, min_rise, open_loop)
     step = interval_s(frame)
     out = []
     for change in scale_changes(frame):
@@ -163,25 +167,28 @@ def extra_cost(usage: Mapping[str, Any], price_per_replica_hour: float | None
     return extra / 3600.0 * price_per_replica_hour
 
 
-def scaled(frame: pd.DataFrame, min_rise: float = DEFAULT_MIN_RISE) -> bool:
+def scaled(frame: pd.DataFrame, min_rise: float = DEFAULT_MIN_RISE,
+           open_loop: bool | None = None) -> bool:
     """Whether the run's replica count or load changed: the section is worth showing."""
     replicas = frame["replicas"].dropna()
     return replicas.nunique() > 1 or bool(scale_changes(frame)) or bool(
-        load_steps(frame, min_rise))
+        load_steps(frame, min_rise, open_loop))
 
 
 def autoscaling_summary(timeseries: pd.DataFrame, slo_ms: float,
                         price_per_replica_hour: float | None = None,
-                        window_s: float = DEFAULT_WINDOW_S) -> dict[str, Any] | None:
-    """The section's figures; None when neither replicas nor load changed."""
+                        window_s: float = DEFAULT_WINDOW_S, open_loop: bool | None = None
+                        ) -> dict[str, Any] | None:
+    """The section's figures; None when neither replicas nor load changed. ``open_loop``:
+    load steps from the offered rate, not users (None: guessed, see ``load_steps``)."""
     frame = grid(timeseries)
-    if frame.empty or not scaled(frame):
+    if frame.empty or not scaled(frame, open_loop=open_loop):
         return None
     usage = replica_usage(frame, slo_ms)
     changes = scale_changes(frame)
     return {
-        "load_steps_s": load_steps(frame),
-        "scale_outs": scale_out_reactions(frame, window_s),
+        "load_steps_s": load_steps(frame, open_loop=open_loop),
+        "scale_outs": scale_out_reactions(frame, window_s, open_loop=open_loop),
         "scale_ins": [c for c in changes if c["direction"] == "in"],
         **usage, "extra_cost": extra_cost(usage, price_per_replica_hour),
         "price_per_replica_hour": price_per_replica_hour,

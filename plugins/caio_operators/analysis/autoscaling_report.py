@@ -18,6 +18,7 @@ import pandas as pd
 
 from caio_operators.analysis import autoscaling as asc
 from caio_operators.analysis import cost as costs
+from caio_operators.spec import OPEN_LOOP_SHAPES
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,10 @@ def section_for_run(timeseries: pd.DataFrame, params: Mapping[str, Any]) -> str:
     """The autoscaling section of a run's report; "" when neither replicas nor load
     changed."""
     price, currency = replica_price(params)
+    open_loop = params.get("load_shape") in OPEN_LOOP_SHAPES if params.get("load_shape") \
+        else None
     summary = asc.autoscaling_summary(timeseries, float(params.get("slo_ms") or 500.0),
-                                      price)
+                                      price, open_loop=open_loop)
     if summary is None:
         return ""
     return autoscaling_html(summary, autoscaling_plot(timeseries, summary), currency)
