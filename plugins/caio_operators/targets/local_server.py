@@ -33,6 +33,13 @@ end it with status 0. A replica that dies is logged, not restarted: its connecti
 and new ones go to the others. Replicas stop by themselves when the supervisor dies.
 With ``--batch-max N`` (N > 1) each replica batches the instances of concurrent requests
 into one model call (``batching.py``); off by default.
+
+Autoscaling: with ``--max-replicas`` above ``--min-replicas`` (``--replicas`` is then the
+starting count), the supervisor feeds each second's CPU samples to ``scaling.py``, which
+starts replicas (connections once ready; the others shed their extra keep-alive
+connections to it) and drains and stops them (``autoscaler.py`` is the rule). Every change,
+and a fixed server's start, is a row in ``--scaling-dir``. An autoscaled server replaces a
+replica that dies; a fixed one does not.
 """
 
 from __future__ import annotations
