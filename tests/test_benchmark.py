@@ -69,3 +69,16 @@ def test_pick_baseline_latest_same_benchmark_else_nearest_with_its_differences()
     # without identity (another version on purpose) the other model is the baseline
     assert bm.pick_baseline(base, others).run_id == "other-model"
     assert bm.pick_baseline(base, []) == bm.Choice(None)
+
+
+def test_an_autoscaled_local_server_is_its_own_benchmark():
+    from caio_operators.benchmark import benchmark_fields
+
+    fixed = {"target": "local", "load_shape": "constant", "replicas": 1, "min_replicas": 1,
+             "max_replicas": 2}
+    autoscaled = {**fixed, "local_autoscaling": True, "max_replicas": 3,
+                  "autoscaling_target": 60, "scale_up_window_s": 5, "scale_down_window_s": 10}
+    assert "max_replicas" not in benchmark_fields(fixed)  # unchanged for fixed servers
+    fields = benchmark_fields(autoscaled)
+    assert fields["local_autoscaling"] is True and fields["max_replicas"] == 3
+    assert fields["scale_up_window_s"] == 5

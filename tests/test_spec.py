@@ -236,3 +236,24 @@ def test_fields_left_empty_let_the_trigger_form_trigger(tmp_path):
     spec = validate_params({name: None for name in empty}, schema, dag_id="d",
                            airflow_run_id="r")  # what a cleared field sends
     assert all(getattr(spec, name) == "" for name in empty)
+
+
+def test_local_autoscaling_bounds_the_starting_replicas(schema):
+    spec = check(schema, local_autoscaling=True, replicas=1, min_replicas=1, max_replicas=3,
+                 scale_up_window_s=2, scale_down_window_s=5)
+    assert spec.local_autoscaling and spec.max_replicas == 3 and spec.scale_up_window_s == 2
+    assert not check(schema).local_autoscaling  # the cloud defaults min 1 < max 2: still off
+    cases = [
+        ({"replicas": 4, "max_replicas": 3}, "replicas=4: with local_autoscaling it is the "
+                                             "starting count"),
+        ({"replicas": 2, "min_replicas": 2, "max_replicas": 2}, "nothing can scale"),
+        ({"replicas": 2, "max_replicas": 17}, "max_replicas=17: the local server runs at most "
+                                              "16 replicas"),
+    ]
+    for params, hint in cases:
+        with pytest.raises(SpecError) as err:
+            check(schema, local_autoscaling=True, **params)
+        assert hint in str(err.value), str(err.value)
+    with pytest.raises(SpecError, match="local_autoscaling=true: for target=local only"):
+        check(schema, local_autoscaling=True, target="endpoint",
+              endpoint_url="http://127.0.0.1:1/v1/models/m:predict")

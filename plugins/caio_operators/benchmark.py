@@ -37,6 +37,9 @@ _TARGET = {
     "vertex": (*_CLOUD, "serving_container_image"),
     "caip": (*_CLOUD, "runtime_version"),
 }
+#: an autoscaled local server's settings (a fixed one's fingerprint stays what it was)
+_LOCAL_AUTOSCALING = ("local_autoscaling", "min_replicas", "max_replicas", "autoscaling_target",
+                      "scale_up_window_s", "scale_down_window_s")
 _CLOSED = ("users", "spawn_rate", "think_time_s")
 _SHAPE = {
     "constant": _CLOSED,
@@ -78,6 +81,8 @@ def benchmark_fields(params: Mapping[str, Any], provenance: Mapping[str, Any] | 
         names.append("server_batch_timeout_ms")
     if target == "local" and params.get("local_gpus"):  # absent or empty: as before GPUs
         names.append("local_gpus")
+    if target == "local" and params.get("local_autoscaling"):
+        names += _LOCAL_AUTOSCALING
     if shape == "open_rate":
         names += _RATE_PROFILE.get(params.get("rate_profile"), ())
     out = {name: _norm(params.get(name)) for name in dict.fromkeys(names)}

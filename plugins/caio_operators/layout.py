@@ -9,6 +9,7 @@
 <bucket>/runs/<run_id>/load/locust_report.html          Locust's own HTML report
 <bucket>/runs/<run_id>/server/requests/*.csv            raw server-side records (local target)
 <bucket>/runs/<run_id>/server/samples/*.csv             CPU/memory per replica (local target)
+<bucket>/runs/<run_id>/server/scaling/*.csv             replica count changes (local target)
 <bucket>/runs/<run_id>/tables/{runs,timeseries,requests}.parquet
 <bucket>/runs/<run_id>/report/report.html (+ summary.json)
 <bucket>/sweeps/<sweep_id>/comparison.html (+ .json)     a sweep's comparison report
@@ -86,6 +87,10 @@ class RunLayout:
     @property
     def samples_dir(self) -> str:
         return join(self.server_dir, "samples")
+
+    @property
+    def scaling_dir(self) -> str:
+        return join(self.server_dir, "scaling")
 
     # results
     @property

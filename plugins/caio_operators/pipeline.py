@@ -118,6 +118,7 @@ def deploy(spec: RunSpec, log: logging.Logger = _log) -> dict[str, Any]:
             threads_per_replica=spec.server_threads, max_lifetime_s=lifetime,
             batch_max=spec.server_batch_max, batch_timeout_ms=spec.server_batch_timeout_ms,
             gpus=spec.local_gpus,
+            autoscaling=local_autoscaling(spec),
         )
     else:
         deployment = target.deploy(url=spec.endpoint_url, protocol=spec.protocol)
@@ -281,6 +282,18 @@ def _protocol(spec: RunSpec, deployment: Mapping[str, Any] | None) -> str:
     if deployment and deployment.get("protocol"):
         return str(deployment["protocol"])
     return {"endpoint": spec.protocol, "vertex": "vertex"}.get(spec.target, "caip")
+
+
+def local_autoscaling(spec: RunSpec):
+    """The local server's ``AutoscalingConfig`` when ``local_autoscaling`` is on, else None."""
+    from caio_operators.targets.scaling import AutoscalingConfig
+
+    if not spec.local_autoscaling:
+        return None
+    return AutoscalingConfig(
+        min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
+        target_pct=spec.autoscaling_target, up_window_s=spec.scale_up_window_s,
+        down_window_s=spec.scale_down_window_s)
 
 
 def _replicas(spec: RunSpec, deployment: Mapping[str, Any] | None) -> int:

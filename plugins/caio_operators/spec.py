@@ -56,6 +56,8 @@ class SpecError(ValueError):
 #: The JSON type of a string param whose empty default means "not set" (see param_schema).
 OPTIONAL_STRING = ["string", "null"]
 
+LOCAL_MAX_REPLICAS = 16  # replica processes of the local server
+
 
 def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Every knob of a run as ``name -> JSON schema`` (with ``default`` and ``section``).
@@ -119,13 +121,33 @@ def param_schema(local_root: str | Path, images_dir: str | Path) -> dict[str, di
                            "Prediction v1), vertex (Vertex AI), tfserving (TF Serving REST).",
         },
         "replicas": {
-            "default": 2, "type": "integer", "minimum": 1, "maximum": 16, "section": deploy,
+            "default": 2, "type": "integer", "minimum": 1, "maximum": LOCAL_MAX_REPLICAS,
+            "section": deploy,
             "title": "Replicas", "description": "Local model server processes.",
         },
         "server_threads": {
             "default": 0, "type": "integer", "minimum": 0, "maximum": 64, "section": deploy,
             "title": "Threads per replica",
             "description": "TensorFlow intra-op threads per replica; 0 = cores / replicas.",
+        },
+        "local_autoscaling": {
+            "default": False, "type": "boolean", "section": deploy,
+            "title": "Autoscale (local)",
+            "description": "Local server: start and stop replicas between min_replicas and "
+                           "max_replicas to keep their CPU at autoscaling_target, as Vertex "
+                           "AI does; replicas is the starting count.",
+        },
+        "scale_up_window_s": {
+            "default": 10, "type": "integer", "minimum": 0, "maximum": 3600, "section": deploy,
+            "title": "Scale-out window (s)",
+            "description": "Local autoscaling: scale out once the CPU has been above the "
+                           "target this long.",
+        },
+        "scale_down_window_s": {
+            "default": 30, "type": "integer", "minimum": 0, "maximum": 3600,
+            "section": deploy, "title": "Scale-in cool-down (s)",
+            "description": "Local autoscaling: scale in once the CPU has been below the "
+                           "target this long, and this long after the last change.",
         },
         "server_batch_max": {
             "default": 0, "type": "integer", "minimum": 0, "maximum": 256, "section": deploy,
@@ -469,6 +491,9 @@ class RunSpec:
     accelerator_count: int = 0
     min_replicas: int = 1
     max_replicas: int = 2
+    local_autoscaling: bool = False
+    scale_up_window_s: int = 10
+    scale_down_window_s: int = 30
     autoscaling_target: int = 60
     runtime_version: str = "2.11"
     serving_container_image: str = ""
@@ -766,6 +791,29 @@ def _cloud_problems(p: Mapping[str, Any]) -> list[str]:
     if p["max_replicas"] < p["min_replicas"]:
         problems.append(f"max_replicas={p['max_replicas']}: below min_replicas="
                         f"{p['min_replicas']} (accepted: max_replicas >= min_replicas)")
+    problems.extend(_local_autoscaling_problems(p))
+    return problems
+
+
+def _local_autoscaling_problems(p: Mapping[str, Any]) -> list[str]:
+    if not p["local_autoscaling"]:
+        return []
+    if p["target"] != "local":
+        return [f"local_autoscaling=true: for target=local only (target={p['target']} "
+                "scales on min_replicas, max_replicas and autoscaling_target by itself)"]
+    limit = LOCAL_MAX_REPLICAS
+    problems = []
+    if p["max_replicas"] > limit:
+        problems.append(f"max_replicas={p['max_replicas']}: the local server runs at most "
+                        f"{limit} replicas (accepted: 1..{limit})")
+    if p["min_replicas"] >= p["max_replicas"]:
+        problems.append(f"local_autoscaling=true: min_replicas={p['min_replicas']} is not "
+                        f"below max_replicas={p['max_replicas']}, so nothing can scale "
+                        "(accepted: min_replicas < max_replicas)")
+    elif not p["min_replicas"] <= p["replicas"] <= p["max_replicas"]:
+        problems.append(f"replicas={p['replicas']}: with local_autoscaling it is the "
+                        f"starting count (accepted: min_replicas={p['min_replicas']} .. "
+                        f"max_replicas={p['max_replicas']})")
     return problems
 
 

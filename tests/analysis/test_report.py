@@ -55,10 +55,13 @@ def test_report_holds_plots_figures_and_escaped_text(stored_run, analysed):
     assert result["summary_uri"] == layout.summary_json
     page = storage.read_text(layout.report_html)
 
-    # every chart that applies to a closed-loop run without a peak search, drawn from data
+    # every chart that applies to a closed-loop run without a peak search, drawn from data,
+    # then the autoscaling section's: this staircase's load changed
     assert chart_keys(page) == ["latency", "rates", "users", "latency_vs_throughput", "cpu",
-                                "memory"]
-    assert page.count("class='chart-box'") == 6
+                                "memory", "autoscaling_replicas", "autoscaling_load",
+                                "autoscaling_p99"]
+    assert page.count("class='chart-box'") == 9
+    assert "<h2 id='autoscaling'>Autoscaling</h2>" in page
     # self-contained: no external fetches at all; the library embedded once
     assert not re.search(r"""(src|href)=['"]?(https?:)?//""", page)
     assert "<link" not in page and not re.search(r"<script[^>]*\ssrc=", page)

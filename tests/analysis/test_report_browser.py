@@ -72,13 +72,18 @@ def open_page(chromium, path):
     return expected, boxes
 
 
+# replicas or load change during each of these runs (the rule in docs/autoscaling.md): each
+# report has the autoscaling section's charts too
+AUTOSCALING = ["autoscaling_replicas", "autoscaling_load", "autoscaling_p99"]
+
+
 @pytest.mark.parametrize("name, keys", [
     ("report-stair-v2", ["latency", "rates", "users", "latency_vs_throughput", "cpu",
-                         "memory"]),
+                         "memory", *AUTOSCALING]),
     ("report-open-v2", ["latency", "rates", "users", "latency_vs_throughput", "open_loop",
-                        "cpu", "memory"]),
+                        "cpu", "memory", *AUTOSCALING]),
     ("report-peak-v2", ["latency", "rates", "users", "latency_vs_throughput", "open_loop",
-                        "peak_latency", "peak_rates", "cpu", "memory"]),
+                        "peak_latency", "peak_rates", "cpu", "memory", *AUTOSCALING]),
     ("comparison", ["curves", "capacity", "cost"]),
     ("history", ["history_latency", "history_throughput", "history_cost"]),
 ])

@@ -76,7 +76,8 @@ def test_vertex_requests_have_the_exact_filters_and_aggregations():
                                 datetime.fromtimestamp(END, UTC), interval_s=1.0)
 
     got = {q.spec.key: q.request for q in queries}
-    assert list(got) == ["replicas", "cpu", "memory", "accelerator", "responses", "predictions",
+    assert list(got) == ["replicas", "target_replicas", "cpu", "memory", "accelerator",
+                         "responses", "predictions",
                          "latency_p50", "latency_p95", "latency_p99", "locust_users",
                          "locust_latency", "locust_num_requests", "locust_num_failures"]
     for request in got.values():
@@ -93,6 +94,10 @@ def test_vertex_requests_have_the_exact_filters_and_aggregations():
     assert got["replicas"].filter == \
         f'metric.type="aiplatform.googleapis.com/prediction/online/replicas" AND {ENDPOINT}'
     assert agg("replicas") == ("ALIGN_MEAN", "REDUCE_SUM", [])
+    assert got["target_replicas"].filter == (
+        'metric.type="aiplatform.googleapis.com/prediction/online/target_replicas" AND '
+        f'{ENDPOINT}')
+    assert agg("target_replicas") == ("ALIGN_MAX", "REDUCE_SUM", [])
     assert got["cpu"].filter == \
         f'metric.type="aiplatform.googleapis.com/prediction/online/cpu/utilization" AND {ENDPOINT}'
     assert agg("cpu") == ("ALIGN_MEAN", "REDUCE_MEAN", [])
@@ -121,7 +126,9 @@ def test_caip_requests_select_the_model_version():
     queries = mon.build_queries(mon.monitored_target(CAIP), START, END, 1.0,
                                 include_log_metrics=False)
     filters = {q.spec.key: q.request.filter for q in queries}
-    assert len(filters) == 9
+    assert len(filters) == 10  # the 9 series and target_replicas
+    assert filters["target_replicas"].startswith(
+        'metric.type="ml.googleapis.com/prediction/online/target_replicas" AND ')
     assert filters["latency_p50"] == (
         'metric.type="ml.googleapis.com/prediction/latencies" AND '
         'resource.type="cloudml_model_version" AND resource.labels.model_id="resnet101" AND '
@@ -137,6 +144,7 @@ def _vertex_answers():
     t1, t2, t3 = T0 + 60, T0 + 120, T0 + 180
     return {
         v + "replicas": [series({}, point(t1, double_value=1.0), point(t2, double_value=2.0))],
+        v + "target_replicas": [series({}, point(t1, int64_value=2), point(t2, int64_value=2))],
         v + "cpu/utilization": [series({}, point(t1, double_value=0.35),
                                        point(t2, double_value=1.5))],
         v + "memory/bytes_used": [series({}, point(t1, double_value=512 * 2**20))],
@@ -175,13 +183,14 @@ def test_harvest_turns_time_series_into_tidy_rows():
     frame = mon.harvest_monitoring(client, VERTEX, START, END, interval_s=1.0).rows
 
     sc.validate("timeseries", frame)
-    assert len(client.requests) == 13
+    assert len(client.requests) == 14  # 13 series and target_replicas
     assert set(frame["run_id"]) == {"run-7"}
     rows = sorted((metric, dim, int(ts.timestamp()) - T0, round(value, 6))
                   for ts, metric, dim, value in
                   frame[["ts", "metric", "dimension", "value"]].itertuples(index=False))
     assert rows == sorted([
         ("replicas", "all", 0, 1.0), ("replicas", "all", 60, 2.0),
+        ("target_replicas", "all", 0, 2.0), ("target_replicas", "all", 60, 2.0),
         ("cpu_utilization_pct", "all", 0, 35.0), ("cpu_utilization_pct", "all", 60, 150.0),
         ("memory_mb", "all", 0, 512.0),
         ("server_request_rate_rps", "code-200", 0, 10.0),
@@ -239,7 +248,7 @@ def test_a_metric_not_found_yields_no_rows_and_no_error():
         errors={"logging.googleapis.com/user/locust_users": NotFound("Cannot find metric(s)")})
     frame = mon.harvest_monitoring(client, VERTEX, START, END).rows
     assert sc.USERS not in set(frame["metric"])
-    assert len(client.requests) == 13
+    assert len(client.requests) == 14  # 13 series and target_replicas
 
 
 def test_permission_denied_names_the_monitoring_viewer_role():
@@ -287,8 +296,8 @@ def test_harvest_cloud_metrics_uses_the_hooks_metric_client(monkeypatch):
     client = FakeMetricClient(_vertex_answers())
     got = harvest_cloud_metrics(VERTEX, START, END, 1.0,
                                 monitoring_hook=MonitoringHook(metric_client=client))
-    assert len(client.requests) == 13
-    assert len(got.rows) == 22
+    assert len(client.requests) == 14  # 13 series and target_replicas
+    assert len(got.rows) == 24  # with the 2 target_replicas rows of _vertex_answers
     assert not got.coverage.complete  # memory's last point ends at T0 + 60 (read once)
 
 

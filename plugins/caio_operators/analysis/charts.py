@@ -131,6 +131,15 @@ def figure(chart: Chart) -> str:
             f"<div class='chart-box' id='chart-{e(chart.key)}'></div></figure>")
 
 
+@dataclass(frozen=True)
+class Section:
+    """A report section of its own (e.g. autoscaling): its HTML, which places its charts
+    with :func:`figure`, and those charts (the page embeds their data with the others)."""
+
+    html: str
+    charts: tuple[Chart, ...] = ()
+
+
 @cache
 def _asset(name: str) -> str:
     path = find("report", name)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from caio_operators import benchmark, storage
 from caio_operators.analysis import charts, run_charts
+from caio_operators.analysis.autoscaling_report import section_for_run as autoscaling_section
 from caio_operators.analysis.page import document, e, fmt, kv_table
 from caio_operators.analysis.summary import (
     generator_warning,
@@ -203,8 +204,10 @@ def _params_section(params: Mapping[str, Any], provenance: Mapping[str, Any]) ->
 
 def render_html(summary: Mapping[str, Any], chart_list: list[charts.Chart],
                 provenance: Mapping[str, Any], params: Mapping[str, Any], text: str,
-                verdict: Mapping[str, Any] | None = None) -> str:
-    """The whole report as one HTML string (inline CSS, embedded charts, escaped text)."""
+                verdict: Mapping[str, Any] | None = None,
+                sections: Sequence[charts.Section] = ()) -> str:
+    """The whole report as one HTML string (inline CSS, embedded charts, escaped text).
+    ``sections``: sections of their own placed after the charts (e.g. autoscaling)."""
     s = summary
     status = str(s.get("status") or "unknown")
     status_class = status if status in ("success", "degraded", "failed") else "failed"
@@ -218,7 +221,7 @@ def render_html(summary: Mapping[str, Any], chart_list: list[charts.Chart],
                 f"({s.get('protocol')}), {s.get('replicas')} replica(s); "
                 f"{s.get('load_shape')} load, {s.get('users')} users, "
                 f"{s.get('workers')} worker(s); started {s.get('started_at')}")
-    head, scripts = charts.assets(chart_list)
+    head, scripts = charts.assets([*chart_list, *(c for sec in sections for c in sec.charts)])
     badge = f"<span class='badge {status_class}'>{e(status)}</span>"
     body = f"""<h1>Run {e(s.get('run_id'))} {badge}{reason}</h1>
 <p class="headline">{e(headline(s, params, verdict))}</p>
@@ -234,6 +237,7 @@ def render_html(summary: Mapping[str, Any], chart_list: list[charts.Chart],
 <p class="sub">Hover for values; drag across a chart to zoom, double-click to reset; click a
 legend entry to hide or show its series.</p>
 {figures}
+{''.join(section.html for section in sections)}
 {_params_section(params, provenance)}
 <h2>Provenance</h2>
 {kv_table(provenance)}
@@ -262,7 +266,9 @@ def analyse_run(warehouse_uri: str, run_id: str, layout: RunLayout,
     provenance, params = _json_field(row["provenance"]), _json_field(row["params"])
     text = summary_text(summary)
     chart_list = run_charts.run_charts(tables["timeseries"], summary)
-    page = render_html(summary, chart_list, provenance, params, text, verdict)
+    autoscaling = autoscaling_section(tables["timeseries"], params)
+    page = render_html(summary, chart_list, provenance, params, text, verdict,
+                       [autoscaling] if autoscaling else [])
     report_uri = storage.write_text(layout.report_html, page)
     summary_uri = storage.write_text(
         layout.summary_json,

@@ -28,6 +28,7 @@ class ServingMetrics:
     response_count: str          # DELTA count of responses, metric label response_code
     latencies: str               # DELTA distribution, metric label latency_type
     latency_unit: str            # unit of ``latencies``: "us" or "ms"
+    target_replicas: str = ""    # GAUGE: replicas the autoscaler wants (sampled each minute)
 
     @property
     def latency_to_ms(self) -> float:
@@ -42,6 +43,7 @@ CAIP = ServingMetrics(
     family="caip",
     resource_type="cloudml_model_version",
     replicas="ml.googleapis.com/prediction/online/replicas",
+    target_replicas="ml.googleapis.com/prediction/online/target_replicas",
     cpu="ml.googleapis.com/prediction/online/cpu/utilization",
     memory="ml.googleapis.com/prediction/online/memory/bytes_used",
     accelerator_duty_cycle="ml.googleapis.com/prediction/online/accelerator/duty_cycle",
@@ -55,6 +57,7 @@ VERTEX = ServingMetrics(
     family="vertex",
     resource_type="aiplatform.googleapis.com/Endpoint",
     replicas="aiplatform.googleapis.com/prediction/online/replicas",
+    target_replicas="aiplatform.googleapis.com/prediction/online/target_replicas",
     cpu="aiplatform.googleapis.com/prediction/online/cpu/utilization",
     memory="aiplatform.googleapis.com/prediction/online/memory/bytes_used",
     accelerator_duty_cycle="aiplatform.googleapis.com/prediction/online/accelerator/duty_cycle",

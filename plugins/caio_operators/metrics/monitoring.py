@@ -11,6 +11,8 @@ tidy rows out. ``harvest_monitoring`` runs the requests through an injected
 What becomes which row (``dimension`` in brackets):
 
 - replicas (sum over series) -> ``replicas`` [all]
+- target replicas (the autoscaler's wish, BETA gauge; max in the period, sum over series)
+  -> ``target_replicas`` [all]
 - CPU utilization (fraction of a core, mean over replicas) -> ``cpu_utilization_pct`` [all]
 - memory bytes (mean over replicas) -> ``memory_mb`` [all] (MB = 2**20 bytes, as locally)
 - accelerator duty cycle (mean) -> ``gpu_utilization_pct`` [all]
@@ -105,6 +107,8 @@ def series_specs(target: MonitoredTarget, include_log_metrics: bool = True) -> l
     specs = [
         SeriesSpec("replicas", m.replicas, sc.REPLICAS, "ALIGN_MEAN", "REDUCE_SUM",
                    combine="sum"),
+        SeriesSpec("target_replicas", m.target_replicas, sc.TARGET_REPLICAS, "ALIGN_MAX",
+                   "REDUCE_SUM", combine="sum"),
         SeriesSpec("cpu", m.cpu, sc.CPU_UTILIZATION_PCT, "ALIGN_MEAN", "REDUCE_MEAN",
                    scale=100.0),
         SeriesSpec("memory", m.memory, sc.MEMORY_MB, "ALIGN_MEAN", "REDUCE_MEAN",

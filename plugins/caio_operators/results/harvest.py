@@ -29,6 +29,7 @@ from caio_operators.results import schema as sc
 from caio_operators.results.consolidate import apply_histograms, build_tables
 from caio_operators.results.readers import read_run_inputs
 from caio_operators.results.sampled import apply_histogram_counts
+from caio_operators.results.scaling import read_scaling, scaling_timeseries
 from caio_operators.results.warehouse import open_warehouse
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,18 @@ def read_host_file(layout: RunLayout, skipped: list[str]) -> dict[str, Any] | No
     return host
 
 
+def with_target_replicas(layout: RunLayout, timeseries: pd.DataFrame, interval_s: float,
+                         skipped: list[str]) -> pd.DataFrame:
+    """``timeseries`` plus ``target_replicas`` from the local server's scaling records (up to
+    the run's last interval); unchanged without records."""
+    records = read_scaling(layout, skipped)
+    if records.empty or timeseries.empty:
+        return timeseries
+    end_s = timeseries["ts"].max().timestamp()
+    extra = scaling_timeseries(layout.run_id, records, interval_s, end_s)
+    return sc.conform("timeseries", pd.concat([timeseries, extra], ignore_index=True))
+
+
 def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
                 interval_s: float = sc.DEFAULT_INTERVAL_S, *,
                 extra_timeseries: pd.DataFrame | None = None,
@@ -179,6 +192,8 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
     if len(gpu_rows):
         tables["timeseries"] = sc.conform("timeseries", pd.concat(
             [tables["timeseries"], gpu_rows], ignore_index=True))
+    tables["timeseries"] = with_target_replicas(layout, tables["timeseries"], interval_s,
+                                                raw.skipped)
     search = peak.read_search(layout, raw.skipped)
     tables = peak.apply_search(tables, search)
     if search is not None and search.get("status") != "converged":

@@ -33,6 +33,7 @@ HOST_CPU_PCT = "host_cpu_pct"
 HOST_OTHER_CPU_PCT = "host_other_cpu_pct"
 MEMORY_MB = "memory_mb"
 REPLICAS = "replicas"
+TARGET_REPLICAS = "target_replicas"
 GPU_UTILIZATION_PCT = "gpu_utilization_pct"
 GPU_MEMORY_USED_MB = "gpu_memory_used_mb"
 GPU_MEMORY_TOTAL_MB = "gpu_memory_total_mb"
@@ -73,6 +74,8 @@ METRICS: dict[str, str] = {
                          "gpu_utilization_pct",
     GPU_POWER_W: "GPU power draw, watts, mean over the interval (local: NVML, where the "
                  "board reports it); dimensions as gpu_utilization_pct",
+    TARGET_REPLICAS: "replicas the autoscaler asked for at the interval's end (local: the "
+                     "server's scaling records; fixed-size servers: their replicas)",
     WORKER_CPU_PCT: "CPU of one Locust worker (load generator), mean over the interval "
                     "(100 = one core busy, a worker's limit); dimension 'worker-<id>'",
     PEAK_OFFERED_RPS: "peak_search: the arrival rate offered in one measurement window (ts = "

@@ -36,6 +36,7 @@ from caio_operators.targets.local_server import (
     check_model_dir,
 )
 from caio_operators.targets.protocols import HEALTH_PATH, predict_url
+from caio_operators.targets.scaling import SCALING_DIR, AutoscalingConfig
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ class LocalTarget:
         batch_max: int = 0,
         batch_timeout_ms: float = DEFAULT_BATCH_TIMEOUT_MS,
         gpus: str = "",
+        autoscaling: AutoscalingConfig | None = None,
     ) -> LocalDeployment:
         """Start the server and wait until every replica serves.
 
@@ -185,6 +187,8 @@ class LocalTarget:
             per model call, waiting up to ``batch_timeout_ms`` for them; 0 or 1: off.
         :param gpus: the replicas' GPUs ('' not pinned, 'none', 'all', '0,1'; see
             ``metrics/gpu.py``), sampled into ``gpu/``.
+        :param autoscaling: scale between its bounds (``replicas`` is the starting count);
+            None: ``replicas`` fixed. Either way the server writes ``scaling/`` records.
         :raises DeployError: with the tail of the server log when it does not come up.
         """
         if not isinstance(replicas, int) or replicas < 1:
@@ -202,7 +206,8 @@ class LocalTarget:
         records_dir, samples_dir = root / "requests", root / "samples"
         gpu_dir = root / "gpu"
         ready_file, log_path = root / READY_FILE, root / LOG_FILE
-        _clear_records(records_dir, samples_dir, gpu_dir)
+        scaling_dir = root / SCALING_DIR
+        _clear_records(records_dir, samples_dir, gpu_dir, scaling_dir)
         ready_file.unlink(missing_ok=True)
         (root / TEARDOWN_FILE).unlink(missing_ok=True)
         argv = [
@@ -216,6 +221,8 @@ class LocalTarget:
             "--max-body-bytes", str(max_body_bytes),
             "--batch-max", str(batch_max), "--batch-timeout-ms", repr(float(batch_timeout_ms)),
             "--gpus", gpus, "--gpu-samples-dir", str(gpu_dir),
+            "--scaling-dir", str(scaling_dir),
+            *(autoscaling.argv() if autoscaling is not None else ()),
         ]
         if import_keras:
             argv.append("--import-keras")

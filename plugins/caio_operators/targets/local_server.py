@@ -36,6 +36,13 @@ round-robin) and the GPUs they use are sampled through NVML into ``--gpu-samples
 (``metrics/gpu.py``); without a GPU or NVML that says so once and samples nothing.
 With ``--batch-max N`` (N > 1) each replica batches the instances of concurrent requests
 into one model call (``batching.py``); off by default.
+
+Autoscaling: with ``--max-replicas`` above ``--min-replicas`` (``--replicas`` is then the
+starting count), the supervisor feeds each second's CPU samples to ``scaling.py``, which
+starts replicas (connections once ready; the others shed their extra keep-alive
+connections to it) and drains and stops them (``autoscaler.py`` is the rule). Every change,
+and a fixed server's start, is a row in ``--scaling-dir``. An autoscaled server replaces a
+replica that dies; a fixed one does not.
 """
 
 from __future__ import annotations
@@ -45,7 +52,9 @@ import contextlib
 import http.client
 import json
 import logging
+import math
 import os
+import queue
 import select
 import selectors
 import signal
@@ -59,6 +68,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caio_operators import storage
+from caio_operators.targets import autoscaler, scaling
 from caio_operators.targets.signals import stop_on_signals
 
 log = logging.getLogger("caio_operators.targets.local_server")
@@ -139,6 +149,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "indices like '0,1' (replica i gets device i mod n; metrics/gpu.py)")
     parser.add_argument("--gpu-samples-dir", default="",
                         help="GPU utilisation/memory/power samples (default: none)")
+    parser.add_argument("--min-replicas", type=int, default=0,
+                        help="autoscaling: the fewest replicas (0: --replicas)")
+    parser.add_argument("--max-replicas", type=int, default=0,
+                        help="autoscaling: the most replicas (0: --replicas); above "
+                        "--min-replicas, the server scales on --autoscaling-target and "
+                        "--replicas is the starting count")
+    parser.add_argument("--autoscaling-target", type=float, default=60.0,
+                        help="autoscaling: mean CPU utilisation (percent of each replica's "
+                        "threads) to keep the replicas at")
+    parser.add_argument("--scale-up-window-s", type=float,
+                        default=autoscaler.DEFAULT_UP_WINDOW_S,
+                        help="autoscaling: scale out once above the target this long")
+    parser.add_argument("--scale-down-window-s", type=float,
+                        default=autoscaler.DEFAULT_DOWN_WINDOW_S,
+                        help="autoscaling: scale in once below the target this long, and "
+                        "this long after the last change (cool-down)")
+    parser.add_argument("--drain-timeout-s", type=float,
+                        default=scaling.DEFAULT_DRAIN_TIMEOUT_S,
+                        help="autoscaling: stop a draining replica after this long even if "
+                        "it still holds connections")
+    parser.add_argument("--scaling-dir", default="",
+                        help="replica count changes (scaling records; default: none)")
     parser.add_argument("--import-keras", action="store_true",
                         help="let TensorFlow import Keras (slower start; for models that "
                         "need Keras to load)")
@@ -169,6 +201,24 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--batch-max must be 0 (off) or more, got {args.batch_max}")
     if args.batch_timeout_ms < 0:
         parser.error(f"--batch-timeout-ms must be 0 or more, got {args.batch_timeout_ms}")
+    if args.drain_timeout_s <= 0:
+        parser.error(f"--drain-timeout-s must be positive, got {args.drain_timeout_s}")
+    try:
+        policy = scaling_policy(args)
+        if policy is not None:
+            autoscaler.start(policy, args.replicas)
+    except ValueError as exc:
+        parser.error(f"autoscaling: {exc}")
+
+
+def scaling_policy(args: argparse.Namespace) -> autoscaler.Policy | None:
+    """The autoscaler's policy, or None for a fixed number of replicas."""
+    low, high = args.min_replicas or args.replicas, args.max_replicas or args.replicas
+    if low == high == args.replicas:
+        return None
+    return autoscaler.Policy(
+        min_replicas=low, max_replicas=high, target_pct=args.autoscaling_target,
+        up_window_s=args.scale_up_window_s, down_window_s=args.scale_down_window_s)
 
 
 # Supervisor -------------------------------------------------------------------------------
@@ -181,6 +231,7 @@ class Replica:
     admin_port: int
     sampler: object = None  # psutil.Process once serving
     exit_logged: bool = False
+    retiring: bool = False  # scaled in: its exit is expected
 
 
 def _health_ok(port: int, timeout: float = 1.0) -> bool:
@@ -244,6 +295,9 @@ class ConnectionBalancer:
         self.channels: list[socket.socket | None] = []  # None once the replica is out
         self.open: list[int] = []  # connections each replica holds now
         self.handed: list[int] = []  # connections each replica was given, in all
+        self.accepting: list[bool] = []  # False: starting, or draining (scaled in)
+        self._added = 0
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()  # run by the accept thread
         self._cursor = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -251,15 +305,78 @@ class ConnectionBalancer:
         self._wake_reader, self._wake_writer = socket.socketpair()  # ends select() at once
         self._warned_none = False
 
-    def add(self, channel: socket.socket) -> None:
-        """Add the next replica's channel (supervisor end); before ``start()`` only."""
-        self.channels.append(channel)
-        self.open.append(0)
-        self.handed.append(0)
+    def add(self, channel: socket.socket, accepting: bool = True) -> int:
+        """Add the next replica's channel (supervisor end); returns its index.
+
+        From one thread (the supervisor's); after ``start()`` the accept thread adds it.
+        """
+        index = self._added
+        self._added += 1
+
+        def add() -> None:
+            self.channels.append(channel)
+            self.open.append(0)
+            self.handed.append(0)
+            self.accepting.append(accepting)
+            if self._thread is not None:
+                channel.setblocking(False)
+                self._selector.register(channel, selectors.EVENT_READ, index)
+
+        self._in_loop(add)
+        return index
+
+    def set_accepting(self, index: int, accepting: bool) -> None:
+        """Place new connections on replica ``index`` or not. Not: it also drains (answers
+        every further request with ``Connection: close``). Yes: the replicas holding more
+        than their share of the open connections close the extra ones after their next
+        answer (keep-alive clients would otherwise never reach a replica that joins later);
+        their clients reconnect, and the new connections go to the replica with fewest."""
+
+        def apply() -> None:
+            self.accepting[index] = accepting
+            if not accepting:
+                self._tell(index, scaling.DRAIN_MESSAGE)
+                return
+            ready = [i for i, c in enumerate(self.channels) if c is not None and self.accepting[i]]
+            share = math.ceil(sum(self.open[i] for i in ready) / len(ready))
+            for i in ready:
+                for _ in range(self.open[i] - share):
+                    self._tell(i, scaling.SHED_MESSAGE)
+
+        self._in_loop(apply)
+
+    def _tell(self, index: int, message: bytes) -> None:
+        channel = self.channels[index]
+        if channel is None:
+            return
+        try:
+            channel.send(message)
+        except OSError as exc:  # full or broken: a drain still ends by its timeout
+            log.warning("cannot send %r to replica %d: %s", message, index, exc)
+
+    def _in_loop(self, fn) -> None:
+        """Run ``fn`` in the accept thread (which owns the lists), or now before it runs."""
+        if self._thread is None:
+            fn()
+            return
+        self._calls.put(fn)
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\1")
+
+    def _run_calls(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_reader.recv(4096)
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            fn()
 
     def start(self) -> None:
         self.listener.setblocking(False)
         self._selector.register(self.listener, selectors.EVENT_READ, None)
+        self._wake_reader.setblocking(False)
         self._selector.register(self._wake_reader, selectors.EVENT_READ, -1)
         for index, channel in enumerate(self.channels):
             channel.setblocking(False)
@@ -300,6 +417,8 @@ class ConnectionBalancer:
                         self._accept()
                     elif key.data >= 0:
                         self._read_reports(key.data)
+                    else:
+                        self._run_calls()
         except Exception:  # the supervise loop sees the thread gone and stops the server
             log.exception("the accept loop failed")
 
@@ -324,7 +443,8 @@ class ConnectionBalancer:
         full: set[int] = set()
         deadline = None
         while True:
-            usable = [c is not None and i not in full for i, c in enumerate(self.channels)]
+            usable = [c is not None and i not in full and self.accepting[i]
+                      for i, c in enumerate(self.channels)]
             index = pick_replica(self.open, usable, self._cursor)
             if index is None:
                 if not full or not self._wait_writable(full, deadline):
@@ -349,12 +469,17 @@ class ConnectionBalancer:
 
     def _wait_writable(self, indexes: set[int], deadline: float | None) -> bool:
         """Wait until one of these channels can take a message again, until ``deadline``."""
-        channels = [self.channels[i] for i in indexes if self.channels[i] is not None]
-        timeout = HANDOFF_WAIT_S if deadline is None else deadline - time.monotonic()
-        if not channels or timeout <= 0 or self._stop.is_set():
-            return False
-        woken, writable, _ = select.select([self._wake_reader], channels, [], timeout)
-        return bool(writable) and not woken
+        deadline = deadline or time.monotonic() + HANDOFF_WAIT_S
+        while True:
+            channels = [self.channels[i] for i in indexes if self.channels[i] is not None]
+            timeout = deadline - time.monotonic()
+            if not channels or timeout <= 0 or self._stop.is_set():
+                return False
+            woken, writable, _ = select.select([self._wake_reader], channels, [], timeout)
+            if writable:
+                return True
+            if woken and not self._stop.is_set():
+                self._run_calls()  # a scaling change, not a stop: keep waiting
 
     def _give_up(self, busy: bool) -> None:
         if not self._warned_none:
@@ -391,7 +516,8 @@ class ConnectionBalancer:
         channel.close()
         self.channels[index] = None
         self.open[index] = 0
-        log.log(logging.INFO if self.stopping.is_set() else logging.WARNING,
+        expected = self.stopping.is_set() or not self.accepting[index]
+        log.log(logging.INFO if expected else logging.WARNING,
                 "replica %d takes no more connections (its channel closed)", index)
 
 
@@ -406,6 +532,12 @@ class Supervisor:
         self.samples = None
         self.balancer: ConnectionBalancer | None = None
         self.gpus = None  # metrics.gpu.LocalGpus: pinning and GPU samples
+        self.scaling_records = None
+        self.scaler: scaling.ScalingController | None = None
+        self.intra = threads_per_replica(max(args.replicas, args.max_replicas),
+                                         args.threads_per_replica)
+        self.model_dir = ""
+        self.env: dict[str, str] = {}
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -421,6 +553,8 @@ class Supervisor:
         from caio_operators.metrics.gpu import LocalGpus
 
         try:
+            # GPU samples follow the starting replicas; scaled-out ones are pinned by the same
+            # rule but not sampled (docs/gpu.md)
             self.gpus = LocalGpus.open(args.gpus, args.replicas)
         except ValueError as exc:
             log.error("%s", exc)
@@ -448,7 +582,10 @@ class Supervisor:
             self.balancer.close()  # after the replicas: they take its end of file for a fault
             if self.samples is not None:
                 self.samples.close()
-            self.gpus.close()
+            if self.gpus is not None:
+                self.gpus.close()
+            if self.scaling_records is not None:
+                self.scaling_records.close()
             if args.ready_file:
                 Path(args.ready_file).unlink(missing_ok=True)
             log.info("stopped")
@@ -461,36 +598,42 @@ class Supervisor:
         replica's channel reads as closed.
         """
         args = self.args
-        intra = threads_per_replica(args.replicas, args.threads_per_replica)
-        env = dict(os.environ)
-        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        for index in range(args.replicas):
-            ours, theirs = channel_pair()
-            self.balancer.add(ours)
-            with theirs, _listen("127.0.0.1", 0) as admin:
-                argv = [
-                    sys.executable, "-m", MODULE, "--replica-index", str(index),
-                    "--model-dir", model_dir, "--model-name", args.model_name,
-                    "--model-version", args.model_version,
-                    "--channel-fd", str(theirs.fileno()), "--admin-fd", str(admin.fileno()),
-                    "--supervisor-pid", str(os.getpid()),
-                    "--deadline", repr(self.deadline + 30),
-                    "--intra-threads", str(intra), "--inter-threads", "1",
-                    "--records-dir", args.records_dir,
-                    "--max-body-bytes", str(args.max_body_bytes),
-                    "--batch-max", str(args.batch_max),
-                    "--batch-timeout-ms", repr(args.batch_timeout_ms),
-                ]
-                if args.import_keras:
-                    argv.append("--import-keras")
-                process = subprocess.Popen(argv, env=self.gpus.env(index, env),
-                                           stdin=subprocess.DEVNULL,
-                                           pass_fds=(theirs.fileno(), admin.fileno()))
-                self.replicas.append(Replica(index, process, admin.getsockname()[1]))
+        self.model_dir = model_dir
+        self.env = dict(os.environ)
+        self.env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        for _ in range(args.replicas):
+            self._start_replica(accepting=True)
         log.info("started %d replica(s) for %s:%d (pids %s; %d intra-op threads each; %s)",
                  len(self.replicas), args.host, self.port,
-                 ", ".join(str(r.process.pid) for r in self.replicas), intra,
+                 ", ".join(str(r.process.pid) for r in self.replicas), self.intra,
                  self.gpus.describe())
+
+    def _start_replica(self, accepting: bool) -> int:
+        """Start one replica process; its index (the same in the balancer)."""
+        args, model_dir, intra = self.args, self.model_dir, self.intra
+        ours, theirs = channel_pair()
+        index = self.balancer.add(ours, accepting=accepting)
+        with theirs, _listen("127.0.0.1", 0) as admin:
+            argv = [
+                sys.executable, "-m", MODULE, "--replica-index", str(index),
+                "--model-dir", model_dir, "--model-name", args.model_name,
+                "--model-version", args.model_version,
+                "--channel-fd", str(theirs.fileno()), "--admin-fd", str(admin.fileno()),
+                "--supervisor-pid", str(os.getpid()),
+                "--deadline", repr(self.deadline + 30),
+                "--intra-threads", str(intra), "--inter-threads", "1",
+                "--records-dir", args.records_dir,
+                "--max-body-bytes", str(args.max_body_bytes),
+                "--batch-max", str(args.batch_max),
+                "--batch-timeout-ms", repr(args.batch_timeout_ms),
+            ]
+            if args.import_keras:
+                argv.append("--import-keras")
+            process = subprocess.Popen(argv, env=self.gpus.env(index, self.env),
+                                       stdin=subprocess.DEVNULL,
+                                       pass_fds=(theirs.fileno(), admin.fileno()))
+            self.replicas.append(Replica(index, process, admin.getsockname()[1]))
+        return index
 
     def _wait_ready(self) -> bool:
         pending = {r.index for r in self.replicas}
@@ -539,7 +682,6 @@ class Supervisor:
             storage.write_text(self.args.ready_file, json.dumps(self.ready_info(), indent=2))
 
     def _supervise(self) -> int:
-        import psutil
 
         from caio_operators.targets.records import SAMPLE_COLUMNS, CsvBatchWriter
 
@@ -548,12 +690,9 @@ class Supervisor:
             self.samples = CsvBatchWriter(self.args.samples_dir, "samples", SAMPLE_COLUMNS)
             self.samples.start(SAMPLE_FLUSH_INTERVAL_S)
         self.gpus.start(self.args.gpu_samples_dir, SAMPLE_INTERVAL_S, SAMPLE_FLUSH_INTERVAL_S)
+        self._start_scaling(CsvBatchWriter)
         for replica in self.replicas:
-            try:
-                replica.sampler = psutil.Process(replica.process.pid)
-                replica.sampler.cpu_percent(None)  # the first reading only starts the clock
-            except psutil.NoSuchProcess:
-                replica.sampler = None
+            self._start_sampler(replica)
         next_sample = time.monotonic() + SAMPLE_INTERVAL_S
         while not self.stop.wait(max(0.0, next_sample - time.monotonic())):
             next_sample += SAMPLE_INTERVAL_S
@@ -566,8 +705,64 @@ class Supervisor:
             if not alive:
                 log.error("no replica is left serving; stopping")
                 return 1
-            self._sample(alive)
+            cpu = self._sample(alive)
+            if self.scaler is not None:
+                self.scaler.tick(time.time(), cpu)
         return 0
+
+    @staticmethod
+    def _start_sampler(replica: Replica) -> None:
+        import psutil
+
+        try:
+            replica.sampler = psutil.Process(replica.process.pid)
+            replica.sampler.cpu_percent(None)  # the first reading only starts the clock
+        except psutil.NoSuchProcess:
+            replica.sampler = None
+
+    def _start_scaling(self, writer_class) -> None:
+        """The scaling records and, when min < max replicas, the autoscaler."""
+        args = self.args
+        if args.scaling_dir:
+            os.makedirs(args.scaling_dir, exist_ok=True)
+        self.scaling_records = writer_class(args.scaling_dir or None, "scaling",
+                                            scaling.SCALING_COLUMNS)
+        self.scaling_records.start(SAMPLE_FLUSH_INTERVAL_S)
+        policy = scaling_policy(args)
+        self.scaler = scaling.ScalingController(
+            pool=self, recorder=self.scaling_records, policy=policy,
+            threads_per_replica=self.intra, drain_timeout_s=args.drain_timeout_s)
+        self.scaler.started(time.time(), [r.index for r in self.replicas])
+        if policy is not None:
+            log.info("autoscaling between %d and %d replicas on %.0f%% CPU (scale out after "
+                     "%.0f s above, in after %.0f s below)", policy.min_replicas,
+                     policy.max_replicas, policy.target_pct, policy.up_window_s,
+                     policy.down_window_s)
+
+    # the scaling controller's port (scaling.Pool) ----------------------------------------
+
+    def start_replica(self) -> int:
+        return self._start_replica(accepting=False)
+
+    def replica_healthy(self, index: int) -> bool:
+        return _health_ok(self.replicas[index].admin_port, timeout=0.5)
+
+    def replica_exit_code(self, index: int) -> int | None:
+        return self.replicas[index].process.poll()
+
+    def open_connections(self, index: int) -> int:
+        return self.balancer.open[index]
+
+    def set_accepting(self, index: int, accepting: bool) -> None:
+        if accepting:
+            self._start_sampler(self.replicas[index])
+        self.balancer.set_accepting(index, accepting)
+
+    def terminate_replica(self, index: int) -> None:
+        replica = self.replicas[index]
+        replica.retiring = True
+        if replica.process.poll() is None:
+            replica.process.send_signal(signal.SIGTERM)
 
     def _check_replicas(self) -> list[Replica]:
         alive = []
@@ -575,19 +770,18 @@ class Supervisor:
             code = replica.process.poll()
             if code is None:
                 alive.append(replica)
-            elif not replica.exit_logged:
+            elif not replica.exit_logged and not replica.retiring:
                 replica.exit_logged = True
                 log.error("replica %d (pid %d) exited with status %d; %d replica(s) keep "
                           "serving (not restarted)", replica.index, replica.process.pid, code,
                           sum(r.process.poll() is None for r in self.replicas))
         return alive
 
-    def _sample(self, alive: list[Replica]) -> None:
-        if self.samples is None:
-            return
+    def _sample(self, alive: list[Replica]) -> dict[int, float]:
+        """Record each ready replica's CPU% and RSS; the CPU% by replica index."""
         import psutil
 
-        now = time.time()
+        now, cpus = time.time(), {}
         for replica in alive:
             if replica.sampler is None:
                 continue
@@ -597,8 +791,11 @@ class Supervisor:
                     rss = replica.sampler.memory_info().rss / 2**20
             except psutil.Error:
                 continue
-            self.samples.add((f"{now:.6f}", replica.index, replica.process.pid,
-                              f"{cpu:.1f}", f"{rss:.1f}"))
+            cpus[replica.index] = cpu
+            if self.samples is not None:
+                self.samples.add((f"{now:.6f}", replica.index, replica.process.pid,
+                                  f"{cpu:.1f}", f"{rss:.1f}"))
+        return cpus
 
     def _stop_replicas(self) -> None:
         for replica in self.replicas:

@@ -33,6 +33,7 @@ import numpy as np
 from caio_operators.targets.batching import Batcher
 from caio_operators.targets.instances import STRING, SignatureInfo, TensorInfo
 from caio_operators.targets.records import SERVER_RECORD_COLUMNS, CsvBatchWriter
+from caio_operators.targets.scaling import DRAIN_MESSAGE, SHED_MESSAGE
 from caio_operators.targets.serving_app import Reply, ServingApp, error_reply, reason
 from caio_operators.targets.signals import stop_on_signals
 
@@ -186,6 +187,47 @@ class HandoffServer(_Server):
         self.socket.close()  # the supervisor listens; this server only serves
         self.channel = channel
         self._stopping = False
+        self.draining = False  # the supervisor scales in: close connections after answering
+        self._shed = 0  # connections to close after their next answer (a replica joined)
+        self._shed_lock = threading.Lock()
+        self._idle: set[socket.socket] = set()  # keep-alive connections between requests
+
+    def waiting(self, conn: socket.socket, idle: bool) -> None:
+        """A handler is waiting for its connection's next request (or no longer). Once
+        draining, it waits no more: a request already received is still read and answered
+        (on Linux a read shut down returns what arrived, then end of file)."""
+        with self._shed_lock:
+            if not idle:
+                self._idle.discard(conn)
+                return
+            if not self.draining:
+                self._idle.add(conn)
+                return
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_RD)
+
+    def drain(self) -> None:
+        """Close every connection after its answer, and the idle ones now: as a server
+        closing idle keep-alive connections does, a FIN its client sees before reusing one
+        (the pending read returns end of file; ``lingering_close`` does the rest)."""
+        with self._shed_lock:
+            self.draining = True
+            idle = list(self._idle)
+        log.info("draining: every further answer closes its connection; closing %d idle "
+                 "one(s)", len(idle))
+        for conn in idle:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
+
+    def close_after_answer(self) -> bool:
+        """Whether the connection answering now should close (draining, or shedding)."""
+        if self.draining:
+            return True
+        with self._shed_lock:
+            if self._shed > 0:
+                self._shed -= 1
+                return True
+        return False
 
     def receive_forever(self) -> None:
         while True:
@@ -199,6 +241,13 @@ class HandoffServer(_Server):
                 if not self._stopping:
                     log.warning("the supervisor closed the connection channel")
                 return
+            if message == DRAIN_MESSAGE and not fds:
+                self.drain()
+                continue
+            if message == SHED_MESSAGE and not fds:
+                with self._shed_lock:
+                    self._shed += 1
+                continue
             for fd in fds:
                 self._serve(fd)
 
@@ -285,6 +334,9 @@ def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int)
             # Waiting for the next request on a keep-alive connection is idle time; the
             # request's own deadline starts with its first byte.
             self._idle()
+            waiting = getattr(self.server, "waiting", None)  # the handoff server's
+            if waiting is not None:
+                waiting(self.connection, True)
             try:
                 if not self.rfile.peek(1):
                     self.close_connection = True
@@ -292,6 +344,9 @@ def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int)
             except (TimeoutError, OSError):
                 self.close_connection = True
                 return
+            finally:
+                if waiting is not None:
+                    waiting(self.connection, False)
             ts, t0 = time.time(), time.perf_counter()
             self.raw_reader.deadline = time.monotonic() + REQUEST_TIMEOUT_S
             super().handle_one_request()
@@ -311,7 +366,8 @@ def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int)
                               f"{reply.queue_ms:.3f}" if timed else ""))
 
         def _write(self, reply: Reply, close: bool = False) -> None:
-            if close:
+            if close or self.close_connection or getattr(
+                    self.server, "close_after_answer", bool)():
                 self.close_connection = True
             lines = [f"HTTP/1.1 {reply.status} {reason(reply.status)}",
                      "Content-Type: application/json",
