@@ -24,7 +24,7 @@ PYTEST_ARGS ?= --durations=25
 help:
 	@echo "make demo   run caio_load_test end to end on this machine (local target)"
 	@echo "make test   lint + the test suite"
-	@echo "make test-faults   the fault-injection suite (README: Faults and bad input)"
+	@echo "make test-faults   the fault-injection suite (docs/faults.md)"
 	@echo "make test-compat   the built wheel on the oldest supported Airflow (.compat/)"
 	@echo "make test-scheduler   the DAGs under a real scheduler, REST API and browser (marker scheduler)"
 	@echo "make airflow   a local Airflow (UI, scheduler, PostgreSQL) on 127.0.0.1:AIRFLOW_PORT; make airflow-stop"
@@ -77,7 +77,7 @@ test-compat: $(STAMP)
 test-scheduler: $(STAMP)
 	$(BIN)/python -m pytest -m scheduler $(PYTEST_ARGS)
 
-# The local deployment (README: A local Airflow): api-server + UI, scheduler (LocalExecutor),
+# The local deployment (docs/scheduling.md: A local Airflow): api-server + UI, scheduler (LocalExecutor),
 # dag-processor, triggerer on PostgreSQL from the PostgreSQL wheel; its own home, so the
 # SQLite home of make demo stays as it is.
 AIRFLOW_PORT ?= 8080
