@@ -31,7 +31,7 @@ help:
 	@echo "make bench   every benchmark in bench/ one after another, then one summary table"
 	@echo "make bench-loadgen   load-generator efficiency and fidelity (bench/README.md; BENCH_ARGS='--seconds 15')"
 	@echo "make bench-serving   local serving efficiency against in-process predictions (BENCH_ARGS)"
-	@echo "make lint | lock | clean"
+	@echo "make lint (ruff + mypy) | lock | clean"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -107,8 +107,10 @@ BENCH_ONLY ?=
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
+# ruff, then mypy on the package and the DAG files (configured in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --no-header requirements.in -o requirements.txt

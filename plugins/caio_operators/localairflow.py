@@ -130,7 +130,7 @@ class LocalAirflow:
         """``airflow.cfg`` in the home: every command (CLI included) with this
         ``AIRFLOW_HOME`` talks to this deployment."""
         keys = self._secrets()
-        config = {
+        config: dict[str, dict[str, Any]] = {
             "core": {"dags_folder": self.dags_folder, "executor": "LocalExecutor",
                      "load_examples": "False", "unit_test_mode": "False",
                      # sweeps and the asset-triggered reports run without a click;

@@ -200,7 +200,8 @@ def history_charts(history: pd.DataFrame) -> list[Chart]:
     benchmark fingerprint (versions follow each other along it; runs of different
     benchmarks never share a line), regressions as red points."""
     out = []
-    when = history["started_at"].map(lambda t: t.timestamp()) if len(history) else []
+    when = (history["started_at"].map(lambda t: t.timestamp()) if len(history)
+            else pd.Series(dtype=float))
     for key, title, label, columns in HISTORY_PANELS:
         series = []
         for (model, _), part in history.groupby(["model_name", "fingerprint"]):

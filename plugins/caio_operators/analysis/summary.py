@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -63,7 +63,7 @@ def _row(runs: pd.DataFrame | Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError("no runs row: the run is not in the warehouse; harvest it first")
         if len(runs) > 1:
             raise ValueError(f"expected one runs row, got {len(runs)}")
-        return runs.iloc[0].to_dict()
+        return {str(k): v for k, v in runs.iloc[0].to_dict().items()}
     return dict(runs)
 
 
@@ -100,7 +100,7 @@ def load_levels(timeseries: pd.DataFrame, min_intervals: int = MIN_INTERVALS
         rate = part[sc.REQUEST_RATE_RPS].to_numpy(float)
         fail = part[sc.FAILURE_RATE_RPS].fillna(0.0).to_numpy(float)
         levels.append({
-            "users": int(users),
+            "users": int(cast(float, users)),  # the groupby key: a users count
             "intervals": len(part),
             "throughput_rps": float(np.mean(rate - fail)),
             "p50_ms": plain(part[sc.CLIENT_LATENCY_P50_MS].median()),

@@ -240,7 +240,9 @@ def judge_run(warehouse, run_id: str, *, baseline_version: str = "",
     if found.verdict is not None:
         comparison = cmp.Comparison(found.verdict, found.reason, [])
     else:
-        baseline = run_row(warehouse, found.run_id)
+        baseline = run_row(warehouse, found.run_id) if found.run_id else None
+        if baseline is None:
+            raise ValueError(f"the baseline run {found.run_id!r} is not in the warehouse")
         comparison = cmp.compare_runs(
             run_sample(warehouse, run), run_sample(warehouse, baseline),
             percentile_name=percentile, threshold=threshold, seed=seed)

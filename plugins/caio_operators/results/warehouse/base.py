@@ -107,15 +107,17 @@ def check_select(con, sql: str) -> None:
     tree = sql_tree(con, sql)
     if tree.get("error"):
         raise WarehouseError(f"cannot parse query: {tree.get('error_message')}")
-    tables, ctes, functions = set(), set(), set()
+    tables: set[str] = set()
+    ctes: set[str] = set()
+    functions: set[str] = set()
     for node in tree_nodes(tree):
         if node.get("type") == "BASE_TABLE":
             qualifier = node.get("schema_name") or node.get("catalog_name") or ""
-            name = node.get("table_name")
+            name = str(node.get("table_name"))
             tables.add(name if qualifier in ("", "main") else f"{qualifier}.{name}")
         elif node.get("type") == "TABLE_FUNCTION":
             functions.add(str((node.get("function") or {}).get("function_name")))
-        ctes.update(entry.get("key") for entry in (node.get("cte_map") or {}).get("map", []))
+        ctes.update(str(entry.get("key")) for entry in (node.get("cte_map") or {}).get("map", []))
     if functions:
         raise WarehouseError(f"query() does not allow table functions ({sorted(functions)})")
     unknown = sorted(t for t in tables - ctes if t not in TABLES)

@@ -116,7 +116,7 @@ def parse_uri(uri: str) -> BigQueryTarget:
     if unknown:
         raise WarehouseError(f"warehouse URI {uri!r}: unknown options {unknown}; "
                              "only ?location=... is accepted")
-    location = (query.get("location") or [None])[-1]
+    location = (query.get("location") or [""])[-1] or None
     return BigQueryTarget(project, dataset, _check_location(location))
 
 

@@ -40,7 +40,8 @@ class DuckDBWarehouse:
         import duckdb
 
         # no file access from SQL: statements may only touch the warehouse's own tables
-        config = {"enable_external_access": False}
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "enable_external_access": False}
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
