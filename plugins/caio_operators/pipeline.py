@@ -441,8 +441,8 @@ def check_baseline_run(spec: RunSpec) -> None:
     from caio_operators.spec import SpecError
 
     try:
-        found = open_warehouse(spec.warehouse, **warehouse_options(spec)).query(
-            "SELECT run_id FROM runs WHERE run_id = $run", {"run": spec.baseline_run_id})
+        found = open_warehouse(spec.warehouse, **warehouse_options(spec)).run_row(
+            spec.baseline_run_id)
     except WarehouseError as exc:
         raise SpecError([f"baseline_run_id={spec.baseline_run_id!r}: cannot be looked up in "
                          f"the warehouse {spec.warehouse}: {exc}"]) from exc

@@ -15,7 +15,7 @@ import pytest
 from bq_fakes import DATASET, PROJECT, FakeBigQuery
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
-from raw_run import META, write_small_run
+from raw_run import META, a_verdict, named_reads_runs, write_small_run
 
 from caio_operators import storage
 from caio_operators.analysis.report import analyse_run
@@ -284,6 +284,60 @@ def test_queries_run_with_parameters(wh, fake_bq, tables):
     assert sorted(last.args["job_config"].query_parameters, key=lambda p: p.name) == [
         bigquery.ScalarQueryParameter("r", "STRING", "run-2"),
         bigquery.ScalarQueryParameter("s", "STRING", "server")]
+
+
+# --- named reads: GoogleSQL written for BigQuery, values as parameters --------------------------
+
+RUNS, REQUESTS, VERDICTS = (f"`{TABLE_ID[t]}`" for t in ("runs", "requests", "verdicts"))
+NAMED_READS = {
+    "run_row": (("run-2",), f"SELECT * FROM {RUNS} WHERE run_id = @run", {"run": "run-2"}),
+    "latest_run_id": ((), f"SELECT run_id FROM {RUNS} ORDER BY COALESCE(started_at, "
+                      "harvested_at) DESC, harvested_at DESC LIMIT 1", {}),
+    "baseline_candidates": (
+        ("mobilenet", "run-1"),
+        "SELECT run_id, model_version, model_source, started_at, params, provenance, "
+        f"benchmark FROM {RUNS} WHERE model_name = @model AND status = 'success' "
+        "AND run_id != @run AND started_at IS NOT NULL", {"model": "mobilenet", "run": "run-1"}),
+    "client_latencies": (("run-2",), f"SELECT ts, latency_ms, ok FROM {REQUESTS} "
+                         "WHERE run_id = @run AND source = 'client'", {"run": "run-2"}),
+    "history": (
+        ("caio_load_test",),
+        "SELECT r.run_id, r.model_name, r.model_version, r.status, r.started_at, "
+        "r.throughput_rps, r.p95_ms, r.p99_ms, r.target, r.load_shape, r.fingerprint, "
+        "r.params, r.provenance, v.verdict, v.cost_per_1k "
+        f"FROM {RUNS} AS r LEFT JOIN {VERDICTS} AS v ON r.run_id = v.run_id "
+        "WHERE r.started_at IS NOT NULL AND (r.dag_id = @dag OR @dag = '*') "
+        "ORDER BY r.started_at", {"dag": "caio_load_test"}),
+}
+
+
+@pytest.mark.parametrize("method", NAMED_READS)
+def test_named_reads_send_their_sql_with_string_parameters(wh, fake_bq, tables, method):
+    wh.replace_run(tables, "run-1")
+    fake_bq.calls.clear()
+    args, sql, params = NAMED_READS[method]
+    getattr(wh, method)(*args)
+    [call] = fake_bq.named("query")
+    assert call.args["sql"] == sql and call.args["location"] == "EU"
+    assert call.args["job_config"].query_parameters == [
+        bigquery.ScalarQueryParameter(name, "STRING", value) for name, value in params.items()]
+
+
+def test_named_reads_answer_the_analysis_questions(wh, fake_bq, tables):
+    """The same runs and answers as the DuckDB warehouse's test (tests/results)."""
+    for frames, run_id in named_reads_runs(tables):
+        wh.replace_run(frames, run_id)
+    wh.replace_tables({"verdicts": a_verdict("run-3", "regression", 0.5)}, "run-3")
+    assert wh.run_row("run-2")[["run_id", "model_version"]].values.tolist() == [["run-2", "v2"]]
+    assert wh.run_row("run-1' OR '1'='1").empty
+    assert wh.latest_run_id() == "run-5"
+    assert wh.baseline_candidates("mobilenet", "run-1")["run_id"].tolist() == ["run-2"]
+    client = tables["requests"][tables["requests"]["source"] == "client"]
+    assert sorted(wh.client_latencies("run-2")["latency_ms"]) == sorted(client["latency_ms"])
+    history = wh.history("caio_load_test")
+    assert history["run_id"].tolist() == ["run-1", "run-3", "run-4"]
+    assert history["verdict"].fillna("-").tolist() == ["-", "regression", "-"]
+    assert wh.history("*")["run_id"].tolist() == ["run-1", "run-2", "run-3", "run-4"]
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -314,12 +314,9 @@ def latest_run_summary(warehouse_uri: str, run_id: str | None = None,
     warehouse = open_warehouse(warehouse_uri, **warehouse_options)
     try:
         if run_id is None:
-            latest = warehouse.query(
-                "SELECT run_id FROM runs "
-                "ORDER BY coalesce(started_at, harvested_at) DESC, harvested_at DESC LIMIT 1")
-            if latest.empty:
+            run_id = warehouse.latest_run_id()
+            if run_id is None:
                 raise LookupError(f"the warehouse {warehouse_uri} holds no runs yet")
-            run_id = str(latest["run_id"].iloc[0])
         tables = warehouse.read_run(run_id)
     except WarehouseError as exc:
         raise LookupError(str(exc)) from exc

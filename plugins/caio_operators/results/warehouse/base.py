@@ -33,6 +33,35 @@ class Warehouse(Protocol):
 
     def read_run(self, run_id: str) -> dict[str, pd.DataFrame]: ...
 
+    # The analysis's questions, each written in the backend's own SQL (values always travel
+    # as query parameters). Frames come back with the columns named in each docstring.
+
+    def run_row(self, run_id: str) -> pd.DataFrame:
+        """The ``runs`` row of ``run_id``, every column (no row when absent)."""
+        ...
+
+    def latest_run_id(self) -> str | None:
+        """The run started (or, never started, harvested) last; None in an empty warehouse."""
+        ...
+
+    def baseline_candidates(self, model_name: str, exclude_run_id: str) -> pd.DataFrame:
+        """Every successful, started run of ``model_name`` but ``exclude_run_id``: its
+        ``run_id, model_version, model_source, started_at, params, provenance, benchmark``.
+        Which one is comparable is decided in Python (``benchmark.pick_baseline``), because
+        rows harvested before the fingerprint existed have only their params."""
+        ...
+
+    def client_latencies(self, run_id: str) -> pd.DataFrame:
+        """``ts, latency_ms, ok`` of the run's client-side requests."""
+        ...
+
+    def history(self, dag_id: str) -> pd.DataFrame:
+        """Every started run of ``dag_id`` (``*``: of every DAG) with its verdict, oldest
+        first: ``run_id, model_name, model_version, status, started_at, throughput_rps,
+        p95_ms, p99_ms, target, load_shape, fingerprint, params, provenance, verdict,
+        cost_per_1k``."""
+        ...
+
     def query(self, sql: str, params: Mapping[str, Any] | Any = None) -> pd.DataFrame: ...
 
 

@@ -573,6 +573,50 @@ class BigQueryWarehouse:
             out[table] = sc.conform(table, data.to_pandas())
         return out
 
+    # -- named reads (see Warehouse): GoogleSQL, values as @name STRING parameters --
+
+    def run_row(self, run_id: str) -> pd.DataFrame:
+        return self._select(f"SELECT * FROM {self._ref('runs')} "  # noqa: S608 (allow-listed)
+                            "WHERE run_id = @run", {"run": run_id})
+
+    def latest_run_id(self) -> str | None:
+        latest = self._select(
+            f"SELECT run_id FROM {self._ref('runs')} "  # noqa: S608 (allow-listed)
+            "ORDER BY COALESCE(started_at, harvested_at) DESC, harvested_at DESC LIMIT 1", {})
+        return None if latest.empty else str(latest["run_id"].iloc[0])
+
+    def baseline_candidates(self, model_name: str, exclude_run_id: str) -> pd.DataFrame:
+        return self._select(
+            "SELECT run_id, model_version, model_source, started_at, params, provenance, "  # noqa: S608
+            f"benchmark FROM {self._ref('runs')} "
+            "WHERE model_name = @model AND status = 'success' "
+            "AND run_id != @run AND started_at IS NOT NULL",
+            {"model": model_name, "run": exclude_run_id})
+
+    def client_latencies(self, run_id: str) -> pd.DataFrame:
+        return self._select(
+            f"SELECT ts, latency_ms, ok FROM {self._ref('requests')} "  # noqa: S608
+            "WHERE run_id = @run AND source = 'client'", {"run": run_id})
+
+    def history(self, dag_id: str) -> pd.DataFrame:
+        return self._select(
+            "SELECT r.run_id, r.model_name, r.model_version, r.status, r.started_at, "  # noqa: S608
+            "r.throughput_rps, r.p95_ms, r.p99_ms, r.target, r.load_shape, r.fingerprint, "
+            "r.params, r.provenance, v.verdict, v.cost_per_1k "
+            f"FROM {self._ref('runs')} AS r "
+            f"LEFT JOIN {self._ref('verdicts')} AS v ON r.run_id = v.run_id "
+            "WHERE r.started_at IS NOT NULL AND (r.dag_id = @dag OR @dag = '*') "
+            "ORDER BY r.started_at", {"dag": dag_id})
+
+    def _select(self, sql: str, params: Mapping[str, str]) -> pd.DataFrame:
+        """One of the named reads: ``params`` as STRING query parameters."""
+        from google.cloud.bigquery import ScalarQueryParameter
+
+        parameters = [ScalarQueryParameter(name, "STRING", value)
+                      for name, value in params.items()]
+        with self._explained("query failed", reading=True):
+            return self._run_query(sql, parameters).to_arrow().to_pandas()
+
     def to_bigquery(self, sql: str) -> Translated:
         """``sql`` (DuckDB dialect, as the analysis writes it) checked and translated."""
         import duckdb
