@@ -1,5 +1,6 @@
-"""What every warehouse shares: the interface, its error, and the checks that keep SQL
-text free of values (allow-listed tables, one run per replace, one SELECT per query)."""
+"""What every warehouse shares: the interface (writes, and the analysis's named reads that
+each backend writes in its own SQL), its error, and the checks that keep SQL text free of
+values (allow-listed tables, one run per replace, one SELECT per ad-hoc DuckDB query)."""
 
 from __future__ import annotations
 
@@ -61,8 +62,6 @@ class Warehouse(Protocol):
         p95_ms, p99_ms, target, load_shape, fingerprint, params, provenance, verdict,
         cost_per_1k``."""
         ...
-
-    def query(self, sql: str, params: Mapping[str, Any] | Any = None) -> pd.DataFrame: ...
 
 
 def check_table(name: str) -> str:
