@@ -16,6 +16,9 @@ environment (a model server or Locust process that a killed task left behind), t
 PostgreSQL. Ports are checked before anything starts. PostgreSQL refuses to run as root:
 as root it runs in a user namespace as an unprivileged id (``unshare``), which sees the
 home's files as its own.
+
+About 560 lines, one unit: one deployment's life (config, start, health, stop) and the
+process-group and port checks it alone uses; the command line is its last 40 lines.
 """
 
 from __future__ import annotations
