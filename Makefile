@@ -24,14 +24,14 @@ PYTEST_ARGS ?= --durations=25
 help:
 	@echo "make demo   run caio_load_test end to end on this machine (local target)"
 	@echo "make test   lint + the test suite"
-	@echo "make test-faults   the fault-injection suite (README: Faults and bad input)"
+	@echo "make test-faults   the fault-injection suite (docs/faults.md)"
 	@echo "make test-compat   the built wheel on the oldest supported Airflow (.compat/)"
 	@echo "make test-scheduler   the DAGs under a real scheduler, REST API and browser (marker scheduler)"
 	@echo "make airflow   a local Airflow (UI, scheduler, PostgreSQL) on 127.0.0.1:AIRFLOW_PORT; make airflow-stop"
 	@echo "make bench   every benchmark in bench/ one after another, then one summary table"
 	@echo "make bench-loadgen   load-generator efficiency and fidelity (bench/README.md; BENCH_ARGS='--seconds 15')"
 	@echo "make bench-serving   local serving efficiency against in-process predictions (BENCH_ARGS)"
-	@echo "make lint | lock | clean"
+	@echo "make lint (ruff + mypy) | lock | clean"
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -77,7 +77,7 @@ test-compat: $(STAMP)
 test-scheduler: $(STAMP)
 	$(BIN)/python -m pytest -m scheduler $(PYTEST_ARGS)
 
-# The local deployment (README: A local Airflow): api-server + UI, scheduler (LocalExecutor),
+# The local deployment (docs/scheduling.md: A local Airflow): api-server + UI, scheduler (LocalExecutor),
 # dag-processor, triggerer on PostgreSQL from the PostgreSQL wheel; its own home, so the
 # SQLite home of make demo stays as it is.
 AIRFLOW_PORT ?= 8080
@@ -107,8 +107,10 @@ BENCH_ONLY ?=
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(if $(BENCH_ONLY),--only $(BENCH_ONLY))
 
+# ruff, then mypy on the package and the DAG files (configured in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --no-header requirements.in -o requirements.txt

@@ -31,35 +31,16 @@ Every knob is a Param: use the Trigger form, or `--conf '{"users": 4}'`.
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
-from caio_operators import assets, resources
-from caio_operators.operators import (
-    HOST_POOL,
-    LOAD_GKE,
-    LOAD_HERE,
-    AnalyseRunOperator,
-    ChooseLoadTaskOperator,
-    CreateLocustMetricsOperator,
-    DeployModelOperator,
-    ExportServingModelOperator,
-    HarvestMetricsOperator,
-    RunLoadTestOperator,
-    UndeployModelOperator,
-    ValidateRunSpecOperator,
-)
-from caio_operators.spec import param_schema
+from caio_operators import assets
+from caio_operators.dag_factory import benchmark_chain, dag_params, run_schema
+from caio_operators.operators import AnalyseRunOperator, ValidateRunSpecOperator
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = param_schema(
-    local_root=os.environ.get("CAIO_HOME", str(REPO / ".caio")),
-    images_dir=os.environ.get("CAIO_IMAGES") or str(resources.find("test_images")),
-)
-_FORM_ONLY = ("default", "examples")
+SCHEMA = run_schema(Path(__file__).resolve().parents[1])
 
 with DAG(
     dag_id="caio_load_test",
@@ -74,56 +55,15 @@ with DAG(
     max_active_runs=4,
     tags=["caio", "benchmark", "ml-serving"],
     default_args={"owner": "caio", "retries": 0, "retry_delay": timedelta(seconds=30)},
-    params={
-        name: Param(prop["default"], **{k: v for k, v in prop.items() if k not in _FORM_ONLY})
-        for name, prop in SCHEMA.items()
-    },
+    params=dag_params(SCHEMA),
 ) as dag:
     validate = ValidateRunSpecOperator(
         task_id="validate", schema=SCHEMA, execution_timeout=timedelta(minutes=1),
     )
-    spec = validate.output
-    export = ExportServingModelOperator(  # TensorFlow on this machine, whatever the target
-        task_id="export", spec=spec, pool=HOST_POOL, execution_timeout=timedelta(minutes=30),
-    )
-    deploy = DeployModelOperator(
-        task_id="deploy", spec=spec, execution_timeout=timedelta(minutes=30),
-    )
-    prepare = CreateLocustMetricsOperator(
-        task_id="prepare_metrics", spec=spec, deployment=deploy.output,
-        execution_timeout=timedelta(minutes=10),
-    )
-    choose_load = ChooseLoadTaskOperator(
-        task_id="choose_load", spec=spec, execution_timeout=timedelta(minutes=1),
-    )
-    # Locust here: one load of this machine at a time (the host pool); on GKE: no pool
-    load = RunLoadTestOperator(
-        task_id=LOAD_HERE, spec=spec, deployment=deploy.output, pool=HOST_POOL,
-        execution_timeout=timedelta(hours=25),
-    )
-    load_gke = RunLoadTestOperator(
-        task_id=LOAD_GKE, spec=spec, deployment=deploy.output,
-        execution_timeout=timedelta(hours=25),
-    )
-    undeploy = UndeployModelOperator(
-        task_id="undeploy", deployment=deploy.output, spec=spec,
-        execution_timeout=timedelta(minutes=30),
-    )
-    harvest = HarvestMetricsOperator(
-        task_id="harvest", spec=spec, export_info=export.output,
-        # Pulled by template, not as deploy.output: a setup's direct downstream tasks must
-        # use all_success, and harvest runs all_done (also when deploy failed: then null).
-        deployment="{{ ti.xcom_pull(task_ids='deploy') | tojson }}",
-        trigger_rule="all_done", execution_timeout=timedelta(hours=1),
-        outlets=assets.HARVESTED,
-    )
+    chain = benchmark_chain(validate.output)
     analyse = AnalyseRunOperator(
-        task_id="analyse", spec=spec, execution_timeout=timedelta(minutes=30),
+        task_id="analyse", spec=validate.output, execution_timeout=timedelta(minutes=30),
         outlets=assets.ANALYSED,
     )
-
-    validate >> export >> deploy >> prepare >> choose_load >> [load, load_gke]
-    load >> undeploy.as_teardown(setups=deploy)
-    load_gke >> undeploy
-    # Harvest after the teardown: stopping the server flushes its last records.
-    undeploy >> harvest >> analyse
+    validate >> chain.export
+    chain.harvest >> analyse

@@ -26,30 +26,15 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Param, task_group
 
-from caio_operators import assets, resources
+from caio_operators import assets
+from caio_operators.dag_factory import benchmark_chain, dag_params, run_schema
 from caio_operators.operators import (
-    HOST_POOL,
-    LOAD_GKE,
-    LOAD_HERE,
-    ChooseLoadTaskOperator,
     CompareSweepOperator,
-    CreateLocustMetricsOperator,
-    DeployModelOperator,
-    ExportServingModelOperator,
-    HarvestMetricsOperator,
     PlanSweepOperator,
-    RunLoadTestOperator,
-    UndeployModelOperator,
     WaitForPreviousVariantSensor,
 )
-from caio_operators.spec import param_schema
 
-REPO = Path(__file__).resolve().parents[1]
-SCHEMA = param_schema(
-    local_root=os.environ.get("CAIO_HOME", str(REPO / ".caio")),
-    images_dir=os.environ.get("CAIO_IMAGES") or str(resources.find("test_images")),
-)
-_FORM_ONLY = ("default", "examples")
+SCHEMA = run_schema(Path(__file__).resolve().parents[1])
 #: tasks running at once in one sweep run (Airflow reads concurrency limits at parse time)
 PARALLEL = max(1, int(os.environ.get("CAIO_SWEEP_PARALLEL", "1")))
 
@@ -77,9 +62,7 @@ with DAG(
                         "model_version, model_source, machine_type, accelerator_type, "
                         "replicas) and an optional name (lowercase, digits, dashes).",
             section="Sweep"),
-        **{name: Param(prop["default"], **{k: v for k, v in prop.items()
-                                           if k not in _FORM_ONLY})
-           for name, prop in SCHEMA.items()},
+        **dag_params(SCHEMA),
     },
 ) as dag:
     plan = PlanSweepOperator(task_id="plan", schema=SCHEMA,
@@ -91,37 +74,9 @@ with DAG(
         turn = WaitForPreviousVariantSensor(
             task_id="wait_turn", spec=spec, sequential=PARALLEL == 1, poke_interval=10,
             timeout=timedelta(days=3).total_seconds())
-        export = ExportServingModelOperator(
-            task_id="export", spec=spec, pool=HOST_POOL,
-            execution_timeout=timedelta(minutes=30))
-        deploy = DeployModelOperator(
-            task_id="deploy", spec=spec, execution_timeout=timedelta(minutes=30))
-        prepare = CreateLocustMetricsOperator(
-            task_id="prepare_metrics", spec=spec, deployment=deploy.output,
-            execution_timeout=timedelta(minutes=10))
-        choose_load = ChooseLoadTaskOperator(
-            task_id="choose_load", spec=spec, execution_timeout=timedelta(minutes=1))
-        load = RunLoadTestOperator(
-            task_id=LOAD_HERE, spec=spec, deployment=deploy.output, pool=HOST_POOL,
-            execution_timeout=timedelta(hours=25))
-        load_gke = RunLoadTestOperator(
-            task_id=LOAD_GKE, spec=spec, deployment=deploy.output,
-            execution_timeout=timedelta(hours=25))
-        undeploy = UndeployModelOperator(
-            task_id="undeploy", deployment=deploy.output, spec=spec,
-            execution_timeout=timedelta(minutes=30))
-        harvest = HarvestMetricsOperator(
-            task_id="harvest", spec=spec, export_info=export.output,
-            # the same map index's deploy output (null when deploy failed), see caio_load_test
-            deployment="{{ ti.xcom_pull(task_ids='variant.deploy', "
-                       "map_indexes=ti.map_index) | tojson }}",
-            trigger_rule="all_done", execution_timeout=timedelta(hours=1),
-            outlets=assets.HARVESTED)
-        turn >> export >> deploy >> prepare >> choose_load >> [load, load_gke]
-        load >> undeploy.as_teardown(setups=deploy)
-        load_gke >> undeploy
-        undeploy >> harvest
-        return harvest
+        chain = benchmark_chain(spec, group="variant")
+        turn >> chain.export
+        return chain.harvest
 
     variants = variant.expand(spec=plan.output)
     compare = CompareSweepOperator(

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import sys
 import uuid
 from http.server import ThreadingHTTPServer
@@ -139,3 +140,15 @@ def chart_data(page: str) -> list[dict]:
                       page, re.S)
     assert found, "the page holds no chart data"
     return json.loads(found.group(1))
+
+
+def doc_commands(page: str, marker: str) -> list[list[str]]:
+    """The commands between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in
+    ``docs/<page>``, continuation lines joined, as argv lists: tests run a doc's commands as
+    they are written, so the two cannot drift."""
+    text = (REPO / "docs" / page).read_text()
+    block = re.search(rf"<!-- {marker}:start -->\n```bash\n(.*?)```\n<!-- {marker}:end -->",
+                      text, re.S)
+    assert block, f"docs/{page} lost its {marker} markers"
+    text = block.group(1).replace("\\\n", " ")
+    return [shlex.split(line) for line in text.splitlines() if line.strip()]

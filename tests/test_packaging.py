@@ -1,4 +1,4 @@
-"""The package installs as it says: pyproject.toml declares what a run needs, the README's
+"""The package installs as it says: pyproject.toml declares what a run needs, docs/cloud.md's
 Composer step lists exactly that, and the pinned requirements.txt (what `make test` tests)
 lies inside the declared ranges. (What the wheel carries: tests/cloud/test_wiring_package.py.)"""
 
@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-README = (REPO / "README.md").read_text()
+CLOUD_DOC = (REPO / "docs" / "cloud.md").read_text()
 # The extras a Composer environment installs: export runs on its workers, gke launches
 # the Locust pods (the local server and Locust processes are for one machine).
 COMPOSER_EXTRAS = ("export", "gke")
@@ -24,7 +24,7 @@ def own(requirement: str) -> bool:
 
 
 def composer_packages_markdown() -> str:
-    """The README's list of what `pip install caio-operators[export,gke]` brings."""
+    """docs/cloud.md's list of what `pip install caio-operators[export,gke]` brings."""
     extras = PROJECT["optional-dependencies"]
     lines = [
         "```text",
@@ -44,12 +44,12 @@ def composer_packages_markdown() -> str:
     return "\n".join(lines)
 
 
-def test_readme_composer_packages_match_pyproject():
+def test_cloud_doc_composer_packages_match_pyproject():
     section = re.search(r"<!-- composer-packages:start -->\n(.*)\n<!-- composer-packages:end -->",
-                        README, re.S)
-    assert section, "README lost its composer-packages markers"
+                        CLOUD_DOC, re.S)
+    assert section, "docs/cloud.md lost its composer-packages markers"
     assert section.group(1).strip() == composer_packages_markdown().strip(), (
-        "README's Composer package list is stale; paste tests.test_packaging."
+        "docs/cloud.md's Composer package list is stale; paste tests.test_packaging."
         "composer_packages_markdown():\n" + composer_packages_markdown())
 
 

@@ -75,7 +75,7 @@ def benchmark_fields(params: Mapping[str, Any], provenance: Mapping[str, Any] | 
     ``params``: a RunSpec's ``params()`` (or the ``runs.params`` JSON of any earlier run).
     ``provenance``: the run's provenance, for the machine of a target=local run.
     """
-    target, shape = params.get("target"), params.get("load_shape")
+    target, shape = str(params.get("target") or ""), str(params.get("load_shape") or "")
     names = [*_COMMON, *_TARGET.get(target, ()), *_SHAPE.get(shape, ())]
     if target == "local" and (params.get("server_batch_max") or 0) > 1:
         names.append("server_batch_timeout_ms")
@@ -84,7 +84,7 @@ def benchmark_fields(params: Mapping[str, Any], provenance: Mapping[str, Any] | 
     if target == "local" and params.get("local_autoscaling"):
         names += _LOCAL_AUTOSCALING
     if shape == "open_rate":
-        names += _RATE_PROFILE.get(params.get("rate_profile"), ())
+        names += _RATE_PROFILE.get(str(params.get("rate_profile") or ""), ())
     out = {name: _norm(params.get(name)) for name in dict.fromkeys(names)}
     if target == "local":
         out[HOST] = host_of(provenance)

@@ -28,7 +28,8 @@ def _records(lines: Iterable[str]) -> Iterator[tuple[str, str, list[str], str]]:
     A message may span lines; structlog puts the ``[logger] key=value`` tail after its last
     line. Lines before the first timestamp (tracebacks of the CLI itself) are their own record.
     """
-    hms, level, body = "", "", []
+    hms, level = "", ""
+    body: list[str] = []
     for raw in lines:
         line = raw.rstrip("\n")
         start = _START.match(line)

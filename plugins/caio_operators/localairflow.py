@@ -16,6 +16,9 @@ environment (a model server or Locust process that a killed task left behind), t
 PostgreSQL. Ports are checked before anything starts. PostgreSQL refuses to run as root:
 as root it runs in a user namespace as an unprivileged id (``unshare``), which sees the
 home's files as its own.
+
+About 560 lines, one unit: one deployment's life (config, start, health, stop) and the
+process-group and port checks it alone uses; the command line is its last 40 lines.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ class LocalAirflow:
         """``airflow.cfg`` in the home: every command (CLI included) with this
         ``AIRFLOW_HOME`` talks to this deployment."""
         keys = self._secrets()
-        config = {
+        config: dict[str, dict[str, Any]] = {
             "core": {"dags_folder": self.dags_folder, "executor": "LocalExecutor",
                      "load_examples": "False", "unit_test_mode": "False",
                      # sweeps and the asset-triggered reports run without a click;

@@ -77,14 +77,14 @@ def plan_sweep(params: Mapping[str, Any], schema: dict[str, dict[str, Any]], *, 
             continue
         specs.append({**spec.to_dict(), "extra": {"variant": name, "variant_index": i}})
     varies = varied_fields(variants)
-    for spec in specs:
-        spec["extra"]["varies"] = varies
+    for planned in specs:
+        planned["extra"]["varies"] = varies
     sources: dict[tuple[str, str], str] = {}
-    for spec in specs:
-        model = (spec["model_name"], spec["model_version"])
-        if sources.setdefault(model, spec["model_source"]) != spec["model_source"]:
+    for planned in specs:
+        model = (planned["model_name"], planned["model_version"])
+        if sources.setdefault(model, planned["model_source"]) != planned["model_source"]:
             problems.append(f"variants: {model[0]}/{model[1]} has two model sources "
-                            f"({sources[model]!r}, {spec['model_source']!r}); give each source "
+                            f"({sources[model]!r}, {planned['model_source']!r}); give each source "
                             "its own model_version (they would share one exported model)")
     if problems:
         raise SpecError(problems)

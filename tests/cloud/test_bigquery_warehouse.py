@@ -2,12 +2,11 @@
 
 The fake records every call (asserted below: DDL shape, SQL text, query parameters, load
 configs) and applies them to real in-memory tables, so idempotency and read-back are
-checked on rows, not assumed. The analysis' own SQL runs through the translation.
+checked on rows, not assumed. The analysis's named reads send their own GoogleSQL.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import pandas as pd
@@ -15,7 +14,7 @@ import pytest
 from bq_fakes import DATASET, PROJECT, FakeBigQuery
 from google.api_core import exceptions as gexc
 from google.cloud import bigquery
-from raw_run import META, write_small_run
+from raw_run import META, a_verdict, named_reads_runs, write_small_run
 
 from caio_operators import storage
 from caio_operators.analysis.report import analyse_run
@@ -30,7 +29,6 @@ from caio_operators.results.warehouse.bigquery import (
     BigQueryWarehouse,
     BigQueryWarehouseError,
     parse_uri,
-    query_parameters,
 )
 
 URI = f"bigquery://{PROJECT}/{DATASET}"
@@ -197,93 +195,60 @@ def test_read_run_round_trips_values_and_dtypes(wh, fake_bq, tables):
     assert all(frame.empty for frame in wh.read_run("unknown").values())
 
 
-# --- query: the DuckDB warehouse's SQL, translated ------------------------------------------------
+# --- named reads: GoogleSQL written for BigQuery, values as parameters --------------------------
 
-@pytest.mark.parametrize("sql, expected", [
-    ("SELECT run_id FROM runs ORDER BY coalesce(started_at, harvested_at) DESC, "
-     "harvested_at DESC LIMIT 1",
-     "SELECT run_id FROM `my-project.bench.runs` ORDER BY coalesce(started_at, harvested_at) "
-     "DESC, harvested_at DESC LIMIT 1"),
-    ("SELECT count(*) AS n FROM requests WHERE run_id = $run",
-     "SELECT count(*) AS n FROM `my-project.bench.requests` WHERE run_id = @run"),
-    # `requests` is also a column of runs: only the table position is qualified
-    ("SELECT requests, p50_ms FROM runs WHERE run_id = ? AND users > ?",
-     "SELECT requests, p50_ms FROM `my-project.bench.runs` WHERE run_id = @p1 AND users > @p2"),
-    ("SELECT $2 AS b, $1 AS a FROM runs",
-     "SELECT @p2 AS b, @p1 AS a FROM `my-project.bench.runs`"),
-    ("WITH x AS (SELECT * FROM requests WHERE source = $s) SELECT count(*) AS n FROM x",
-     "WITH x AS (SELECT * FROM `my-project.bench.requests` WHERE source = @s) "
-     "SELECT count(*) AS n FROM x"),
-    ('SELECT r."requests", t.value FROM "runs" r JOIN timeseries t USING (run_id), requests q '
-     "WHERE t.metric = 'it''s a \\ path' AND q.run_id IN (SELECT run_id FROM runs)",
-     "SELECT r.`requests`, t.value FROM `my-project.bench.runs` r JOIN "
-     "`my-project.bench.timeseries` t USING (run_id), `my-project.bench.requests` q "
-     "WHERE t.metric = 'it\\'s a \\\\ path' AND q.run_id IN "
-     "(SELECT run_id FROM `my-project.bench.runs`)"),
-    ("SELECT '$x ? @y' AS s, 1 -- $z ?\nFROM runs",
-     "SELECT '$x ? @y' AS s, 1 -- $z ?\nFROM `my-project.bench.runs`"),
-])
-def test_translation(wh, sql, expected):
-    assert wh.to_bigquery(sql).sql == expected
+RUNS, REQUESTS, VERDICTS = (f"`{TABLE_ID[t]}`" for t in ("runs", "requests", "verdicts"))
+NAMED_READS = {
+    "run_row": (("run-2",), f"SELECT * FROM {RUNS} WHERE run_id = @run", {"run": "run-2"}),
+    "latest_run_id": ((), f"SELECT run_id FROM {RUNS} ORDER BY COALESCE(started_at, "
+                      "harvested_at) DESC, harvested_at DESC LIMIT 1", {}),
+    "baseline_candidates": (
+        ("mobilenet", "run-1"),
+        "SELECT run_id, model_version, model_source, started_at, params, provenance, "
+        f"benchmark FROM {RUNS} WHERE model_name = @model AND status = 'success' "
+        "AND run_id != @run AND started_at IS NOT NULL", {"model": "mobilenet", "run": "run-1"}),
+    "client_latencies": (("run-2",), f"SELECT ts, latency_ms, ok FROM {REQUESTS} "
+                         "WHERE run_id = @run AND source = 'client'", {"run": "run-2"}),
+    "history": (
+        ("caio_load_test",),
+        "SELECT r.run_id, r.model_name, r.model_version, r.status, r.started_at, "
+        "r.throughput_rps, r.p95_ms, r.p99_ms, r.target, r.load_shape, r.fingerprint, "
+        "r.params, r.provenance, v.verdict, v.cost_per_1k "
+        f"FROM {RUNS} AS r LEFT JOIN {VERDICTS} AS v ON r.run_id = v.run_id "
+        "WHERE r.started_at IS NOT NULL AND (r.dag_id = @dag OR @dag = '*') "
+        "ORDER BY r.started_at", {"dag": "caio_load_test"}),
+}
 
 
-def test_parameters_are_typed_scalars():
-    wh = BigQueryWarehouse(PROJECT, DATASET, client=object())
-    when = dt.datetime(2024, 5, 1, 12, tzinfo=dt.UTC)
-    translated = wh.to_bigquery(
-        "SELECT * FROM runs WHERE run_id = $id AND users > $n AND p50_ms < $ms "
-        "AND (status = $s OR $flag) AND started_at > $t AND ended_at < $ts")
-    got = query_parameters(translated, {"id": "r1", "n": pd.Series([3]).iloc[0], "ms": 1.5,
-                                        "s": "ok", "flag": True, "t": when,
-                                        "ts": pd.Timestamp(when)})
-    S = bigquery.ScalarQueryParameter
-    assert got == [S("id", "STRING", "r1"), S("n", "INT64", 3), S("ms", "FLOAT64", 1.5),
-                   S("s", "STRING", "ok"), S("flag", "BOOL", True), S("t", "TIMESTAMP", when),
-                   S("ts", "TIMESTAMP", when)]
-    assert type(got[1].value) is int  # numpy scalars become Python values
-
-
-@pytest.mark.parametrize("sql, params, message", [
-    ("SELECT * FROM runs WHERE run_id = $r", None, "no parameters were given"),
-    ("SELECT * FROM runs WHERE run_id = $r", {"x": 1}, r"no value for query parameters \['r'\]"),
-    ("SELECT * FROM runs WHERE run_id = $r", {"r": "a", "x": 1}, "does not use"),
-    ("SELECT * FROM runs WHERE run_id = $r", ["a"], "need a dict"),
-    ("SELECT * FROM runs WHERE run_id = ?", {"p1": "a"}, "need a list"),
-    ("SELECT * FROM runs WHERE run_id = $r", {"r": None}, "IS NULL"),
-    ("SELECT * FROM runs WHERE run_id = $r", {"r": ["a"]}, "cannot pass list"),
-    ("SELECT * FROM runs", {"r": 1}, "no placeholders"),
-    ("SELECT * FROM runs WHERE run_id = $r AND users = ?", {"r": 1}, "named.*positional"),
-    ("SELECT * FROM main.runs", None, "unqualified"),
-    ("WITH runs AS (SELECT 1) SELECT * FROM runs", None, "shadow"),
-    ("DROP TABLE runs", None, "one SELECT"),
-    ("DELETE FROM runs", None, "one SELECT"),
-    ("SELECT 1; SELECT 2", None, "one SELECT"),
-    ("SELECT * FROM read_csv('/etc/passwd')", None, "table functions"),
-    ("SELECT * FROM information_schema.tables", None, "allowed tables"),
-    ("SELECT * FROM runs JOIN secrets USING (run_id)", None, "allowed tables"),
-])
-def test_query_refuses_bad_sql_and_parameters_before_calling(wh, fake_bq, sql, params, message):
-    with pytest.raises(WarehouseError, match=message):
-        wh.query(sql, params)
-    assert fake_bq.calls == []
-
-
-def test_queries_run_with_parameters(wh, fake_bq, tables):
+@pytest.mark.parametrize("method", NAMED_READS)
+def test_named_reads_send_their_sql_with_string_parameters(wh, fake_bq, tables, method):
     wh.replace_run(tables, "run-1")
-    wh.replace_run(relabel(tables, "run-2"), "run-2")
     fake_bq.calls.clear()
+    args, sql, params = NAMED_READS[method]
+    getattr(wh, method)(*args)
+    [call] = fake_bq.named("query")
+    assert call.args["sql"] == sql and call.args["location"] == "EU"
+    assert call.args["job_config"].query_parameters == [
+        bigquery.ScalarQueryParameter(name, "STRING", value) for name, value in params.items()]
+
+
+def test_named_reads_answer_the_analysis_questions(wh, fake_bq, tables):
+    """The same runs and answers as the DuckDB warehouse's test (tests/results)."""
+    for frames, run_id in named_reads_runs(tables):
+        wh.replace_run(frames, run_id)
+    wh.replace_tables({"verdicts": a_verdict("run-3", "regression", 0.5)}, "run-3")
+    assert wh.run_row("run-2")[["run_id", "model_version"]].values.tolist() == [["run-2", "v2"]]
     hostile = "run-1' OR '1'='1"
-    assert wh.query("SELECT * FROM runs WHERE run_id = $r", {"r": hostile}).empty
-    got = wh.query("SELECT p50_ms FROM runs WHERE run_id = ?", ["run-1"])
-    assert got["p50_ms"].tolist() == [30.0]
-    got = wh.query("WITH x AS (SELECT * FROM requests WHERE source = $s AND run_id = $r) "
-                   "SELECT count(*) AS n FROM x", {"s": "server", "r": "run-2"})
-    assert got["n"].tolist() == [4]
-    last = fake_bq.named("query")[-1]
-    assert "$" not in last.args["sql"] and "run-2" not in last.args["sql"]
-    assert sorted(last.args["job_config"].query_parameters, key=lambda p: p.name) == [
-        bigquery.ScalarQueryParameter("r", "STRING", "run-2"),
-        bigquery.ScalarQueryParameter("s", "STRING", "server")]
+    assert wh.run_row(hostile).empty
+    assert hostile not in fake_bq.named("query")[-1].args["sql"]  # a parameter, never text
+    assert wh.latest_run_id() == "run-5"
+    assert wh.baseline_candidates("mobilenet", "run-1")["run_id"].tolist() == ["run-2"]
+    client = tables["requests"][tables["requests"]["source"] == "client"]
+    assert sorted(wh.client_latencies("run-2")["latency_ms"]) == sorted(client["latency_ms"])
+    history = wh.history("caio_load_test")
+    assert history["run_id"].tolist() == ["run-1", "run-3", "run-4"]
+    assert history["verdict"].fillna("-").tolist() == ["-", "regression", "-"]
+    assert wh.history("*")["run_id"].tolist() == ["run-1", "run-2", "run-3", "run-4"]
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -334,7 +299,7 @@ def test_cloud_harvest_and_analysis(hook_clients, fake_bq, gs_bucket):
     harvest_run(layout, dict(META), URI)  # retried task: still one copy
     assert counts(fake_bq) == result["counts"]
 
-    text = latest_run_summary(URI)  # the analysis' own "latest run" query, translated
+    text = latest_run_summary(URI)  # the analysis' own "latest run" read, in GoogleSQL
     assert "run-1" in text
     latest = [c for c in fake_bq.named("query") if "LIMIT 1" in c.args["sql"]]
     assert latest and "FROM `my-project.bench.runs`" in latest[-1].args["sql"]

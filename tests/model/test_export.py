@@ -91,7 +91,7 @@ def test_reexport_replaces_and_generates_labels(tf, tmp_path, tiny_labels, image
 
 def test_object_store_replace_deletes_old_tree_then_copies(tf, tmp_path):
     """The gs:// branch (delete + copy via tf.io.gfile), exercised on local files."""
-    from caio_operators.model.export import replace_tree_by_copy
+    from caio_operators.model.tfio import replace_tree_by_copy
 
     staging, target = tmp_path / ".v1.staging", tmp_path / "v1"
     (staging / "variables").mkdir(parents=True)

@@ -77,7 +77,8 @@ def test_rejected_forms_list_the_accepted_ones(text, why):
 def test_importing_model_package_does_not_import_tensorflow():
     code = (
         "import sys, caio_operators.model, caio_operators.model.sources, "
-        "caio_operators.model.export\n"
+        "caio_operators.model.export, caio_operators.model.classifiers, "
+        "caio_operators.model.tfio\n"
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
         "assert 'keras' not in sys.modules, 'keras imported'\n"
     )

@@ -73,3 +73,36 @@ def write_small_run(bucket: str, run_id: str = "run-1") -> RunLayout:
     write_csv(storage.join(lay.samples_dir, "samples-000000.csv"), SAMPLES_HEADER, SAMPLES)
     write_csv(lay.locust_csv_prefix + "_stats_history.csv", HISTORY_HEADER, HISTORY)
     return lay
+
+
+def named_reads_runs(tables: dict) -> list[tuple[dict, str]]:
+    """Five runs around the small run's tables for the warehouses' named reads: run-1 as
+    written; run-2 a later version from the sweep DAG; run-3 failed; run-4 another model;
+    run-5 never started (harvested in 2024, after every start in 1970)."""
+    import pandas as pd
+
+    def ts(seconds: float):
+        return pd.Timestamp(seconds, unit="s", tz="UTC")
+
+    def run(run_id: str, **columns) -> tuple[dict, str]:
+        out = {name: frame.assign(run_id=run_id) for name, frame in tables.items()}
+        out["runs"] = out["runs"].assign(**columns)
+        return out, run_id
+
+    return [run("run-1"),
+            run("run-2", model_version="v2", started_at=ts(2000), dag_id="caio_version_sweep"),
+            run("run-3", status="failed", started_at=ts(3000)),
+            run("run-4", model_name="resnet", started_at=ts(4000)),
+            run("run-5", started_at=pd.NaT)]
+
+
+def a_verdict(run_id: str, verdict: str, cost_per_1k: float):
+    """A ``verdicts`` row of the schema's types."""
+    import pandas as pd
+
+    from caio_operators.results import schema as sc
+
+    row = dict.fromkeys(sc.columns("verdicts"))
+    row.update(run_id=run_id, verdict=verdict, cost_per_1k=cost_per_1k,
+               analysed_at=pd.Timestamp("2024-05-02", tz="UTC"))
+    return sc.conform("verdicts", pd.DataFrame([row]))

@@ -8,6 +8,7 @@ import time
 
 import pandas as pd
 import pytest
+from raw_run import a_verdict, named_reads_runs
 
 from caio_operators.results import readers
 from caio_operators.results import schema as sc
@@ -118,6 +119,40 @@ def test_query_uses_parameters(warehouse_uri, tables):
     got = wh.query("WITH x AS (SELECT * FROM requests WHERE source = $s) "
                    "SELECT count(*) AS n FROM x", {"s": "server"})
     assert got["n"].tolist() == [4]
+
+
+def test_named_reads_answer_the_analysis_questions(warehouse_uri, tables):
+    wh = open_warehouse(warehouse_uri)
+    wh.ensure_schema()
+    assert wh.latest_run_id() is None
+    for frames, run_id in named_reads_runs(tables):
+        wh.replace_run(frames, run_id)
+    wh.replace_tables({"verdicts": a_verdict("run-3", "regression", 0.5)}, "run-3")
+
+    row = wh.run_row("run-2")
+    assert list(row.columns) == sc.columns("runs")
+    assert row[["run_id", "model_version"]].values.tolist() == [["run-2", "v2"]]
+    assert wh.run_row("run-1' OR '1'='1").empty and wh.run_row("nope").empty
+    # never started, harvested in 2024: after every start in 1970
+    assert wh.latest_run_id() == "run-5"
+    # run-3 failed, run-4 is another model, run-5 never started, run-1 is the run itself
+    found = wh.baseline_candidates("mobilenet", "run-1")
+    assert list(found.columns) == ["run_id", "model_version", "model_source", "started_at",
+                                   "params", "provenance", "benchmark"]
+    assert found["run_id"].tolist() == ["run-2"]
+    assert sorted(wh.baseline_candidates("mobilenet", "run-2")["run_id"]) == ["run-1"]
+
+    got = wh.client_latencies("run-2")
+    assert list(got.columns) == ["ts", "latency_ms", "ok"]
+    client = tables["requests"][tables["requests"]["source"] == "client"]
+    assert sorted(got["latency_ms"]) == sorted(client["latency_ms"]) and len(got) == 8
+
+    history = wh.history("caio_load_test")
+    assert history["run_id"].tolist() == ["run-1", "run-3", "run-4"]
+    assert history["verdict"].fillna("-").tolist() == ["-", "regression", "-"]
+    assert history["cost_per_1k"].iloc[1] == 0.5
+    assert wh.history("*")["run_id"].tolist() == ["run-1", "run-2", "run-3", "run-4"]
+    assert wh.history("other_dag").empty
 
 
 @pytest.mark.parametrize("sql, message", [

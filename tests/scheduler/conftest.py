@@ -42,7 +42,7 @@ def _parsed(client: Api) -> bool:
 def today_taken(api) -> None:
     """Unpausing caio_load_test starts today's scheduled run with the default params
     (ResNet101 for 80 s: minutes of this tier's time). The scheduler never creates a second
-    run of a date, so a run of today's date takes its place (the README's "unless a run of
+    run of a date, so a run of today's date takes its place (docs/scheduling.md's "unless a run of
     that date exists already"): marked failed while the DAG is paused, none of its tasks
     ever runs (they end skipped)."""
     dag = api.get("/dags/caio_load_test")

@@ -3,7 +3,6 @@ fixtures)."""
 
 from __future__ import annotations
 
-import re
 import shlex
 import subprocess
 import sys
@@ -13,8 +12,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
-
-from caio_testing import REPO
 
 from caio_operators.localairflow import LocalAirflow, api_json, token
 
@@ -110,17 +107,6 @@ def wait_until(check, timeout_s: float, describe, interval_s: float = 1.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout_s:g} s: {describe()}")
         time.sleep(interval_s)
-
-
-def readme_commands(marker: str) -> list[list[str]]:
-    """The commands between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in the
-    README, continuation lines joined, as argv lists."""
-    readme = (REPO / "README.md").read_text()
-    block = re.search(rf"<!-- {marker}:start -->\n```bash\n(.*?)```\n<!-- {marker}:end -->",
-                      readme, re.S)
-    assert block, f"README lost its {marker} markers"
-    text = block.group(1).replace("\\\n", " ")
-    return [shlex.split(line) for line in text.splitlines() if line.strip()]
 
 
 def query(deployment: LocalAirflow, sql: str, params: Any = None) -> list[tuple]:

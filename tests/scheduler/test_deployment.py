@@ -1,6 +1,6 @@
 """The DAGs under a real scheduler, driven as users drive them: the REST API (what the
-Trigger form sends), the README's backfill commands as written, a sweep, the asset-triggered
-reports, and a load task marked failed while it runs."""
+Trigger form sends), the backfill commands of docs/scheduling.md as written, a sweep, the
+asset-triggered reports, and a load task marked failed while it runs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from itertools import pairwise
 from urllib.parse import quote
 
 import pytest
-from caio_testing import measured, our_processes
-from scheduler_helpers import QUICK, iso, query, readme_commands, states, wait_until
+from caio_testing import doc_commands, measured, our_processes
+from scheduler_helpers import QUICK, iso, query, states, wait_until
 
 from caio_operators.analysis.compare import NO_BASELINE
 from caio_operators.localairflow import DeploymentError, free_port
@@ -62,11 +62,11 @@ def test_caio_reports_runs_from_the_asset_event(api, triggered):
     assert "sched:t1" in history.read_text()
 
 
-def test_the_readmes_backfill_commands_work_as_written_and_again(api, today_taken):
-    """The README's block, run as it is written (its `export` line is the env of the
+def test_the_docs_backfill_commands_work_as_written_and_again(api, today_taken):
+    """docs/scheduling.md's block, run as it is written (its `export` line is the env of the
     deployment): v1 over two dates, unpause, v2 over the same dates; then the first command
-    again. Each backfill is created once the one before is done, as the README says."""
-    commands = readme_commands("backfill")
+    again. Each backfill is created once the one before is done, as the doc says."""
+    commands = doc_commands("scheduling.md", "backfill")
     assert [argv[:3] for argv in commands] == [["airflow", "backfill", "create"],
                                                ["airflow", "dags", "unpause"],
                                                ["airflow", "backfill", "create"]]

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from caio_operators.analysis.page import e
 from caio_operators.resources import find
@@ -84,13 +84,13 @@ def aligned(series: Sequence[Series], log: bool = False, x_digits: int = 6
     has no point at that x. Points of different series at the same x share a row; a
     series's repeated x (a scatter) gets rows of its own, nudged to keep x strictly
     increasing. ``log``: non-positive y dropped."""
-    points = []
+    points: list[tuple[float, int, float | None]] = []
     for index, s in enumerate(series):
-        for x, y in zip(s.x, s.y, strict=True):
-            x, y = _num(x), _num(y)
+        for raw_x, raw_y in zip(s.x, s.y, strict=True):
+            x, y = _num(raw_x), _num(raw_y)
             if x is None or y is None or (log and y <= 0):
                 continue
-            points.append((_round(x, x_digits), index, _round(y)))
+            points.append((cast(float, _round(x, x_digits)), index, _round(y)))  # x is set
     points.sort(key=lambda p: (p[0], p[1]))
     xs: list[float] = []
     columns: list[list[float | None]] = [[] for _ in series]
@@ -102,7 +102,8 @@ def aligned(series: Sequence[Series], log: bool = False, x_digits: int = 6
             for column in columns:
                 column.append(None)
         columns[index][-1] = y
-    return [xs, *columns]
+    x_column: list[float | None] = list(xs)
+    return [x_column, *columns]
 
 
 def spec_json(chart: Chart) -> dict[str, Any]:

@@ -151,12 +151,13 @@ def _row(metric: str, candidate: float | None, baseline: float | None,
     higher_better = DIRECTIONS[metric]
     change = _change(candidate, baseline)
     low, high = interval if interval is not None else (None, None)
-    if low is not None and (math.isnan(low) or math.isnan(high)):
+    if low is not None and high is not None and (math.isnan(low) or math.isnan(high)):
         low = high = None
     worse = better = False
     if change is not None:
         bad = -change if higher_better else change  # > 0 means worse
-        excludes_zero = interval is None or (low is not None and (low > 0 or high < 0))
+        excludes_zero = interval is None or (
+            low is not None and high is not None and (low > 0 or high < 0))
         worse = bad > threshold and excludes_zero
         better = -bad > threshold and excludes_zero
     return {"metric": metric, "candidate": _num(candidate), "baseline": _num(baseline),

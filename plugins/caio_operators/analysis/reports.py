@@ -163,15 +163,6 @@ def compare_sweep(warehouse, specs: Sequence[Mapping[str, Any]], bucket: str, sw
     return {**summary, "report_uri": uri}
 
 
-HISTORY_SQL = (
-    "SELECT r.run_id, r.model_name, r.model_version, r.status, r.started_at, "
-    "r.throughput_rps, r.p95_ms, r.p99_ms, r.target, r.load_shape, r.fingerprint, r.params, "
-    "r.provenance, v.verdict, v.cost_per_1k "
-    "FROM runs r LEFT JOIN verdicts v ON r.run_id = v.run_id "
-    "WHERE r.started_at IS NOT NULL AND (r.dag_id = $dag OR $dag = '*') "
-    "ORDER BY r.started_at")
-
-
 def with_fingerprints(history: pd.DataFrame) -> pd.DataFrame:
     """``history`` with every row's fingerprint (derived from the params of rows harvested
     before the column existed) and a ``benchmark_label`` naming the benchmark."""
@@ -200,7 +191,8 @@ def history_charts(history: pd.DataFrame) -> list[Chart]:
     benchmark fingerprint (versions follow each other along it; runs of different
     benchmarks never share a line), regressions as red points."""
     out = []
-    when = history["started_at"].map(lambda t: t.timestamp()) if len(history) else []
+    when = (history["started_at"].map(lambda t: t.timestamp()) if len(history)
+            else pd.Series(dtype=float))
     for key, title, label, columns in HISTORY_PANELS:
         series = []
         for (model, _), part in history.groupby(["model_name", "fingerprint"]):
@@ -221,7 +213,7 @@ def history_charts(history: pd.DataFrame) -> list[Chart]:
 def history_report(warehouse, bucket: str, dag_id: str = "caio_load_test") -> dict[str, Any]:
     """Write the history report of ``dag_id``'s runs (``*``: every DAG's); returns its URI,
     the number of runs and of regressions."""
-    history = with_fingerprints(warehouse.query(HISTORY_SQL, {"dag": dag_id}))
+    history = with_fingerprints(warehouse.history(dag_id))
     history["started_at"] = pd.to_datetime(history["started_at"], utc=True)
     rows = [[r.started_at, f"{r.model_name}:{r.model_version}", r.benchmark_label,
              r.run_id, r.status,

@@ -29,6 +29,8 @@ def metric_series(timeseries: pd.DataFrame, metric: str, dimension: str | None =
                   ) -> dict[str, tuple[list[float], list[float]]]:
     """``{dimension: (seconds since the run's start, values)}`` of ``metric``."""
     t0 = t0_of(timeseries)
+    if t0 is None:  # no timeseries rows
+        return {}
     rows = timeseries[timeseries["metric"] == metric]
     if dimension is not None:
         rows = rows[rows["dimension"] == dimension]
@@ -135,8 +137,9 @@ def open_loop_chart(timeseries: pd.DataFrame, summary: Mapping[str, Any]) -> Cha
         return None
     wide = _wide(timeseries)
     series: list[Series] = []
-    if not wide.empty and sc.REQUEST_RATE_RPS in wide:
-        x = (wide.index - t0_of(timeseries)).total_seconds().tolist()
+    t0 = t0_of(timeseries)
+    if t0 is not None and not wide.empty and sc.REQUEST_RATE_RPS in wide:
+        x = (pd.DatetimeIndex(wide.index) - t0).total_seconds().tolist()
         offered = wide[sc.REQUEST_RATE_RPS]
         series.append(Series("offered req/s", x, offered.tolist(), color="#7f7f7f", dash=True))
         achieved = offered - wide[sc.FAILURE_RATE_RPS].fillna(0) \

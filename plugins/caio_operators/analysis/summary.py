@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -63,7 +63,7 @@ def _row(runs: pd.DataFrame | Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError("no runs row: the run is not in the warehouse; harvest it first")
         if len(runs) > 1:
             raise ValueError(f"expected one runs row, got {len(runs)}")
-        return runs.iloc[0].to_dict()
+        return {str(k): v for k, v in runs.iloc[0].to_dict().items()}
     return dict(runs)
 
 
@@ -100,7 +100,7 @@ def load_levels(timeseries: pd.DataFrame, min_intervals: int = MIN_INTERVALS
         rate = part[sc.REQUEST_RATE_RPS].to_numpy(float)
         fail = part[sc.FAILURE_RATE_RPS].fillna(0.0).to_numpy(float)
         levels.append({
-            "users": int(users),
+            "users": int(cast(float, users)),  # the groupby key: a users count
             "intervals": len(part),
             "throughput_rps": float(np.mean(rate - fail)),
             "p50_ms": plain(part[sc.CLIENT_LATENCY_P50_MS].median()),
@@ -314,12 +314,9 @@ def latest_run_summary(warehouse_uri: str, run_id: str | None = None,
     warehouse = open_warehouse(warehouse_uri, **warehouse_options)
     try:
         if run_id is None:
-            latest = warehouse.query(
-                "SELECT run_id FROM runs "
-                "ORDER BY coalesce(started_at, harvested_at) DESC, harvested_at DESC LIMIT 1")
-            if latest.empty:
+            run_id = warehouse.latest_run_id()
+            if run_id is None:
                 raise LookupError(f"the warehouse {warehouse_uri} holds no runs yet")
-            run_id = str(latest["run_id"].iloc[0])
         tables = warehouse.read_run(run_id)
     except WarehouseError as exc:
         raise LookupError(str(exc)) from exc

@@ -37,19 +37,11 @@ _plain = plain  # JSON-friendly scalars, as in the summary
 
 def run_row(warehouse, run_id: str) -> dict[str, Any] | None:
     """The ``runs`` row of ``run_id`` as a dict (None when absent)."""
-    runs = warehouse.query("SELECT * FROM runs WHERE run_id = $run", {"run": run_id})
+    runs = warehouse.run_row(run_id)
     if runs.empty:
         return None
     return {k: _plain(v) for k, v in runs.iloc[0].to_dict().items()}
 
-
-
-# every successful run of the model; which of them is comparable is decided in Python
-# (benchmark.pick_baseline), because older rows have no fingerprint, only their params
-_CANDIDATES = (
-    "SELECT run_id, model_version, model_source, started_at, params, provenance, benchmark "
-    "FROM runs WHERE model_name = $model AND status = 'success' AND run_id <> $run "
-    "AND started_at IS NOT NULL")
 
 
 def run_benchmark(run: Mapping[str, Any]) -> dict[str, Any]:
@@ -96,7 +88,8 @@ def find_baseline(warehouse, run: Mapping[str, Any], baseline_version: str = "")
     fingerprint, or (no version named) the previous successful run of the same model,
     version, source and fingerprint, started before this one. None of them comparable:
     ``no comparable baseline``, naming the nearest run and the fields that differ."""
-    found = warehouse.query(_CANDIDATES, {"model": run["model_name"], "run": run["run_id"]})
+    # which candidate is comparable is decided here, in Python (benchmark.pick_baseline)
+    found = warehouse.baseline_candidates(str(run["model_name"]), str(run["run_id"]))
     version = baseline_version or run["model_version"]
     found = found[found["model_version"] == version]
     if baseline_version:
@@ -163,9 +156,7 @@ def per_second_ok(ts: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 def run_sample(warehouse, run: Mapping[str, Any]) -> cmp.RunSample:
     """The run's successful client latencies and per-second throughput, from ``requests``."""
-    rows = warehouse.query(
-        "SELECT ts, latency_ms, ok FROM requests WHERE run_id = $run AND source = 'client'",
-        {"run": run["run_id"]})
+    rows = warehouse.client_latencies(str(run["run_id"]))
     ok = rows["ok"].fillna(False).to_numpy(bool) if len(rows) else np.array([], bool)
     ts = epoch_seconds(rows["ts"]) if len(rows) else np.array([], float)
     latencies = rows["latency_ms"].to_numpy(float)[ok] if len(rows) else np.array([], float)
@@ -240,7 +231,9 @@ def judge_run(warehouse, run_id: str, *, baseline_version: str = "",
     if found.verdict is not None:
         comparison = cmp.Comparison(found.verdict, found.reason, [])
     else:
-        baseline = run_row(warehouse, found.run_id)
+        baseline = run_row(warehouse, found.run_id) if found.run_id else None
+        if baseline is None:
+            raise ValueError(f"the baseline run {found.run_id!r} is not in the warehouse")
         comparison = cmp.compare_runs(
             run_sample(warehouse, run), run_sample(warehouse, baseline),
             percentile_name=percentile, threshold=threshold, seed=seed)

@@ -19,6 +19,10 @@ the pod logs are copied to ``<publish_uri>/logs/`` by this launcher before it de
 
 ``kubernetes`` is imported only when connecting (its import takes seconds); tests inject
 CoreV1Api/BatchV1Api-like objects.
+
+About 560 lines, one unit: the launcher is a state machine over the objects it created
+(create, re-attach, watch, collect logs, clean up share its lock and object list); the pure
+parts live in gke_manifests.py, gke_objects.py and gke_status.py.
 """
 
 from __future__ import annotations
@@ -26,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -65,6 +68,14 @@ from caio_operators.loadgen.gke_objects import (
     gke_launch_spec,
     pod_args,
     with_owner,
+)
+from caio_operators.loadgen.gke_status import (
+    component_of,
+    exit_code,
+    job_state,
+    parse_master_log,
+    pod_state,
+    summarize_pods,
 )
 from caio_operators.loadgen.launch import LaunchSpec
 from caio_operators.loadgen.local import format_progress
@@ -105,109 +116,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def job_state(job: Any) -> tuple[str, str]:
-    """(``running`` | ``succeeded`` | ``failed``, why) of a V1Job."""
-    status = getattr(job, "status", None)
-    if status is None:
-        return "running", ""
-    for cond in status.conditions or []:
-        if cond.status != "True":
-            continue
-        why = ": ".join(x for x in (cond.reason, cond.message) if x)
-        if cond.type in ("Complete", "SuccessCriteriaMet"):
-            return "succeeded", why
-        if cond.type in ("Failed", "FailureTarget"):
-            return "failed", why
-    spec = getattr(job, "spec", None)
-    completions = (getattr(spec, "completions", None) or 1) if spec else 1
-    if (status.succeeded or 0) >= completions:
-        return "succeeded", ""
-    backoff = getattr(spec, "backoff_limit", None) if spec else None
-    if backoff is not None and (status.failed or 0) > backoff:
-        return "failed", f"{status.failed} pods failed"
-    return "running", ""
-
-
-def _container_status(pod: Any) -> Any:
-    for status in (pod.status.container_statuses or []) if pod.status else []:
-        if status.name == CONTAINER:
-            return status
-    return None
-
-
-def exit_code(pod: Any) -> int | None:
-    status = _container_status(pod)
-    terminated = status.state.terminated if status is not None and status.state else None
-    return terminated.exit_code if terminated is not None else None
-
-
-def pod_state(pod: Any) -> str:
-    """``Running``, ``Pending (ImagePullBackOff: ...)``, ``Succeeded``, ``Failed (OOMKilled)``."""
-    phase = (pod.status.phase if pod.status else None) or "Unknown"
-    status = _container_status(pod)
-    detail = ""
-    if status is not None and status.state is not None:
-        if status.state.waiting is not None and status.state.waiting.reason not in (
-                None, "ContainerCreating"):
-            waiting = status.state.waiting
-            detail = waiting.reason + (f": {waiting.message[:160]}" if waiting.message else "")
-        elif status.state.terminated is not None and phase == "Failed":
-            term = status.state.terminated
-            detail = f"{term.reason or 'Error'}, exit code {term.exit_code}"
-    if not detail and phase == "Pending" and pod.status is not None:
-        for cond in pod.status.conditions or []:
-            if cond.type == "PodScheduled" and cond.status == "False":
-                detail = f"{cond.reason}: {(cond.message or '')[:160]}"
-    return f"{phase} ({detail})" if detail else phase
-
-
-def summarize_pods(pods: Sequence[Any]) -> str:
-    """``master Running; workers 2 Running, 1 Pending (ImagePullBackOff: ...)``."""
-    parts = []
-    for component in ("master", "worker"):
-        states = [pod_state(p) for p in pods if _component(p) == component]
-        if component == "master":
-            parts.append(f"master {states[-1] if states else 'not created yet'}")
-            continue
-        counts: dict[str, int] = {}
-        for state in states:
-            counts[state] = counts.get(state, 0) + 1
-        parts.append("workers " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-                                   or "not created yet"))
-    return "; ".join(parts)
-
-
-def _component(pod: Any) -> str:
-    return ((pod.metadata.labels or {}) if pod.metadata else {}).get(COMPONENT_LABEL, "")
-
-
-_AGGREGATED = re.compile(
-    r"^\s*Aggregated\s+(?P<requests>\d+)\s+(?P<failures>\d+)\([\d.]+%\)\s*\|.*\|\s*"
-    r"(?P<rps>[\d.]+)\s+[\d.]+\s*$")
-_USERS = re.compile(r"Shape test updating to (\d+) users|\((\d+) total users\)|"
-                    r"Sending spawn jobs of (\d+) users|Ramping to (\d+) users")
-
-
-def parse_master_log(text: str, users: int | None = None) -> dict[str, float] | None:
-    """Progress from the tail of a headless Locust master's log: the last stats table's
-    Aggregated row (requests, failures, current req/s) and the last user count it logged
-    (``users``: the count known from earlier reads). ``None`` before the first table."""
-    progress = None
-    for line in text.splitlines():
-        found = _USERS.search(line)
-        if found:
-            users = int(next(g for g in found.groups() if g is not None))
-            continue
-        row = _AGGREGATED.match(line)
-        if row:
-            progress = {"requests": int(row["requests"]), "failures": int(row["failures"]),
-                        "rps": float(row["rps"])}
-    if progress is None:
-        return None
-    progress["users"] = users if users is not None else 0
-    return progress
 
 
 # ---------------------------------------------------------------- the launcher
@@ -503,7 +411,7 @@ class GkeLauncher:
             if due or late:
                 pods = self._pods()
                 master_started = master_started or any(
-                    _component(p) == "master" and p.status is not None
+                    component_of(p) == "master" and p.status is not None
                     and p.status.phase in ("Running", "Succeeded", "Failed") for p in pods)
                 if late and not master_started:
                     return (f"the locust master pod did not start within "
@@ -551,7 +459,7 @@ class GkeLauncher:
                                            p.metadata.name))
 
     def _progress(self, pods: Sequence[Any]) -> dict[str, float] | None:
-        master = [p for p in pods if _component(p) == "master"]
+        master = [p for p in pods if component_of(p) == "master"]
         if not master or master[-1].status is None or master[-1].status.phase == "Pending":
             return None
         try:
@@ -569,7 +477,7 @@ class GkeLauncher:
     def _log_tail(self, component: str, lines: int = 3) -> str:
         """The last lines of a pod's log: where Locust and the locustfile say what broke."""
         try:
-            pods = [p for p in self._pods() if _component(p) == component]
+            pods = [p for p in self._pods() if component_of(p) == component]
         except Exception as exc:
             return f"(cannot list pods: {api_message(exc)})"
         if not pods:
@@ -592,8 +500,8 @@ class GkeLauncher:
         except Exception as exc:
             self.log.error(f"load: cannot list the pods: {api_message(exc)}")
             return
-        masters = [p for p in pods if _component(p) == "master"]
-        workers = sorted((p for p in pods if _component(p) == "worker"),
+        masters = [p for p in pods if component_of(p) == "master"]
+        workers = sorted((p for p in pods if component_of(p) == "worker"),
                          key=lambda p: p.metadata.name)
         self._master_code = exit_code(masters[-1]) if masters else None
         self._worker_codes = [exit_code(p) for p in workers]

@@ -174,7 +174,8 @@ def build_launch_spec(
 
     ``index_workers``: give each worker its index in its argv (local processes); ``False``
     keeps every worker argv equal (GKE pods take it from the Indexed Job instead)."""
-    common = {"locust_cmd": list(locust_cmd), "locustfile": locustfile, "config_uri": config_uri}
+    common: dict[str, Any] = {"locust_cmd": list(locust_cmd), "locustfile": locustfile,
+                              "config_uri": config_uri}
     shape = config["shape"]
     # closed loop: let each user's last request finish; open loop has its own drain_s
     stop_timeout = 0.0 if "drain_s" in shape else float(config.get("request_timeout_s", 30.0))

@@ -225,7 +225,7 @@ class LocalLauncher:
                 handle.close()
             self._logs.clear()
             if spec.publish_uri:
-                self._publish()
+                self._publish(spec.publish_uri)
         master_code = self.master.returncode if self.master else None
         if not reason and master_code != 0:
             reason = f"locust master exited with code {master_code}: {self._log_tail('master.log')}"
@@ -259,12 +259,12 @@ class LocalLauncher:
 
     # ---------------------------------------------------------------- steps
 
-    def _publish(self) -> None:
+    def _publish(self, publish_uri: str) -> None:
         try:
-            copied = upload_outputs(self.spec, self.spec.publish_uri)
-            self.log.info(f"load: copied {len(copied)} Locust files to {self.spec.publish_uri}")
+            copied = upload_outputs(self.spec, publish_uri)
+            self.log.info(f"load: copied {len(copied)} Locust files to {publish_uri}")
         except Exception as exc:  # the raw records are already in the bucket
-            self.log.error(f"load: cannot copy Locust's files to {self.spec.publish_uri}: "
+            self.log.error(f"load: cannot copy Locust's files to {publish_uri}: "
                            f"{type(exc).__name__}: {exc}")
 
     def _start_all(self) -> None:

@@ -88,7 +88,7 @@ def _scalar_problem(prop: dict[str, Any], value: Any) -> str:
     if kind == "string":
         if fmt == "int64":  # JSON carries int64 as a string; a plain integer also parses
             ok = (isinstance(value, int) and not isinstance(value, bool)) or (
-                isinstance(value, str) and _INT64.match(value))
+                isinstance(value, str) and _INT64.match(value) is not None)
             return "" if ok else f"expected an int64, got {value!r}"
         if not isinstance(value, str):
             return f"expected a string, got {value!r}"

@@ -24,7 +24,11 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from caio_operators.targets.records import CsvBatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +66,14 @@ def start_nvml(nvml: Any | None) -> tuple[int, str]:
     return count, "" if count else "NVML sees no GPU"
 
 
-def stop_nvml(nvml: Any | None) -> None:
+def stop_nvml(nvml: Any) -> None:  # the pynvml module (untyped) or None
     try:
         nvml.nvmlShutdown()
     except Exception:  # already shut down, or never started
         log.debug("nvmlShutdown failed", exc_info=True)
 
 
-def inventory(nvml: Any | None = None) -> dict[str, Any]:
+def inventory(nvml: Any = None) -> dict[str, Any]:
     """``{"driver": ..., "devices": [{"index", "name", "memory_total_mb"}]}`` for the run's
     provenance; empty values when there is no GPU or no NVML."""
     nvml = nvml if nvml is not None else load_nvml()
@@ -170,7 +174,7 @@ class GpuSampler:
         except Exception as exc:
             self._once(device, "handle", exc)
             return "", "", "", ""
-        values = []
+        values: list[Any] = []
         for what, read in (
                 ("utilisation", lambda: f"{nvml.nvmlDeviceGetUtilizationRates(handle).gpu:.1f}"),
                 ("memory", lambda: nvml.nvmlDeviceGetMemoryInfo(handle)),
@@ -208,7 +212,7 @@ class LocalGpus:
         self.assignment = replica_devices(replicas, devices)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._writer = None
+        self._writer: CsvBatchWriter | None = None
 
     @classmethod
     def open(cls, text: str, replicas: int, nvml: Any | None = None) -> LocalGpus:
@@ -251,10 +255,10 @@ class LocalGpus:
         if why or self.nvml is None:
             log.info("no GPU samples: %s", why or "NVML is not running")
             return False
-        self._writer = CsvBatchWriter(samples_dir, "gpu", SAMPLE_COLUMNS)
-        self._writer.directory.mkdir(parents=True, exist_ok=True)
-        self._writer.start(flush_interval_s)
-        self._thread = sample_in_background(GpuSampler(self.nvml, pairs), self._writer.add,
+        writer = self._writer = CsvBatchWriter(samples_dir, "gpu", SAMPLE_COLUMNS)
+        Path(samples_dir).mkdir(parents=True, exist_ok=True)  # not empty: checked above
+        writer.start(flush_interval_s)
+        self._thread = sample_in_background(GpuSampler(self.nvml, pairs), writer.add,
                                             interval_s, self._stop)
         log.info("sampling GPU(s) %s every %g s", sorted({d for _, d in pairs}), interval_s)
         return True

@@ -277,7 +277,7 @@ def host_timeseries(run_id: str, host: Mapping[str, Any] | None, interval_s: flo
     if not rows:
         return sc.empty_frame("timeseries")
     frame = pd.DataFrame(rows, columns=["ts", "metric", "value"])
-    frame = frame.groupby(["ts", "metric"], as_index=False)["value"].mean()
+    frame = frame.groupby(["ts", "metric"], as_index=False)[["value"]].mean()
     frame["ts"] = pd.to_datetime(frame["ts"], unit="s", utc=True)
     frame["run_id"], frame["dimension"] = run_id, sc.DIMENSION_ALL
     return sc.conform("timeseries", frame)

@@ -98,7 +98,8 @@ class MonitoringQuery:
 
     @property
     def period_s(self) -> float:
-        return self.request.aggregation.alignment_period.total_seconds()
+        # proto-plus hands Duration fields out as timedelta (the stubs say Duration)
+        return self.request.aggregation.alignment_period.total_seconds()  # type: ignore[attr-defined]
 
 
 def series_specs(target: MonitoredTarget, include_log_metrics: bool = True) -> list[SeriesSpec]:
@@ -186,8 +187,9 @@ def build_queries(target: MonitoredTarget, start: Any, end: Any, interval_s: flo
     for spec in series_specs(target, include_log_metrics):
         aggregation = monitoring_v3.Aggregation(
             alignment_period=timedelta(seconds=period),
-            per_series_aligner=monitoring_v3.Aggregation.Aligner[spec.aligner],
-            cross_series_reducer=monitoring_v3.Aggregation.Reducer[spec.reducer],
+            # proto-plus enums are Python enums, looked up by name
+            per_series_aligner=monitoring_v3.Aggregation.Aligner[spec.aligner],  # type: ignore[misc]
+            cross_series_reducer=monitoring_v3.Aggregation.Reducer[spec.reducer],  # type: ignore[misc]
             group_by_fields=list(spec.group_by),
         )
         request = monitoring_v3.ListTimeSeriesRequest(
@@ -231,16 +233,17 @@ def _rows(query: MonitoringQuery, series: Iterable[monitoring_v3.TimeSeries]) ->
             if value is None:
                 continue
             # aligned points end on the grid; the row is stamped with the interval's start
-            start = point.interval.end_time.timestamp() - period
+            # proto-plus hands Timestamp fields out as datetimes (the stubs say Timestamp)
+            start = point.interval.end_time.timestamp() - period  # type: ignore[attr-defined]
             rows.append((start, dimension, value * spec.scale))
     frame = pd.DataFrame(rows, columns=["ts", "dimension", "value"])
     if frame.empty:
         return frame
-    frame = frame.groupby(["ts", "dimension"], as_index=False)["value"].agg(spec.combine)
+    frame = frame.groupby(["ts", "dimension"], as_index=False)[["value"]].agg(spec.combine)
     if spec.cumulative:
         frame = _totals_to_rates(frame, period)
     if spec.add_total and not frame.empty:
-        total = frame.groupby("ts", as_index=False)["value"].sum()
+        total = frame.groupby("ts", as_index=False)[["value"]].sum()
         total["dimension"] = sc.DIMENSION_ALL
         frame = pd.concat([frame, total], ignore_index=True)
     frame["metric"] = spec.schema_metric
@@ -311,7 +314,8 @@ def covered_until(responses: Sequence[tuple[MonitoringQuery, Sequence[monitoring
     ends = []
     for query, series in responses:
         if query.spec.key in GAUGES:
-            last = max((p.interval.end_time.timestamp() for one in series for p in one.points),
+            last = max((p.interval.end_time.timestamp()  # type: ignore[attr-defined]
+                        for one in series for p in one.points),
                        default=None)
             if last is not None:
                 ends.append(last)
@@ -355,7 +359,7 @@ def harvest_monitoring(client: Any, spec_like: Any, start: Any, end: Any,
     """
     target = monitored_target(spec_like)
     queries = build_queries(target, start, end, interval_s, include_log_metrics)
-    window_end = queries[0].request.interval.end_time.timestamp()
+    window_end = queries[0].request.interval.end_time.timestamp()  # type: ignore[attr-defined]
     give_up_at, began = window_end + wait_s, clock()
     while True:
         responses = _read(client, queries)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -12,7 +13,7 @@ from caio_operators.spec import RunSpec
 class SpecOperator(BaseOperator):
     """An operator that works on one run, described by the RunSpec dict from ``validate``."""
 
-    template_fields = ("spec",)
+    template_fields: Sequence[str] = ("spec",)
     ui_color = "#e8f1fb"
 
     def __init__(self, *, spec: dict[str, Any] | Any, **kwargs: Any) -> None:

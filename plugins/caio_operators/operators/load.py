@@ -10,7 +10,7 @@ from caio_operators.operators.base import SpecOperator
 from caio_operators.spec import RunSpec
 
 #: the Airflow pool of the tasks that load the Airflow worker's machine, one at a time
-#: (created by `make setup`; README: "One benchmark at a time on a machine")
+#: (created by `make setup`; docs/scheduling.md: "One benchmark at a time on a machine")
 HOST_POOL = "caio_host"
 #: the load task of a run whose Locust runs on this machine (in HOST_POOL) and of one
 #: whose Locust runs on GKE (free to run beside others)

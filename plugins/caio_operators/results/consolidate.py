@@ -8,6 +8,10 @@ The Locust workers' own CPU (``worker_cpu``: ``ts,worker,cpu_percent`` per secon
 the ``worker_cpu_pct`` series and the runs' ``max_worker_cpu_pct`` and
 ``generator_saturated``; a saturated generator makes a successful run ``degraded``, since
 its latencies then describe the generator rather than the target.
+
+About 530 lines in four sections (records, timeseries, histogram latencies, the runs row)
+that all feed `build_tables`; left whole while the autoscaler branch may add series
+to it (a split is a clean follow-up along those section lines).
 """
 
 from __future__ import annotations
@@ -425,7 +429,7 @@ def to_utc_timestamp(value: Any) -> pd.Timestamp | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, int | float | np.integer | np.floating):
-        return pd.Timestamp(_utc([float(value)])[0])
+        return pd.Timestamp(_utc(np.array([float(value)]))[0])
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
@@ -485,10 +489,10 @@ def generator_saturation(worker_cpu: pd.DataFrame) -> tuple[bool | None, str]:
         saturated, share, peak = stats.cpu_saturation(
             part["cpu_percent"].to_numpy(dtype=float, na_value=np.nan))
         verdicts.append((saturated, share, peak, str(worker)))
-    saturated = [v for v in verdicts if v[0]]
-    if not saturated:
+    hot = [v for v in verdicts if v[0]]
+    if not hot:
         return False, ""
-    _, share, peak, worker = max(saturated, key=lambda v: (v[1], v[2]))
+    _, share, peak, worker = max(hot, key=lambda v: (v[1], v[2]))
     return True, (f"load generator saturated: worker {worker} at {peak:.0f}% CPU in "
                   f"{share:.0%} of the run; add workers")
 
@@ -506,7 +510,7 @@ def benchmark_columns(params: Any, provenance: Any) -> dict[str, str | None]:
 
 def run_slo_ms(params: Any) -> float | None:
     """The ``slo_ms`` param of a run (dict or JSON text); None when absent or not > 0."""
-    value = _as_dict(params).get("slo_ms")
+    value: Any = _as_dict(params).get("slo_ms")
     try:
         value = float(value)
     except (TypeError, ValueError):

@@ -78,7 +78,7 @@ def _with_problems(runs: pd.DataFrame, problems: Sequence[str]) -> pd.DataFrame:
     if status == "success":
         runs.at[0, "status"], runs.at[0, "reason"] = "degraded", note
     else:
-        runs.at[0, "reason"] = f"{reason}; {note}" if reason else note
+        runs.at[0, "reason"] = f"{reason!s}; {note}" if reason else note
     return sc.conform("runs", runs)
 
 

@@ -7,7 +7,7 @@ adds two derived tables, ``verdicts`` and ``comparisons``: a run against its bas
 
 Types are declared once, as Arrow types; the pandas dtypes, the DuckDB DDL and the
 BigQuery types derive from them. ``conform()`` casts a DataFrame to exactly a table's
-columns and dtypes; ``schema_markdown()`` renders the documentation used in the README.
+columns and dtypes; ``schema_markdown()`` renders the documentation in docs/results.md.
 """
 
 from __future__ import annotations
@@ -401,7 +401,7 @@ def _cell(text: str) -> str:
 
 
 def schema_markdown() -> str:
-    """The schema as markdown (tables, columns, types, metric names) for the README."""
+    """The schema as markdown (tables, columns, types, metric names) for docs/results.md."""
     lines = [
         "All tables are keyed by `run_id`; timestamps are UTC (microseconds). "
         "SQL types: DuckDB / BigQuery.",

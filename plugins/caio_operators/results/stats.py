@@ -272,7 +272,7 @@ def interval_goodput(records: pd.DataFrame, slo_ms: float, interval_s: float = 1
     return pd.DataFrame({"ts": all_bins * interval_s, "goodput_rps": counts / interval_s})
 
 
-def cpu_saturation(percents: Sequence[float], threshold: float = SATURATED_CPU_PCT,
+def cpu_saturation(percents: Sequence[float] | np.ndarray, threshold: float = SATURATED_CPU_PCT,
                    max_share: float = MAX_SATURATED_SHARE) -> tuple[bool, float, float]:
     """``(saturated, share, peak)`` of one load-generator worker's per-window CPU %:
     saturated when more than ``max_share`` of the windows are at or above ``threshold``.

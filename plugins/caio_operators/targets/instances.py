@@ -18,7 +18,7 @@ import numpy as np
 try:  # Airflow depends on msgspec; without it every body takes the general path
     import msgspec
 except ImportError:  # pragma: no cover
-    msgspec = None
+    msgspec = None  # type: ignore[assignment]
 
 STRING = "string"
 
@@ -164,7 +164,7 @@ def fast_float_instances(raw: bytes, info: TensorInfo) -> np.ndarray | None:
             or any(d is None for d in info.shape[1:])
             or np.dtype(info.dtype).kind != "f"):
         return None
-    dims = tuple(info.shape[1:])
+    dims = tuple(d for d in info.shape[1:] if d is not None)  # none is, checked above
     skeleton = raw.translate(None, _NUMBER_AND_SPACE)
     one = _skeleton(dims)
     count = (len(skeleton) - 1) // (len(one) + 1)

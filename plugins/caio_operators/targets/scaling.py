@@ -103,12 +103,11 @@ class ScalingController:
             log.info("autoscaler: target %d -> %d replicas (%s)", self.state.target,
                      decision.target, decision.reason)
         self.state = decision.state
-        self._reconcile(now)
+        self._reconcile(now, decision.state.target)
 
     # moving the pool ---------------------------------------------------------------------
 
-    def _reconcile(self, now: float) -> None:
-        target = self.state.target
+    def _reconcile(self, now: float, target: int) -> None:
         active = [i for i, m in self.members.items() if m.state in (STARTING, SERVING)]
         while len(active) < target:
             index = self.pool.start_replica()

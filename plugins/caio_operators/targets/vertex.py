@@ -10,6 +10,9 @@ fails, and treats NotFound as already done. A deploy that fails cleans up after 
 
 Uses the Google provider's ``ModelServiceHook`` / ``EndpointServiceHook`` (imported
 lazily: the provider's clients are heavy). Tests inject hooks whose GAPIC clients are fakes.
+
+About 450 lines: the target's whole deploy/undeploy contract; `spec_kwargs` leaves with
+issue 13's Target.deploy step (each target then maps its own params).
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ def run_xcoms(dag_id: str, run_id: str, task_ids: Iterable[str]) -> dict[str, An
         rows = session.scalars(XComModel.get_many(
             run_id=run_id, dag_ids=dag_id, task_ids=list(task_ids), key="return_value",
             map_indexes=-1))
-        return {row.task_id: XComModel.deserialize_value(row) for row in rows}
+        # scalars() yields XComModel rows (Airflow types get_many's select as tuples)
+        return {row.task_id: XComModel.deserialize_value(row)  # type: ignore[attr-defined]
+                for row in rows}
 
 
 def latest_run_ids(dag_id: str, limit: int = HISTORY_RUNS) -> list[str]:

@@ -7,9 +7,11 @@ Chosen by URI scheme through :func:`open_warehouse`:
   (cloud; google-cloud-bigquery is imported only then).
 
 The interface is deliberately narrow so BigQuery fits behind it: ``ensure_schema()``,
-``replace_run(tables, run_id)``, ``read_run(run_id)`` and ``query(sql, params)``. SQL text
-is never built from values: values travel as query parameters and table names come from
-the schema's allow-list.
+``replace_run(tables, run_id)``, ``replace_tables``, ``read_run(run_id)`` and the analysis's
+named reads (``run_row``, ``latest_run_id``, ``baseline_candidates``, ``client_latencies``,
+``history``), each written in its backend's own SQL. ``DuckDBWarehouse.query(sql, params)``
+runs ad-hoc SELECTs on a local warehouse. SQL text is never built from values: values
+travel as query parameters and table names come from the schema's allow-list.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""What every warehouse shares: the interface, its error, and the checks that keep SQL
-text free of values (allow-listed tables, one run per replace, one SELECT per query)."""
+"""What every warehouse shares: the interface (writes, and the analysis's named reads that
+each backend writes in its own SQL), its error, and the checks that keep SQL text free of
+values (allow-listed tables, one run per replace, one SELECT per ad-hoc DuckDB query)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,34 @@ class Warehouse(Protocol):
 
     def read_run(self, run_id: str) -> dict[str, pd.DataFrame]: ...
 
-    def query(self, sql: str, params: Mapping[str, Any] | Any = None) -> pd.DataFrame: ...
+    # The analysis's questions, each written in the backend's own SQL (values always travel
+    # as query parameters). Frames come back with the columns named in each docstring.
+
+    def run_row(self, run_id: str) -> pd.DataFrame:
+        """The ``runs`` row of ``run_id``, every column (no row when absent)."""
+        ...
+
+    def latest_run_id(self) -> str | None:
+        """The run started (or, never started, harvested) last; None in an empty warehouse."""
+        ...
+
+    def baseline_candidates(self, model_name: str, exclude_run_id: str) -> pd.DataFrame:
+        """Every successful, started run of ``model_name`` but ``exclude_run_id``: its
+        ``run_id, model_version, model_source, started_at, params, provenance, benchmark``.
+        Which one is comparable is decided in Python (``benchmark.pick_baseline``), because
+        rows harvested before the fingerprint existed have only their params."""
+        ...
+
+    def client_latencies(self, run_id: str) -> pd.DataFrame:
+        """``ts, latency_ms, ok`` of the run's client-side requests."""
+        ...
+
+    def history(self, dag_id: str) -> pd.DataFrame:
+        """Every started run of ``dag_id`` (``*``: of every DAG) with its verdict, oldest
+        first: ``run_id, model_name, model_version, status, started_at, throughput_rps,
+        p95_ms, p99_ms, target, load_shape, fingerprint, params, provenance, verdict,
+        cost_per_1k``."""
+        ...
 
 
 def check_table(name: str) -> str:
@@ -107,15 +135,17 @@ def check_select(con, sql: str) -> None:
     tree = sql_tree(con, sql)
     if tree.get("error"):
         raise WarehouseError(f"cannot parse query: {tree.get('error_message')}")
-    tables, ctes, functions = set(), set(), set()
+    tables: set[str] = set()
+    ctes: set[str] = set()
+    functions: set[str] = set()
     for node in tree_nodes(tree):
         if node.get("type") == "BASE_TABLE":
             qualifier = node.get("schema_name") or node.get("catalog_name") or ""
-            name = node.get("table_name")
+            name = str(node.get("table_name"))
             tables.add(name if qualifier in ("", "main") else f"{qualifier}.{name}")
         elif node.get("type") == "TABLE_FUNCTION":
             functions.add(str((node.get("function") or {}).get("function_name")))
-        ctes.update(entry.get("key") for entry in (node.get("cte_map") or {}).get("map", []))
+        ctes.update(str(entry.get("key")) for entry in (node.get("cte_map") or {}).get("map", []))
     if functions:
         raise WarehouseError(f"query() does not allow table functions ({sorted(functions)})")
     unknown = sorted(t for t in tables - ctes if t not in TABLES)

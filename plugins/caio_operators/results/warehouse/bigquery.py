@@ -16,21 +16,16 @@ transactions that mutate a table concurrently with another, which is exactly wha
 parallel harvests of a sweep do, and staging tables need extra jobs and cleanup;
 plain DML statements are queued instead.
 
-``query(sql, params)`` takes the SQL the DuckDB warehouse runs (what the analysis
-writes): it is checked by DuckDB's parser (one SELECT over the allow-listed tables, no
-table functions), then translated token by token: ``$name`` / ``$1`` / ``?`` become
-``@name`` / ``@p1`` query parameters, table names in FROM/JOIN become
-```project.dataset.table```, double-quoted identifiers become backticked, and string
-literals are re-escaped. Values only ever travel as ``ScalarQueryParameter``s. Other
-dialect differences (``::`` casts, DuckDB-only functions) are not translated: keep
-analysis SQL to the common subset.
+Reads are the named questions of :class:`~.base.Warehouse` (a run's row, the latest run,
+baseline candidates, a run's client latencies, the history), each written here in
+GoogleSQL against ```project.dataset.table``` (project and dataset validated, table names
+allow-listed), with every value an ``@name`` ``ScalarQueryParameter``. Ad-hoc SQL is the
+DuckDB warehouse's (``DuckDBWarehouse.query``); on BigQuery, use its console or ``bq``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import decimal
 import io
 import logging
 import re
@@ -45,11 +40,8 @@ from caio_operators.results import schema as sc
 from caio_operators.results.warehouse.base import (
     TABLES,
     WarehouseError,
-    check_select,
     check_table,
     run_frames_as_arrow,
-    sql_tree,
-    tree_nodes,
 )
 
 log = logging.getLogger(__name__)
@@ -71,7 +63,6 @@ JOB_LABELS = {"app": "caio-bench"}
 _PROJECT = re.compile(r"^(?:[a-z][a-z0-9.-]{0,62}:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _DATASET = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 _LOCATION = re.compile(r"^[A-Za-z]+(?:-[a-z]+[0-9]+)?$")
-_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 # the API answers with legacy type names; the schema module speaks GoogleSQL
 _LEGACY_TYPES = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}
 
@@ -116,7 +107,7 @@ def parse_uri(uri: str) -> BigQueryTarget:
     if unknown:
         raise WarehouseError(f"warehouse URI {uri!r}: unknown options {unknown}; "
                              "only ?location=... is accepted")
-    location = (query.get("location") or [None])[-1]
+    location = (query.get("location") or [""])[-1] or None
     return BigQueryTarget(project, dataset, _check_location(location))
 
 
@@ -127,213 +118,8 @@ def _check_location(location: str | None) -> str | None:
     return location or None
 
 
-# --- SQL translation (DuckDB -> GoogleSQL) ------------------------------------------------------
-
-_FROM_STARTERS = {"FROM", "JOIN"}
-_JOIN_CONDITIONS = {"ON", "USING"}  # still inside FROM: a comma after them adds a table
-_CLAUSE_KEYWORDS = {"SELECT", "WHERE", "GROUP", "ORDER", "HAVING", "LIMIT", "OFFSET", "QUALIFY",
-                    "WINDOW", "UNION", "EXCEPT", "INTERSECT", "RETURNING", "PIVOT", "UNPIVOT",
-                    "SAMPLE", "TABLESAMPLE", "WITH"}
-
-
-@dataclass(frozen=True)
-class Translated:
-    """GoogleSQL text plus the placeholders it uses, in order of first use."""
-
-    sql: str
-    names: tuple[str, ...]     # BigQuery parameter names (``run`` or ``p1``)
-    positional: bool           # placeholders were ``?`` / ``$1`` (params is a sequence)
-
-
-def _tokens(sql: str) -> list[tuple[int, int, str, str]]:
-    """(start, end, kind, text) of each token, by DuckDB's own tokenizer."""
-    import duckdb
-
-    raw = duckdb.tokenize(sql)
-    out = []
-    for i, (start, kind) in enumerate(raw):
-        end = raw[i + 1][0] if i + 1 < len(raw) else len(sql)
-        text = sql[start:end].rstrip()
-        out.append((start, start + len(text), str(kind).rsplit(".", 1)[-1], text))
-    return out
-
-
-def _unquote(identifier: str) -> str:
-    if identifier.startswith('"') and identifier.endswith('"'):
-        return identifier[1:-1].replace('""', '"')
-    return identifier
-
-
 def _backtick(identifier: str) -> str:
     return "`" + identifier.replace("\\", "\\\\").replace("`", "\\`") + "`"
-
-
-def _string_literal(text: str) -> str:
-    """A DuckDB string literal as a GoogleSQL one (backslashes are escapes there)."""
-    if text.startswith("'") and text.endswith("'"):
-        value = text[1:-1].replace("''", "'")
-    elif text.startswith("$"):
-        tag = text[: text.index("$", 1) + 1]
-        value = text[len(tag): -len(tag)]
-    else:
-        raise WarehouseError(f"string literal {text[:20]}... is DuckDB-only; write it as "
-                             "'...' or pass the value as a query parameter")
-    escaped = (value.replace("\\", "\\\\").replace("'", "\\'")
-               .replace("\n", "\\n").replace("\r", "\\r"))
-    return "'" + escaped + "'"
-
-
-def translate(sql: str, table_ids: Mapping[str, str], ctes: frozenset[str] = frozenset()
-              ) -> Translated:
-    """DuckDB SQL -> GoogleSQL: placeholders to ``@params``, tables to full ids.
-
-    ``table_ids`` maps each allow-listed table to its ``project.dataset.table`` id; only
-    names in a FROM/JOIN position are qualified (``requests`` is also a column of
-    ``runs``). ``ctes`` are the query's own CTE names, left alone.
-    """
-    tokens = _tokens(sql)
-    parts: list[str] = []
-    names: list[str] = []
-    kinds: set[str] = set()
-    # FROM-list state per parenthesis depth: None, "table" (a table may come) or "after"
-    states: list[str | None] = [None]
-    cursor = 0
-    skip_next = False
-    for i, (start, end, kind, text) in enumerate(tokens):
-        parts.append(sql[cursor:start])
-        cursor = end
-        if skip_next:
-            skip_next = False
-            continue
-        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-        upper = text.upper()
-        out = text
-        if kind == "operator" and text == "?":
-            kinds.add("?")
-            names.append(f"p{len(names) + 1}")  # ? cannot mix with other placeholders
-            out = "@" + names[-1]
-        elif kind == "operator" and text == "$":
-            if nxt is None or nxt[0] != end or nxt[2] not in ("identifier", "keyword",
-                                                              "numeric_const"):
-                raise WarehouseError("a '$' must be followed directly by a parameter name "
-                                     "or number ($name, $1)")
-            skip_next = True
-            if nxt[2] == "numeric_const":
-                kinds.add("$1")
-                name = f"p{int(nxt[3])}"
-            else:
-                kinds.add("$name")
-                name = nxt[3]
-                if not _PARAM_NAME.match(name):
-                    raise WarehouseError(f"parameter name {name!r} is not valid in BigQuery "
-                                         "(letters, digits, underscores)")
-            if name not in names:
-                names.append(name)
-            out = "@" + name
-        elif kind == "string_const":
-            out = _string_literal(text)
-        elif kind == "operator" and text == "(":
-            states.append(None)
-        elif kind == "operator" and text == ")":
-            if len(states) > 1:
-                states.pop()
-            if states[-1] == "table":
-                states[-1] = "after"  # a subquery in FROM acts as a table
-        elif ((kind == "operator" and text == "," and states[-1] == "after")
-              or (kind == "keyword" and upper in _FROM_STARTERS)):
-            states[-1] = "table"  # FROM a, b / JOIN b: a table name may come next
-        elif kind == "keyword" and upper in _JOIN_CONDITIONS:
-            states[-1] = "after"
-        elif kind == "keyword" and upper in _CLAUSE_KEYWORDS:
-            states[-1] = None
-        elif kind == "identifier":
-            name = _unquote(text)
-            if states[-1] == "table":
-                states[-1] = "after"
-                if nxt is not None and nxt[3] == ".":
-                    raise WarehouseError(f"write table names unqualified ({name}.<table>); the "
-                                         "warehouse qualifies them with its project.dataset")
-                if name.lower() in table_ids and name.lower() not in ctes:
-                    out = _backtick(table_ids[name.lower()])
-                elif text.startswith('"'):
-                    out = _backtick(name)
-            elif text.startswith('"'):
-                out = _backtick(name)
-        parts.append(out)
-    parts.append(sql[cursor:])
-    if len(kinds) > 1 and "$name" in kinds:
-        raise WarehouseError("use either named ($name) or positional (? / $1) parameters, "
-                             "not both")
-    if "?" in kinds and "$1" in kinds:
-        raise WarehouseError("use either ? or $1-style positional parameters, not both")
-    return Translated("".join(parts), tuple(names), positional="$name" not in kinds and
-                      bool(kinds))
-
-
-def _param_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "BOOL"
-    if isinstance(value, int):
-        return "INT64"
-    if isinstance(value, float):
-        return "FLOAT64"
-    if isinstance(value, decimal.Decimal):
-        return "NUMERIC"
-    if isinstance(value, str):
-        return "STRING"
-    if isinstance(value, bytes):
-        return "BYTES"
-    if isinstance(value, dt.datetime):
-        return "TIMESTAMP" if value.tzinfo is not None else "DATETIME"
-    if isinstance(value, dt.date):
-        return "DATE"
-    raise WarehouseError(f"cannot pass {type(value).__name__} {value!r} as a query parameter; "
-                         "use str, int, float, bool, Decimal, bytes, date or datetime")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return value.item()  # numpy scalars
-    return value
-
-
-def query_parameters(translated: Translated, params: Mapping[str, Any] | Sequence[Any] | None
-                     ) -> list[Any]:
-    """``ScalarQueryParameter``s for the placeholders of ``translated`` (DuckDB's rules:
-    a dict for ``$name``, a list for ``?`` / ``$1``)."""
-    from google.cloud.bigquery import ScalarQueryParameter
-
-    if not translated.names:
-        if params:
-            raise WarehouseError("parameters were given but the query has no placeholders")
-        return []
-    if params is None:
-        raise WarehouseError(f"the query has placeholders {list(translated.names)} but no "
-                             "parameters were given")
-    if translated.positional:
-        if isinstance(params, (Mapping, str, bytes)):
-            raise WarehouseError("positional placeholders (? / $1) need a list of values")
-        values = {f"p{i}": v for i, v in enumerate(params, start=1)}
-    else:
-        if not isinstance(params, Mapping):
-            raise WarehouseError("named placeholders ($name) need a dict of values")
-        values = dict(params)
-    missing = [n for n in translated.names if n not in values]
-    if missing:
-        raise WarehouseError(f"no value for query parameters {missing}")
-    extra = sorted(set(values) - set(translated.names))
-    if extra:
-        raise WarehouseError(f"values given for parameters the query does not use: {extra}")
-    out = []
-    for name in translated.names:
-        value = _plain(values[name])
-        if value is None or value is pd.NA:
-            raise WarehouseError(f"parameter {name!r} is null; BigQuery needs a typed value "
-                                 "(write IS NULL in the SQL instead)")
-        out.append(ScalarQueryParameter(name, _param_type(value), value))
-    return out
 
 
 # --- the warehouse -------------------------------------------------------------------------------
@@ -573,34 +359,46 @@ class BigQueryWarehouse:
             out[table] = sc.conform(table, data.to_pandas())
         return out
 
-    def to_bigquery(self, sql: str) -> Translated:
-        """``sql`` (DuckDB dialect, as the analysis writes it) checked and translated."""
-        import duckdb
+    # -- named reads (see Warehouse): GoogleSQL, values as @name STRING parameters --
 
-        con = duckdb.connect(":memory:", config={"enable_external_access": False})
-        try:
-            check_select(con, sql)
-            ctes = _cte_names(con, sql)
-        finally:
-            con.close()
-        shadowed = sorted(ctes & set(TABLES))
-        if shadowed:
-            raise WarehouseError(f"CTE names {shadowed} shadow warehouse tables; rename them")
-        return translate(sql, {t: self.table_id(t) for t in TABLES}, frozenset(ctes))
+    def run_row(self, run_id: str) -> pd.DataFrame:
+        return self._select(f"SELECT * FROM {self._ref('runs')} "  # noqa: S608 (allow-listed)
+                            "WHERE run_id = @run", {"run": run_id})
 
-    def query(self, sql: str, params: Mapping[str, Any] | Any = None) -> pd.DataFrame:
-        """Run one read-only SELECT over the allow-listed tables, with query parameters.
+    def latest_run_id(self) -> str | None:
+        latest = self._select(
+            f"SELECT run_id FROM {self._ref('runs')} "  # noqa: S608 (allow-listed)
+            "ORDER BY COALESCE(started_at, harvested_at) DESC, harvested_at DESC LIMIT 1", {})
+        return None if latest.empty else str(latest["run_id"].iloc[0])
 
-        Same contract as ``DuckDBWarehouse.query``: ``params`` is a dict for ``$name``
-        placeholders or a list for ``?``; the SQL is DuckDB's dialect, translated.
-        """
-        translated = self.to_bigquery(sql)
-        parameters = query_parameters(translated, params)
+    def baseline_candidates(self, model_name: str, exclude_run_id: str) -> pd.DataFrame:
+        return self._select(
+            "SELECT run_id, model_version, model_source, started_at, params, provenance, "  # noqa: S608
+            f"benchmark FROM {self._ref('runs')} "
+            "WHERE model_name = @model AND status = 'success' "
+            "AND run_id != @run AND started_at IS NOT NULL",
+            {"model": model_name, "run": exclude_run_id})
+
+    def client_latencies(self, run_id: str) -> pd.DataFrame:
+        return self._select(
+            f"SELECT ts, latency_ms, ok FROM {self._ref('requests')} "  # noqa: S608
+            "WHERE run_id = @run AND source = 'client'", {"run": run_id})
+
+    def history(self, dag_id: str) -> pd.DataFrame:
+        return self._select(
+            "SELECT r.run_id, r.model_name, r.model_version, r.status, r.started_at, "  # noqa: S608
+            "r.throughput_rps, r.p95_ms, r.p99_ms, r.target, r.load_shape, r.fingerprint, "
+            "r.params, r.provenance, v.verdict, v.cost_per_1k "
+            f"FROM {self._ref('runs')} AS r "
+            f"LEFT JOIN {self._ref('verdicts')} AS v ON r.run_id = v.run_id "
+            "WHERE r.started_at IS NOT NULL AND (r.dag_id = @dag OR @dag = '*') "
+            "ORDER BY r.started_at", {"dag": dag_id})
+
+    def _select(self, sql: str, params: Mapping[str, str]) -> pd.DataFrame:
+        """One of the named reads: ``params`` as STRING query parameters."""
+        from google.cloud.bigquery import ScalarQueryParameter
+
+        parameters = [ScalarQueryParameter(name, "STRING", value)
+                      for name, value in params.items()]
         with self._explained("query failed", reading=True):
-            rows = self._run_query(translated.sql, parameters)
-            return rows.to_arrow().to_pandas()
-
-
-def _cte_names(con: Any, sql: str) -> set[str]:
-    return {str(entry.get("key")).lower() for node in tree_nodes(sql_tree(con, sql))
-            for entry in (node.get("cte_map") or {}).get("map", [])}
+            return self._run_query(sql, parameters).to_arrow().to_pandas()

@@ -40,7 +40,8 @@ class DuckDBWarehouse:
         import duckdb
 
         # no file access from SQL: statements may only touch the warehouse's own tables
-        config = {"enable_external_access": False}
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "enable_external_access": False}
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
         while True:
@@ -153,8 +154,51 @@ class DuckDBWarehouse:
                 out[table] = sc.conform(table, data.to_pandas())
         return out
 
+    # -- named reads (see Warehouse): DuckDB's SQL, values as $name parameters --
+
+    def run_row(self, run_id: str) -> pd.DataFrame:
+        return self._select("SELECT * FROM runs WHERE run_id = $run", {"run": run_id})
+
+    def latest_run_id(self) -> str | None:
+        latest = self._select(
+            "SELECT run_id FROM runs "
+            "ORDER BY coalesce(started_at, harvested_at) DESC, harvested_at DESC LIMIT 1", {})
+        return None if latest.empty else str(latest["run_id"].iloc[0])
+
+    def baseline_candidates(self, model_name: str, exclude_run_id: str) -> pd.DataFrame:
+        return self._select(
+            "SELECT run_id, model_version, model_source, started_at, params, provenance, "
+            "benchmark FROM runs WHERE model_name = $model AND status = 'success' "
+            "AND run_id <> $run AND started_at IS NOT NULL",
+            {"model": model_name, "run": exclude_run_id})
+
+    def client_latencies(self, run_id: str) -> pd.DataFrame:
+        return self._select(
+            "SELECT ts, latency_ms, ok FROM requests WHERE run_id = $run AND source = 'client'",
+            {"run": run_id})
+
+    def history(self, dag_id: str) -> pd.DataFrame:
+        return self._select(
+            "SELECT r.run_id, r.model_name, r.model_version, r.status, r.started_at, "
+            "r.throughput_rps, r.p95_ms, r.p99_ms, r.target, r.load_shape, r.fingerprint, "
+            "r.params, r.provenance, v.verdict, v.cost_per_1k "
+            "FROM runs r LEFT JOIN verdicts v ON r.run_id = v.run_id "
+            "WHERE r.started_at IS NOT NULL AND (r.dag_id = $dag OR $dag = '*') "
+            "ORDER BY r.started_at", {"dag": dag_id})
+
+    def _select(self, sql: str, params: Mapping[str, str]) -> pd.DataFrame:
+        """One of the named reads (SQL of this module: not re-checked)."""
+        import duckdb
+
+        with self._connect(read_only=True) as con:
+            try:
+                return con.sql(sql, params=dict(params)).to_arrow_table().to_pandas()
+            except duckdb.Error as exc:
+                raise WarehouseError(f"query failed: {exc}") from exc
+
     def query(self, sql: str, params: Mapping[str, Any] | Any = None) -> pd.DataFrame:
-        """Run one read-only SELECT over the allow-listed tables, with query parameters.
+        """Run one read-only SELECT over the allow-listed tables, with query parameters:
+        ad-hoc SQL on a local warehouse (the analysis uses the named reads above).
 
         ``params`` is a dict for ``$name`` placeholders (or a list for ``?``). The SQL must
         be a single SELECT that reads only ``runs``, ``timeseries`` and ``requests`` (and
