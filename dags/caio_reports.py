@@ -4,8 +4,10 @@
 Scheduled on the `verdicts` Asset (an outlet of `caio_load_test`'s `analyse` and of
 `caio_version_sweep`'s `compare`): each new verdict refreshes
 `<bucket>/reports/history.html` (trend of p95/p99, throughput and cost per 1,000
-predictions over the runs of `caio_load_test`, regressions marked) for the warehouse and
-bucket named by the triggering events. Triggered by hand, it uses the params.
+predictions over every run in the warehouse, `caio_load_test`'s and the sweeps' variants,
+per model and benchmark, regressions marked) for the warehouse and bucket named by the
+triggering events: the same page the sweep's `compare` writes, so whichever wrote last, it
+shows the same runs. Triggered by hand, it uses the params.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ with DAG(
                            title="Warehouse", description="Used when run by hand."),
         "bucket": Param("file://" + str(ROOT / "bucket"), type="string", title="Bucket",
                         description="Where the report goes, when run by hand."),
-        "dag_id": Param("caio_load_test", type="string", title="DAG",
-                        description="Whose runs the history shows ('*': every DAG's)."),
+        "dag_id": Param("*", type="string", title="DAG",
+                        description="Whose runs the history shows ('*': every DAG's, as "
+                                    "the sweep's history; a DAG id: only its runs)."),
     },
 ) as dag:
     HistoryReportOperator(

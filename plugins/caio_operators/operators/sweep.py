@@ -103,7 +103,7 @@ class HistoryReportOperator(BaseOperator):
     ui_color = "#efe1f4"
 
     def __init__(self, *, warehouse: str, bucket: str,
-                 history_dag_id: str = "caio_load_test", **kwargs: Any) -> None:
+                 history_dag_id: str = "*", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.warehouse = warehouse
         self.bucket = bucket

@@ -31,6 +31,7 @@ from caio_operators.targets.local_server import (
     DEFAULT_BATCH_TIMEOUT_MS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_LIFETIME_S,
+    DEFAULT_REQUEST_TIMEOUT_S,
     MODULE,
     ModelDirError,
     check_model_dir,
@@ -169,6 +170,7 @@ class LocalTarget:
         host: str = "127.0.0.1",
         port: int = 0,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
         import_keras: bool = False,
         batch_max: int = 0,
         batch_timeout_ms: float = DEFAULT_BATCH_TIMEOUT_MS,
@@ -183,6 +185,8 @@ class LocalTarget:
             there are replaced.
         :param threads_per_replica: TF intra-op threads per replica; 0: cores // replicas.
         :param max_lifetime_s: the server stops by itself after this, teardown or not.
+        :param request_timeout_s: a request must arrive whole within this from its first byte
+            (slow clients get 408).
         :param batch_max: dynamic batching: up to this many instances of concurrent requests
             per model call, waiting up to ``batch_timeout_ms`` for them; 0 or 1: off.
         :param gpus: the replicas' GPUs ('' not pinned, 'none', 'all', '0,1'; see
@@ -219,6 +223,7 @@ class LocalTarget:
             "--ready-file", str(ready_file), "--max-lifetime-s", str(max_lifetime_s),
             "--threads-per-replica", str(threads_per_replica),
             "--max-body-bytes", str(max_body_bytes),
+            "--request-timeout-s", repr(request_timeout_s),
             "--batch-max", str(batch_max), "--batch-timeout-ms", repr(float(batch_timeout_ms)),
             "--gpus", gpus, "--gpu-samples-dir", str(gpu_dir),
             "--scaling-dir", str(scaling_dir),

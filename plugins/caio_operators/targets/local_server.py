@@ -75,6 +75,9 @@ log = logging.getLogger("caio_operators.targets.local_server")
 
 MODULE = "caio_operators.targets.local_server"
 DEFAULT_MAX_BODY_BYTES = 10 * 2**20
+# Once a request has begun, its head and body must arrive within this, however slowly the
+# bytes trickle in: a slow client (slowloris) gets a 408 instead of holding a thread.
+DEFAULT_REQUEST_TIMEOUT_S = 30.0
 DEFAULT_MAX_LIFETIME_S = 6 * 3600
 STOP_GRACE_S = 10.0
 SAMPLE_INTERVAL_S = 1.0
@@ -138,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TF intra-op threads per replica; 0: cores // replicas")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies get 413")
+    parser.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
+                        help="a request's head and body must arrive within this from its "
+                        "first byte, else 408")
     parser.add_argument("--batch-max", type=int, default=0,
                         help="dynamic batching: up to this many instances of concurrent "
                         "requests per model call; 0 or 1: off (each request its own call)")
@@ -194,6 +200,8 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         parser.error(f"--max-lifetime-s must be positive, got {args.max_lifetime_s}")
     if args.max_body_bytes < 1:
         parser.error(f"--max-body-bytes must be positive, got {args.max_body_bytes}")
+    if args.request_timeout_s <= 0:
+        parser.error(f"--request-timeout-s must be positive, got {args.request_timeout_s}")
     if args.threads_per_replica < 0:
         parser.error(f"--threads-per-replica must be 0 (auto) or more, "
                      f"got {args.threads_per_replica}")
@@ -624,6 +632,7 @@ class Supervisor:
                 "--intra-threads", str(intra), "--inter-threads", "1",
                 "--records-dir", args.records_dir,
                 "--max-body-bytes", str(args.max_body_bytes),
+                "--request-timeout-s", repr(args.request_timeout_s),
                 "--batch-max", str(args.batch_max),
                 "--batch-timeout-ms", repr(args.batch_timeout_ms),
             ]

@@ -40,9 +40,6 @@ from caio_operators.targets.signals import stop_on_signals
 log = logging.getLogger("caio_operators.targets.replica")
 
 IDLE_TIMEOUT_S = 120  # an idle keep-alive connection is closed after this
-# Once a request has begun, its head and body must arrive within this, however slowly the
-# bytes trickle in: a slow client (slowloris) gets a 408 instead of holding a thread.
-REQUEST_TIMEOUT_S = 30.0
 DRAIN_LIMIT = 64 * 2**20  # read and drop an oversized body up to this size to answer it cleanly
 # Lingering close (as nginx's lingering_close): after its last answer the server stops
 # sending and reads what the client still sends, for at most LINGER_S in all and
@@ -307,7 +304,10 @@ class DeadlineReader(socket.SocketIO):
             raise
 
 
-def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int):
+def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int,
+                 request_timeout_s: float):
+    """The request handler class of one replica; ``request_timeout_s``: a request's head
+    and body must arrive within it from its first byte (slow clients get 408)."""
     replica = app.replica
 
     class Handler(BaseHTTPRequestHandler):
@@ -348,12 +348,12 @@ def make_handler(app: ServingApp, recorder: CsvBatchWriter, max_body_bytes: int)
                 if waiting is not None:
                     waiting(self.connection, False)
             ts, t0 = time.time(), time.perf_counter()
-            self.raw_reader.deadline = time.monotonic() + REQUEST_TIMEOUT_S
+            self.raw_reader.deadline = time.monotonic() + request_timeout_s
             super().handle_one_request()
             if self.raw_reader.timed_out:
                 self.raw_reader.timed_out = False
                 self.connection.settimeout(IDLE_TIMEOUT_S)  # for the answer
-                self._reject(408, f"the request did not arrive within {REQUEST_TIMEOUT_S:.0f} "
+                self._reject(408, f"the request did not arrive within {request_timeout_s:g} "
                              "s of its first byte", True, ts, t0)
 
         def _record(self, reply: Reply, ts: float, latency_s: float) -> None:
@@ -545,7 +545,7 @@ def run(args: argparse.Namespace) -> int:
     if args.records_dir:
         os.makedirs(args.records_dir, exist_ok=True)
     recorder = CsvBatchWriter(args.records_dir, f"replica-{index}", SERVER_RECORD_COLUMNS)
-    handler = make_handler(app, recorder, args.max_body_bytes)
+    handler = make_handler(app, recorder, args.max_body_bytes, args.request_timeout_s)
     admin = SocketServer(_listening_socket(args.admin_fd), handler)
     handoff = HandoffServer(_channel_socket(args.channel_fd), handler)
     recorder.start(FLUSH_INTERVAL_S)
