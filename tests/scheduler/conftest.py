@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+from browser import Browser
 from caio_testing import REPO
 from scheduler_helpers import QUICK, Api, wait_until
 
@@ -61,3 +62,15 @@ def triggered(api, today_taken) -> dict:
     api.unpause("caio_load_test")  # the Trigger form's "unpause" box
     run_id = api.trigger("caio_load_test", {"model_name": "sched", "model_version": "t1", **QUICK})
     return api.wait_run("caio_load_test", run_id)
+
+
+@pytest.fixture
+def browser(request, tmp_path):
+    """Headless Chromium for one test; the test module's ``BROWSER_HEIGHT`` sets its window
+    (tall enough for what the test's screenshot should show)."""
+    browser = Browser(tmp_path / "chromium", height=getattr(request.module, "BROWSER_HEIGHT",
+                                                                1100))
+    try:
+        yield browser
+    finally:
+        browser.close()

@@ -13,10 +13,10 @@ import urllib.request
 from urllib.parse import quote
 
 import pytest
-from browser import Browser
 from caio_testing import REPO
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
+BROWSER_HEIGHT = 1100  # the browser fixture's window (conftest)
 
 # the docs' copy only when asked (CAIO_UPDATE_DOCS_IMAGES=1): a test run leaves the tree clean
 SCREENSHOTS = (REPO / ".caio" / "test-output" / "airflow-tab.png",
@@ -38,15 +38,6 @@ def test_the_plugins_app_refuses_an_anonymous_request(api, triggered):
     assert b"<html" not in refused.value.read()
     # the same URL with the admin's token: the report (so the refusal was the login's)
     assert "<html" in api.page(report_url(api, triggered).removeprefix(api.deployment.url))
-
-
-@pytest.fixture
-def browser(tmp_path):
-    browser = Browser(tmp_path / "chromium", height=1100)
-    try:
-        yield browser
-    finally:
-        browser.close()
 
 
 def test_a_finished_run_shows_its_report_in_the_benchmark_report_tab(api, browser, triggered):

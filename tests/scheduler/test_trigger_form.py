@@ -16,6 +16,7 @@ from scheduler_helpers import wait_until
 from caio_operators.spec import param_schema
 
 pytestmark = [pytest.mark.scheduler, pytest.mark.slow]
+BROWSER_HEIGHT = 2400  # the browser fixture's window (conftest): the whole form in the screenshot
 
 SCREENSHOT = REPO / ".caio" / "test-output" / "trigger-form.png"
 CHANGED = {"model_source": "builtin:tiny", "duration_s": 5}
@@ -33,15 +34,6 @@ def _open_section(browser: Browser, section: str) -> None:
 
 def _words(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
-
-
-@pytest.fixture
-def browser(tmp_path):
-    browser = Browser(tmp_path / "chromium", height=2400)
-    try:
-        yield browser
-    finally:
-        browser.close()
 
 
 def test_the_trigger_form_shows_every_section_and_sends_the_changed_fields(api, browser,

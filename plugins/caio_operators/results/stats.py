@@ -16,7 +16,7 @@ Records are DataFrames with at least ``ts`` (epoch seconds float, or UTC datetim
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -212,6 +212,13 @@ def throughput_rps(records: pd.DataFrame, window: tuple[float, float] | None = N
     ``window`` defaults to :func:`steady_window` of the records' start times. NaN when
     there is no window (fewer than two requests).
     """
+    return _steady_rate(records, _ok_mask, window, trim_fraction)
+
+
+def _steady_rate(records: pd.DataFrame, counted: Callable[[pd.DataFrame], np.ndarray],
+                 window: tuple[float, float] | None, trim_fraction: float) -> float:
+    """Per second, the ``counted`` records started within ``window`` (default: the steady
+    window of their start times); NaN without records or a window."""
     if records.empty:
         return math.nan
     ts = epoch_seconds(records["ts"])
@@ -219,7 +226,7 @@ def throughput_rps(records: pd.DataFrame, window: tuple[float, float] | None = N
         window = steady_window(ts, trim_fraction)
     if window is None:
         return math.nan
-    return _rate_in(ts, _ok_mask(records), window)
+    return _rate_in(ts, counted(records), window)
 
 
 def _rate_in(ts: np.ndarray, mask: np.ndarray, window: tuple[float, float]) -> float:
@@ -246,14 +253,7 @@ def goodput_rps(records: pd.DataFrame, slo_ms: float,
     """Goodput: successful requests per second that took at most ``slo_ms``, started within
     the steady window (the same window as :func:`throughput_rps`, so goodput <= throughput).
     NaN when there is no window."""
-    if records.empty:
-        return math.nan
-    ts = epoch_seconds(records["ts"])
-    if window is None:
-        window = steady_window(ts, trim_fraction)
-    if window is None:
-        return math.nan
-    return _rate_in(ts, within_slo(records, slo_ms), window)
+    return _steady_rate(records, lambda r: within_slo(r, slo_ms), window, trim_fraction)
 
 
 def interval_goodput(records: pd.DataFrame, slo_ms: float, interval_s: float = 1.0
