@@ -53,6 +53,12 @@ class Context:
         # before its init runs, and reading a gs:// payload yields to other greenlets: the
         # master's spawn message can start users before init is done.
         self.ready = gevent.event.Event()
+        # master side: the workers that said they are ready (caio_ready), and whether all
+        # are; the shape's clock and the open-loop start wait for that (standalone: at once)
+        self.ready_workers: set[str] = set()  # their node ids
+        self.all_ready = gevent.event.Event()
+        self.test_started = False  # master (or standalone): its test_start has fired
+        self.t0_sent = False
         # open loop: the wall-clock start every worker's schedule counts from (the master's)
         self.t0: float | None = None
         self.t0_set = gevent.event.Event()

@@ -60,6 +60,9 @@ log = logging.getLogger("caio")
 
 INIT_TIMEOUT_S = 120.0  # how long a user waits for its worker's init to load the payload
 START_DELAY_S = 0.5  # open loop: the shared start is this far after the master's test start
+# how long the shape waits for every worker's caio_ready before it starts without the late
+# ones: inside the launcher's 30 s grace beyond the shape (loadgen/local.py)
+READY_TIMEOUT_S = 20.0
 
 
 @events.init_command_line_parser.add_listener
@@ -131,24 +134,53 @@ def _on_init(environment, **_: Any) -> None:
     if cfg["shape"]["kind"] == "peak_search":
         caio_peak_run.init_peak_search(environment, ctx)
     if isinstance(runner, MasterRunner):
+        runner.register_message("caio_ready", lambda environment, msg, **_: _on_worker_ready(
+            environment, msg.node_id))
         return  # the master only runs the shape; workers send requests
     try:
         ctx.load_worker()
     except Exception as exc:
         sys.exit(f"caio: payload {cfg['payload_uri']}: {_describe(exc)}")
+    if isinstance(runner, WorkerRunner):
+        # A worker is connected (and the master may start the test) before its init ran:
+        # the master's shape waits for this, so no second of the schedule passes unserved.
+        runner.send_message("caio_ready", {"worker": ctx.worker_index})
+    else:
+        ctx.all_ready.set()
+
+
+def _on_worker_ready(environment: Any, node_id: str) -> None:
+    """Master: one more worker has its payload; with all of them the shape's clock starts
+    (``ConfigShape``), and with it an open-loop schedule's shared start."""
+    ctx = Context.of(environment)
+    if ctx is None:
+        return
+    ctx.ready_workers.add(node_id)
+    if len(ctx.ready_workers) >= ctx.workers and not ctx.all_ready.is_set():
+        log.info("caio: all %d workers ready", ctx.workers)
+        ctx.all_ready.set()
+
+
+def _send_t0(environment: Any, ctx: Context) -> None:
+    """Open loop: every worker's schedule counts from the same start, a moment ahead (this
+    message reaches each worker before the master's spawn message does)."""
+    if ctx.shape["kind"] not in shapes.OPEN_LOOP or ctx.t0_sent:
+        return
+    if environment.runner is None or not ctx.test_started or not ctx.all_ready.is_set():
+        return
+    ctx.t0_sent = True
+    environment.runner.send_message("caio_t0", {"t0": time.time() + START_DELAY_S})
 
 
 @events.test_start.add_listener
 def _on_test_start(environment, **_: Any) -> None:
-    """Master (or standalone): give every open-loop worker the same start, a moment ahead,
-    so their shares of the schedule interleave as planned (this message reaches each worker
-    before the master's spawn message does)."""
+    """Master (or standalone): the open-loop start, now if every worker is ready (else when
+    the last one says so), so the workers' shares of the schedule interleave as planned."""
     ctx = Context.of(environment)
-    if ctx is None or ctx.shape["kind"] not in shapes.OPEN_LOOP:
+    if ctx is None or isinstance(environment.runner, WorkerRunner):
         return
-    if isinstance(environment.runner, WorkerRunner):
-        return
-    environment.runner.send_message("caio_t0", {"t0": time.time() + START_DELAY_S})
+    ctx.test_started = True
+    _send_t0(environment, ctx)
 
 
 @events.test_stop.add_listener
@@ -223,7 +255,10 @@ class OpenRateUser(User):
 
 class ConfigShape(LoadTestShape):
     """Constant or staircase users, or one open-loop scheduler per worker, read from the
-    test config (see ``shapes.py``); a peak search ends when its controller is done."""
+    test config (see ``shapes.py``); a peak search ends when its controller is done. Its
+    clock starts when every worker has its payload (``caio_ready``), not when they connect."""
+
+    clock_started = False
 
     def tick(self) -> tuple[int, float, list[type[User]]] | None:
         ctx = Context.of(self.runner.environment) if self.runner is not None else None
@@ -232,8 +267,18 @@ class ConfigShape(LoadTestShape):
         if ctx.peak is not None and ctx.peak.done:
             return None
         shape = ctx.shape
+        users = OpenRateUser if shape["kind"] in shapes.OPEN_LOOP else PredictUser
+        if not ctx.all_ready.is_set():  # the clock starts once every worker can send
+            if self.get_run_time() < READY_TIMEOUT_S:
+                return 0, 1.0, [users]
+            log.warning("caio: %d of %d workers ready after %.0f s; starting without the "
+                        "others", len(ctx.ready_workers), ctx.workers, READY_TIMEOUT_S)
+            ctx.all_ready.set()
+        if not self.clock_started:  # the shape and the open-loop schedule start together
+            self.clock_started = True
+            self.reset_time()
+            _send_t0(self.runner.environment, ctx)
         tick = shapes.tick(shape, self.get_run_time(), workers=ctx.workers)
         if tick is None:
             return None
-        users = OpenRateUser if shape["kind"] in shapes.OPEN_LOOP else PredictUser
         return tick[0], tick[1], [users]

@@ -8,10 +8,12 @@ import logging
 import statistics
 import threading
 import time
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import psutil
 import pytest
+from caio_testing import LoopbackHTTPServer
 from PIL import Image
 
 from caio_operators.loadgen import launch
@@ -186,6 +188,55 @@ def test_distributed_run_records_every_request(tmp_path, predict_server, caplog)
           f"{len(rows) / span:.0f} req/s (4 users, 2 workers), median "
           f"{statistics.median(latencies):.1f} ms, whole run {wall:.1f} s; worker CPU % "
           f"{ {w: max(p) for w, p in by_worker.items()} } (max)")
+
+
+class _SlowObjectStore(BaseHTTPRequestHandler):
+    """GCS's media download route (``STORAGE_EMULATOR_HOST``) for one object, answered after
+    ``delay_s``: a worker whose payload takes that long to read, while it is connected."""
+
+    body = b""
+    delay_s = 0.0
+
+    def do_GET(self):
+        time.sleep(self.delay_s)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_the_shape_starts_when_every_worker_has_its_payload(tmp_path, predict_server,
+                                                           monkeypatch):
+    """A worker connects before its init reads the payload; the shape's clock must wait for
+    that read, or a short shape passes with no user sending (CI's Vertex test: 2 requests)."""
+    cfg, _ = _prepare(tmp_path, predict_server.url, load_shape="constant", users=4,
+                      spawn_rate=50, duration_s=4)
+    load = tmp_path / "load"
+    store = LoopbackHTTPServer(("127.0.0.1", 0), type("Slow", (_SlowObjectStore,), {
+        "body": (load / "payload.json").read_bytes(), "delay_s": 5.0}))
+    threading.Thread(target=store.serve_forever, daemon=True).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{store.server_port}")
+    cfg["payload_uri"] = "gs://caio-test/load/payload.json"
+    config_uri = launch.write_config(f"file://{load}/config.json", cfg)
+    spec = local_launch_spec(config=cfg, config_uri=config_uri, load_dir=load, workers=2)
+    launcher = LocalLauncher(spec)
+    try:
+        result = launcher.run()
+    finally:
+        store.shutdown()
+        store.server_close()
+    _assert_no_process_left(launcher, str(tmp_path))
+
+    assert result["status"] == "success", result
+    assert "all 2 workers ready" in (load / "logs" / "master.log").read_text()
+    ts = sorted(float(r["ts"]) for r in _raw_records(load))
+    # the 4-s shape, all of it, after the 5-s reads (without the wait: about a second of it)
+    assert ts and ts[-1] - ts[0] > 3.0, (len(ts), ts[-1] - ts[0] if ts else None)
 
 
 def test_stop_mid_run_kills_everything(tmp_path, predict_server):
