@@ -5,9 +5,9 @@ imports (TensorFlow, pandas, duckdb, Google clients) happen inside the adapters 
 uses. The same stages serve every target: the RunSpec picks the adapters (local server or
 Vertex AI / AI Platform, local Locust or GKE, DuckDB or BigQuery, file:// or gs://).
 
-About 560 lines, on purpose for now: the per-target branches of `deploy` and the launcher
-choice of `run_load` move into the targets and launchers (issue 13's Target.deploy /
-Launcher.for_run step), which shrinks this module; splitting it before would move them twice.
+About 530 lines, on purpose for now: each target maps a run's params itself
+(``Target.deploy_run``); the launcher choice of `run_load` is next to move (issue 13's
+Launcher.for_run step), which shrinks this module; splitting it before would move it twice.
 """
 
 from __future__ import annotations
@@ -110,36 +110,7 @@ def upload_tree(local_dir: str | Path, uri: str) -> list[str]:
 def deploy(spec: RunSpec, log: TaskLog = _log) -> dict[str, Any]:
     from caio_operators.targets.base import get_target
 
-    target = get_target(spec.target)
-    deployment: Mapping[str, Any]
-    if spec.target == "vertex":
-        from caio_operators.targets import vertex
-
-        deployed = dict(target.deploy(**vertex.spec_kwargs(spec)))
-        if spec.signature != "serving_default":
-            # Vertex's :predict accepts only {instances, parameters} and serves the default
-            # signature; :rawPredict passes the TF Serving body (with signature_name) through.
-            deployed["predict_url"] = deployed["predict_url"].replace(":predict", ":rawPredict")
-        deployment = deployed
-    elif spec.target == "caip":
-        from caio_operators.targets import caip
-
-        deployment = target.deploy(**caip.spec_kwargs(spec))
-    elif spec.target == "local":
-        # The server stops itself after this, even if the teardown never runs; the hours
-        # allow for its load waiting in the host pool behind other runs' loads.
-        lifetime = spec.duration_s + 4 * 3600
-        deployment = target.deploy(
-            model_uri=spec.model_uri, model_name=spec.model_name,
-            model_version=spec.model_version, replicas=spec.replicas,
-            server_dir=str(storage.local_path(spec.layout.server_dir)),
-            threads_per_replica=spec.server_threads, max_lifetime_s=lifetime,
-            batch_max=spec.server_batch_max, batch_timeout_ms=spec.server_batch_timeout_ms,
-            gpus=spec.local_gpus,
-            autoscaling=local_autoscaling(spec),
-        )
-    else:
-        deployment = target.deploy(url=spec.endpoint_url, protocol=spec.protocol)
+    deployment = get_target(spec.target).deploy_run(spec)
     log.info("deployed: %s", {k: deployment[k] for k in (
         "target", "predict_url", "replicas", "pid", "model", "endpoint", "version")
         if deployment.get(k)})
@@ -285,7 +256,7 @@ def host_watch(spec: RunSpec, deployment: Mapping[str, Any] | None) -> Any:
     runs under it) and a local model server count as the run's own."""
     from caio_operators.metrics.host import HostWatch
 
-    server = (deployment or {}).get("pid") if spec.target == "local" else None
+    server = (deployment or {}).get("pid")  # only a local server's deployment has one
     return HostWatch(spec.run_id, roots=[server] if server else [])
 
 
@@ -300,18 +271,6 @@ def _protocol(spec: RunSpec, deployment: Mapping[str, Any] | None) -> str:
     if deployment and deployment.get("protocol"):
         return str(deployment["protocol"])
     return {"endpoint": spec.protocol, "vertex": "vertex"}.get(spec.target, "caip")
-
-
-def local_autoscaling(spec: RunSpec):
-    """The local server's ``AutoscalingConfig`` when ``local_autoscaling`` is on, else None."""
-    from caio_operators.targets.scaling import AutoscalingConfig
-
-    if not spec.local_autoscaling:
-        return None
-    return AutoscalingConfig(
-        min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
-        target_pct=spec.autoscaling_target, up_window_s=spec.scale_up_window_s,
-        down_window_s=spec.scale_down_window_s)
 
 
 def _replicas(spec: RunSpec, deployment: Mapping[str, Any] | None) -> int:

@@ -122,6 +122,13 @@ def _savedmodel(uri: str) -> BaseClassifier:
     return _from_signature(obj, uri, "existing SavedModel", source_text=f"savedmodel:{uri}")
 
 
+def _preferred_or_only(named: dict, preferred: str) -> str | None:
+    """``preferred`` if it is one of the names, else the only name, else None."""
+    if preferred in named:
+        return preferred
+    return next(iter(named)) if len(named) == 1 else None
+
+
 def _from_signature(obj, name: str, weights: str, *, source_text: str) -> BaseClassifier:
     """Adapt a SavedModel signature taking one image tensor to [0,1] images -> logits."""
     import tensorflow as tf
@@ -136,11 +143,8 @@ def _from_signature(obj, name: str, weights: str, *, source_text: str) -> BaseCl
             "takes float32 images [N,224,224,3] in [0,1]; a TF2 module callable on images can "
             "be used as hub:<path> instead."
         )
-    if "serving_default" in signatures:
-        sig_name = "serving_default"
-    elif len(signatures) == 1:
-        sig_name = next(iter(signatures))
-    else:
+    sig_name = _preferred_or_only(signatures, "serving_default")
+    if sig_name is None:
         raise ExportError(f"{source_text} has signatures {sorted(signatures)} but none is "
                           "'serving_default'; re-save it with a serving_default signature.")
     signature = signatures[sig_name]
@@ -160,11 +164,8 @@ def _from_signature(obj, name: str, weights: str, *, source_text: str) -> BaseCl
     outputs = signature.structured_outputs
     if not isinstance(outputs, dict):
         outputs = {"output_0": outputs}
-    if "logits" in outputs:
-        output_name = "logits"
-    elif len(outputs) == 1:
-        output_name = next(iter(outputs))
-    else:
+    output_name = _preferred_or_only(outputs, "logits")
+    if output_name is None:
         raise ExportError(f"{source_text} signature {sig_name!r} has outputs {sorted(outputs)}; "
                           "name the class scores 'logits' or return a single output.")
 

@@ -2,7 +2,8 @@
 
 A target turns a model URI into something that answers predict requests and back:
 ``deploy(**kwargs) -> Deployment`` (keyword arguments are target-specific; each target
-module documents them) and ``undeploy(deployment)``, which is idempotent (gone already
+module documents them), ``deploy_run(spec)``, the same from a run's RunSpec (the target maps
+its own params and quirks), and ``undeploy(deployment)``, which is idempotent (gone already
 counts as success). The Deployment is a plain JSON-able dict, so it travels through XCom
 to the load and teardown tasks.
 """
@@ -55,6 +56,11 @@ class Target(Protocol):
     name: str
 
     def deploy(self, **kwargs: Any) -> Mapping[str, Any]: ...
+
+    def deploy_run(self, spec: Any) -> Mapping[str, Any]:
+        """``deploy`` with a run's params: the target maps the RunSpec itself (its own
+        params, URL and protocol quirks), so the pipeline has no per-target branch."""
+        ...
 
     def undeploy(self, deployment: Mapping[str, Any]) -> None: ...
 

@@ -124,6 +124,10 @@ class CaipTarget:
 
     # -- deploy -------------------------------------------------------------------------
 
+    def deploy_run(self, spec: Any) -> dict[str, Any]:
+        """``deploy`` with a run's params (``spec_kwargs``)."""
+        return self.deploy(**spec_kwargs(spec))
+
     def deploy(
         self,
         *,

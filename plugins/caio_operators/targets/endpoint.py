@@ -23,6 +23,10 @@ class EndpointTarget:
 
     name = NAME
 
+    def deploy_run(self, spec: Any) -> Deployment:
+        """``deploy`` with a run's ``endpoint_url`` and ``protocol``."""
+        return self.deploy(url=spec.endpoint_url, protocol=spec.protocol)
+
     def deploy(
         self,
         *,

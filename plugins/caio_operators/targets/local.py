@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -38,6 +38,9 @@ from caio_operators.targets.local_server import (
 )
 from caio_operators.targets.protocols import HEALTH_PATH, predict_url
 from caio_operators.targets.scaling import SCALING_DIR, AutoscalingConfig
+
+if TYPE_CHECKING:
+    from caio_operators.spec import RunSpec
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,26 @@ class LocalTarget:
     """The local model server on 127.0.0.1, N replica processes behind one port."""
 
     name = NAME
+
+    def deploy_run(self, spec: RunSpec) -> LocalDeployment:
+        """``deploy`` with a run's params: its server folder, threads, batching, GPUs and
+        autoscaling."""
+        autoscaling = None
+        if spec.local_autoscaling:
+            autoscaling = AutoscalingConfig(
+                min_replicas=spec.min_replicas, max_replicas=spec.max_replicas,
+                target_pct=spec.autoscaling_target, up_window_s=spec.scale_up_window_s,
+                down_window_s=spec.scale_down_window_s)
+        return self.deploy(
+            model_uri=spec.model_uri, model_name=spec.model_name,
+            model_version=spec.model_version, replicas=spec.replicas,
+            server_dir=str(storage.local_path(spec.layout.server_dir)),
+            threads_per_replica=spec.server_threads,
+            # the server stops itself after this even if no teardown comes; the hours allow
+            # for its load waiting in the host pool behind other runs' loads
+            max_lifetime_s=spec.duration_s + 4 * 3600,
+            batch_max=spec.server_batch_max, batch_timeout_ms=spec.server_batch_timeout_ms,
+            gpus=spec.local_gpus, autoscaling=autoscaling)
 
     def deploy(
         self,

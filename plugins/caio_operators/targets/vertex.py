@@ -11,8 +11,8 @@ fails, and treats NotFound as already done. A deploy that fails cleans up after 
 Uses the Google provider's ``ModelServiceHook`` / ``EndpointServiceHook`` (imported
 lazily: the provider's clients are heavy). Tests inject hooks whose GAPIC clients are fakes.
 
-About 450 lines: the target's whole deploy/undeploy contract; `spec_kwargs` leaves with
-issue 13's Target.deploy step (each target then maps its own params).
+About 470 lines: the target's whole deploy/undeploy contract, with the mapping of a run's
+params (`deploy_run`, `spec_kwargs`).
 """
 
 from __future__ import annotations
@@ -212,6 +212,16 @@ class VertexTarget:
             operation=operation, timeout=int(self.operation_timeout_s), polling=polling)
 
     # -- deploy -------------------------------------------------------------------------
+
+    def deploy_run(self, spec: Any) -> dict[str, Any]:
+        """``deploy`` with a run's params (``spec_kwargs``). A signature other than the
+        default is sent to ``:rawPredict``: Vertex's ``:predict`` accepts only
+        ``{instances, parameters}`` and serves the default signature, while ``:rawPredict``
+        passes the TF Serving body (with ``signature_name``) through."""
+        deployed = dict(self.deploy(**spec_kwargs(spec)))
+        if spec.signature != "serving_default":
+            deployed["predict_url"] = deployed["predict_url"].replace(":predict", ":rawPredict")
+        return deployed
 
     def deploy(
         self,
