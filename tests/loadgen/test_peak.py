@@ -236,3 +236,17 @@ def test_stability_is_judged_on_the_median_when_windows_carry_it(peak_mod):
     assert [d.action for d in decisions] == ["hold", "hold", "done"]
     (verdict,) = search.history
     assert verdict.passed and verdict.latency_ms == (40 + 90 + 60) / 3  # mean SLO percentile
+
+
+def test_a_fast_models_latency_is_stable_within_a_millisecond(peak_mod):
+    """Medians of a 3-5 ms model move by more than 10% from timer noise alone (the e2e peak
+    search's windows: 3.79, 4.22, 4.64 ms); within LATENCY_FLOOR_MS they are one state."""
+    def w(p50):
+        return peak_mod.Window(throughput_rps=40, latency_ms=6.0, requests=80, median_ms=p50)
+
+    assert peak_mod.LATENCY_FLOOR_MS == 1.0
+    assert peak_mod.is_stable([w(3.79), w(4.22), w(4.64)], min_requests=80)  # 0.85 ms apart
+    assert not peak_mod.is_stable([w(3.0), w(4.22), w(4.64)], min_requests=80)  # 1.64 ms
+    # above 10 ms the relative tolerance is the wider one, as before
+    assert peak_mod.is_stable([w(20.0), w(21.0), w(21.9)], min_requests=80)
+    assert not peak_mod.is_stable([w(20.0), w(21.0), w(22.5)], min_requests=80)
