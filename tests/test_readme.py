@@ -9,7 +9,7 @@ import pytest
 from caio_testing import REPO, doc_commands
 
 from caio_operators.results.schema import schema_markdown
-from caio_operators.spec import param_schema
+from caio_operators.spec import param_schema, params_markdown
 
 README = (REPO / "README.md").read_text()
 DOCS = REPO / "docs"
@@ -24,10 +24,14 @@ def test_schema_section_matches_the_schema_module():
         "caio_operators.results.schema.schema_markdown()")
 
 
-def test_every_param_is_documented(tmp_path):
+def test_params_tables_match_the_declarations(tmp_path):
     text = (DOCS / "params.md").read_text()
+    section = re.search(r"<!-- params:start -->\n(.*)\n<!-- params:end -->", text, re.S)
+    assert section, "docs/params.md lost its params markers"
+    assert section.group(1).strip() == params_markdown().strip(), (
+        "docs/params.md params tables are stale: paste caio_operators.spec.params_markdown()")
     for name in param_schema(tmp_path, tmp_path):
-        assert f"`{name}`" in text, f"param {name} is missing from docs/params.md"
+        assert f"| `{name}` |" in section.group(1)
 
 
 def test_readme_opens_with_the_two_commands():

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: the GPU sample files' columns (one row per replica and device per second)
 SAMPLE_COLUMNS = ("ts", "replica", "device", "gpu_pct", "memory_used_mb", "memory_total_mb",
                   "power_w")
-#: the accepted values of ``local_gpus`` (checked in spec.py, parsed here)
+#: the accepted values of ``local_gpus`` (checked in spec/checks.py, parsed here)
 PATTERN = r"^(|none|all|[0-9]{1,2}(,[0-9]{1,2}){0,15})$"
 UNPINNED = ""
 BYTES_PER_MB = 2**20
