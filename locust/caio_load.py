@@ -39,7 +39,13 @@ LOGGING_SCOPES = ("https://www.googleapis.com/auth/logging.write",)
 MIN_LOG_INTERVAL_S = 1.0
 _PROJECT = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
 
+#: The version of the test config document this locustfile reads. The Airflow side writes
+#: it (loadgen/launch.make_config) and checks the document with parse_config below; bump it
+#: when a field changes meaning, so an older Locust image refuses a newer document.
+CONFIG_VERSION = 1
+
 _DEFAULTS: dict[str, Any] = {
+    "config_version": CONFIG_VERSION,
     "test_id": "",
     "project_id": "local",
     "model": "",
@@ -117,7 +123,8 @@ def origin(url: str) -> str:
     """``scheme://host[:port]`` of a URL (Locust's ``--host``)."""
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ConfigError(f"predict_url {url!r} must be an absolute http(s) URL")
+        raise ConfigError(f"predict_url {url!r} must be an absolute http(s) URL, "
+                          "e.g. http://127.0.0.1:8501/v1/models/m:predict")
     return f"{parsed.scheme}://{parsed.netloc}"
 
 
@@ -136,6 +143,14 @@ def parse_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise ConfigError("the test config must be a JSON object")
     cfg = {**_DEFAULTS, **raw}
+    version = cfg["config_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"config.config_version is {version!r}; it must be an integer >= 1")
+    if version > CONFIG_VERSION:
+        raise ConfigError(
+            f"config.config_version is {version}, newer than this locustfile reads "
+            f"({CONFIG_VERSION}): build the Locust image from the caio-bench release that "
+            "wrote the config (locust/Dockerfile)")
     for name in ("predict_url", "payload_uri", "output_uri"):
         if not isinstance(cfg.get(name), str) or not cfg[name]:
             raise ConfigError(f"config.{name} is missing; it must be a non-empty string")

@@ -28,7 +28,8 @@ def _config(**overrides):
 def test_build_config_shape_and_defaults():
     cfg = _config(project_id="proj", model="resnet", version="v1", think_time_s=0.5)
     assert cfg == {
-        "test_id": "run-1", "project_id": "proj", "model": "resnet", "version": "v1",
+        "config_version": 1, "test_id": "run-1", "project_id": "proj", "model": "resnet",
+        "version": "v1",
         "protocol": "caip", "predict_url": URL, "signature": "serving_preprocess",
         "payload_uri": "file:///b/runs/r/load/payload.json", "output_uri": "file:///b/runs/r/load",
         "shape": {"kind": "staircase", "users": 8, "spawn_rate": 4.0, "duration_s": 80.0,
@@ -84,18 +85,40 @@ def test_rate_profiles_and_peak_search_configs(caio_load_mod):
         "min_requests": 50}
     for cfg in (stairs, spike, peak):  # what the locustfile accepts
         assert caio_load_mod.parse_config(cfg)["shape"] == cfg["shape"]
-    with pytest.raises(ValueError, match="spike_rate is None; rate_profile=spike needs it"):
+    with pytest.raises(ValueError, match=r"shape\.spike_rate is None; it must be a number"):
         _config(load_shape="open_rate", rate_profile={"rate_profile": "spike"})
     with pytest.raises(ValueError, match="rate_profile is 'ramp'"):
         _config(load_shape="open_rate", rate_profile={"rate_profile": "ramp"})
     with pytest.raises(ValueError, match=r"unknown peak settings \['slo'\]"):
         _config(load_shape="peak_search", peak={"slo": 1})
-    with pytest.raises(ValueError, match="slo_percentile in"):
+    with pytest.raises(ValueError, match=r"shape\.slo_percentile is 100\.0; it must be"):
         _config(load_shape="peak_search", peak={"slo_percentile": 100})
     with pytest.raises(caio_load_mod.ConfigError, match=r"shape\.slo_ms"):
         caio_load_mod.parse_config({**peak, "shape": {**peak["shape"], "slo_ms": 0}})
     with pytest.raises(caio_load_mod.ConfigError, match=r"shape\.step_rate"):
         caio_load_mod.parse_config({**stairs, "shape": {**stairs["shape"], "step_rate": -5}})
+
+
+def test_a_newer_config_version_is_refused_by_an_older_locustfile(caio_load_mod):
+    """A GKE Locust image built from an older release must not misread a newer document."""
+    cfg = _config()
+    with pytest.raises(caio_load_mod.ConfigError, match="config_version is 2, newer than"):
+        caio_load_mod.parse_config({**cfg, "config_version": caio_load_mod.CONFIG_VERSION + 1})
+    assert caio_load_mod.parse_config({k: v for k, v in cfg.items()
+                                       if k != "config_version"})["config_version"] == 1
+
+
+def test_the_params_and_the_locust_side_declare_the_same_choices(caio_load_mod):
+    """The config document is the process boundary: the Locust side keeps its own tuples
+    of choices, and they must be the params' (spec.declare)."""
+    from caio_operators import spec
+
+    shapes = sys.modules["shapes"]
+    assert set(caio_load_mod.PROTOCOLS) == set(spec.PROTOCOLS)
+    assert set(caio_load_mod.SIGNATURES) == set(spec.SIGNATURES)
+    assert (shapes.KINDS, shapes.ARRIVALS, shapes.RATE_PROFILES) == (
+        spec.LOAD_SHAPES, spec.ARRIVALS, spec.RATE_PROFILES)
+    assert shapes.OPEN_LOOP == spec.OPEN_LOOP_SHAPES
 
 
 def test_build_config_is_what_the_locustfile_accepts(caio_load_mod):
@@ -109,7 +132,7 @@ def test_build_config_is_what_the_locustfile_accepts(caio_load_mod):
     [
         ({"protocol": "grpc"}, "protocol is 'grpc'; use one of caip, vertex, tfserving"),
         ({"signature": "predict"}, "signature is 'predict'"),
-        ({"load_shape": "ramp"}, "load_shape is 'ramp'"),
+        ({"load_shape": "ramp"}, "shape.kind is 'ramp'"),
         ({"users": 0}, "users is 0"),
         ({"duration_s": -1}, "duration_s is -1"),
         ({"think_time_s": -0.1}, "think_time_s is -0.1"),

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlparse
 
 from caio_operators import storage
+from caio_operators.loadgen.locust_config import check_config, config_version, origin
 
-PROTOCOLS = ("caip", "vertex", "tfserving")
-SIGNATURES = ("serving_default", "serving_preprocess")
-LOAD_SHAPES = ("constant", "staircase", "open_rate", "peak_search")
-ARRIVALS = ("constant", "poisson")
-RATE_PROFILES = ("constant", "staircase", "spike")
 DEFAULT_MASTER_PORT = 5557
 
 
@@ -66,15 +61,6 @@ class LaunchSpec:
 def locust_command(python: str) -> list[str]:
     """``<python> -m locust``: the interpreter whose environment has locust installed."""
     return [python, "-m", "locust"]
-
-
-def origin(url: str) -> str:
-    """``scheme://host[:port]`` of ``url`` (Locust's ``--host``)."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise ValueError(f"predict_url {url!r} must be an absolute http(s) URL, "
-                         "e.g. http://127.0.0.1:8501/v1/models/m:predict")
-    return f"{parsed.scheme}://{parsed.netloc}"
 
 
 def master_argv(
@@ -232,8 +218,9 @@ def make_config(
     peak: Mapping[str, Any] | None = None,
     record_sample: float = 1.0,
 ) -> dict[str, Any]:
-    """The test config the locustfile reads (``--caio-config``). Raises ``ValueError`` naming
-    the first bad argument.
+    """The test config the locustfile reads (``--caio-config``), checked by the locustfile's
+    own ``parse_config`` (``loadgen.locust_config``). Raises ``ValueError`` naming the first
+    bad field.
 
     ``load_shape="open_rate"`` sends ``rate`` req/s (``arrivals`` constant or poisson) with
     at most ``max_in_flight`` requests in flight per worker; ``users``, ``spawn_rate`` and
@@ -242,44 +229,23 @@ def make_config(
     "spike_rate", "spike_start_s", "spike_duration_s"}``; default constant. Its shape gets
     ``drain_s`` (the request timeout, at most 3 s) after ``duration_s`` for the last
     requests to complete. ``load_shape="peak_search"`` starts at ``rate`` with ``peak``
-    settings ``slo_ms``, ``slo_percentile``, ``max_error_rate``, ``max_rate`` (0: none),
-    ``precision``, ``window_s``, ``min_requests`` (see ``locust/caio_peak.py``).
-    ``record_sample``: the share of successful requests kept as raw records (failures are
-    all kept; the workers' histograms count every request)."""
-    origin(predict_url)
-    _one_of("protocol", protocol, PROTOCOLS)
-    _one_of("signature", signature, SIGNATURES)
-    _one_of("load_shape", load_shape, LOAD_SHAPES)
-    for name, value in (("users", users), ("spawn_rate", spawn_rate),
-                        ("duration_s", duration_s), ("step_users", step_users),
-                        ("step_duration_s", step_duration_s),
-                        ("flush_interval_s", flush_interval_s),
-                        ("request_timeout_s", request_timeout_s),
-                        ("instances_per_request", instances_per_request)):
-        if value <= 0:
-            raise ValueError(f"{name} is {value!r}; it must be > 0")
-    if think_time_s < 0:
-        raise ValueError(f"think_time_s is {think_time_s!r}; it must be >= 0")
-    _one_of("arrivals", arrivals, ARRIVALS)
-    if not 0 < rate <= 100_000:
-        raise ValueError(f"rate is {rate!r}; it must be > 0 and <= 100000 req/s")
-    if not 1 <= max_in_flight <= 100_000:
-        raise ValueError(f"max_in_flight is {max_in_flight!r}; it must be 1..100000")
-    if not 0 < record_sample <= 1:
-        raise ValueError(f"record_sample is {record_sample!r}; it must be in (0, 1]")
-    shape: dict[str, Any] = {"kind": load_shape, "users": int(users),
-                             "spawn_rate": float(spawn_rate), "duration_s": float(duration_s)}
+    settings (``PEAK_SETTINGS``; the ones not given take the run params' defaults; see
+    ``locust/caio_peak.py``). ``record_sample``: the share of successful requests kept as
+    raw records (failures are all kept; the workers' histograms count every request)."""
+    shape: dict[str, Any] = {"kind": load_shape, "users": _int(users),
+                             "spawn_rate": _float(spawn_rate), "duration_s": _float(duration_s)}
     if load_shape in ("open_rate", "peak_search"):
-        shape = {"kind": load_shape, "rate": float(rate), "arrivals": arrivals,
-                 "max_in_flight": int(max_in_flight), "duration_s": float(duration_s),
-                 "drain_s": min(float(request_timeout_s), 3.0)}
+        shape = {"kind": load_shape, "rate": _float(rate), "arrivals": arrivals,
+                 "max_in_flight": _int(max_in_flight), "duration_s": _float(duration_s),
+                 "drain_s": min(_float(request_timeout_s), 3.0)}
     if load_shape == "open_rate":
         shape.update(_rate_profile(dict(rate_profile or {}), step_duration_s))
     if load_shape == "peak_search":
         shape.update(_peak_settings(dict(peak or {})))
     if load_shape == "staircase":
-        shape.update(step_users=int(step_users), step_duration_s=float(step_duration_s))
-    return {
+        shape.update(step_users=_int(step_users), step_duration_s=_float(step_duration_s))
+    return check_config({
+        "config_version": config_version(),
         "test_id": test_id,
         "project_id": project_id,
         "model": model,
@@ -290,47 +256,55 @@ def make_config(
         "payload_uri": payload_uri,
         "output_uri": output_uri,
         "shape": shape,
-        "think_time_s": float(think_time_s),
-        "flush_interval_s": float(flush_interval_s),
-        "request_timeout_s": float(request_timeout_s),
-        "instances_per_request": int(instances_per_request),
-        "record_sample": float(record_sample),
-    }
+        "think_time_s": _float(think_time_s),
+        "flush_interval_s": _float(flush_interval_s),
+        "request_timeout_s": _float(request_timeout_s),
+        "instances_per_request": _int(instances_per_request),
+        "record_sample": _float(record_sample),
+    })
+
+
+def _float(value: Any) -> Any:
+    """A number as a float, anything else as it is (for the check to name)."""
+    return float(value) if _is_number(value) else value
+
+
+def _int(value: Any) -> Any:
+    return int(value) if _is_number(value) else value
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float)
 
 
 def _rate_profile(profile: dict[str, Any], step_duration_s: float) -> dict[str, Any]:
     kind = profile.get("rate_profile", "constant")
-    _one_of("rate_profile", kind, RATE_PROFILES)
-    needs = {"constant": (), "staircase": ("step_rate",),
-             "spike": ("spike_rate", "spike_start_s", "spike_duration_s")}[kind]
+    needs = {"staircase": ("step_rate",),
+             "spike": ("spike_rate", "spike_start_s", "spike_duration_s")}.get(kind, ())
     out: dict[str, Any] = {"rate_profile": kind}
-    for name in needs:
-        value = profile.get(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ValueError(f"{name} is {value!r}; rate_profile={kind} needs it > 0")
-        out[name] = float(value)
+    out.update({name: _float(profile.get(name)) for name in needs})
     if kind == "staircase":
-        out["step_duration_s"] = float(step_duration_s)
+        out["step_duration_s"] = _float(step_duration_s)
     return out
 
 
-PEAK_DEFAULTS = {"slo_ms": 500.0, "slo_percentile": 99.0, "max_error_rate": 0.01,
-                 "max_rate": 0.0, "precision": 0.05, "window_s": 5.0, "min_requests": 50}
+#: A peak search's settings in the config document -> the run params they come from (the
+#: params' declarations hold their defaults).
+PEAK_SETTINGS = {"slo_ms": "slo_ms", "slo_percentile": "slo_percentile",
+                 "max_error_rate": "max_error_rate", "max_rate": "max_rate",
+                 "precision": "peak_precision", "window_s": "window_s",
+                 "min_requests": "min_requests"}
 
 
 def _peak_settings(peak: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(peak) - set(PEAK_DEFAULTS))
+    from caio_operators.spec import RunSpec
+
+    unknown = sorted(set(peak) - set(PEAK_SETTINGS))
     if unknown:
-        raise ValueError(f"unknown peak settings {unknown}; use {', '.join(PEAK_DEFAULTS)}")
-    out = {**PEAK_DEFAULTS, **peak}
-    for name, value in out.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ValueError(f"peak {name} is {value!r}; it must be a number >= 0")
-    if not (out["slo_ms"] > 0 and 0 < out["slo_percentile"] < 100):
-        raise ValueError("peak slo_ms must be > 0 and slo_percentile in (0, 100)")
-    if not 0 < out["precision"] <= 1 or out["max_error_rate"] > 1 or not out["window_s"] > 0:
-        raise ValueError("peak precision must be in (0, 1], max_error_rate <= 1, window_s > 0")
-    return {k: float(v) if k != "min_requests" else int(v) for k, v in out.items()}
+        raise ValueError(f"unknown peak settings {unknown}; use {', '.join(PEAK_SETTINGS)}")
+    defaults = {f.name: f.default for f in fields(RunSpec)}
+    out = {name: peak.get(name, defaults[param]) for name, param in PEAK_SETTINGS.items()}
+    return {k: _int(v) if k == "min_requests" else _float(v) for k, v in out.items()}
 
 
 def build_config(spec: Any, deployment: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
@@ -353,10 +327,7 @@ def build_config(spec: Any, deployment: Mapping[str, Any], **overrides: Any) -> 
         "rate_profile": {"rate_profile": spec.rate_profile, "step_rate": spec.step_rate,
                          "spike_rate": spec.spike_rate, "spike_start_s": spec.spike_start_s,
                          "spike_duration_s": spec.spike_duration_s},
-        "peak": {"slo_ms": spec.slo_ms, "slo_percentile": spec.slo_percentile,
-                 "max_error_rate": spec.max_error_rate, "max_rate": spec.max_rate,
-                 "precision": spec.peak_precision, "window_s": spec.window_s,
-                 "min_requests": spec.min_requests},
+        "peak": {name: getattr(spec, param) for name, param in PEAK_SETTINGS.items()},
         "record_sample": spec.record_sample,
     }
     kwargs.update(overrides)
@@ -366,8 +337,3 @@ def build_config(spec: Any, deployment: Mapping[str, Any], **overrides: Any) -> 
 def write_config(uri: str, config: Mapping[str, Any]) -> str:
     """Write the test config JSON atomically; returns ``uri``."""
     return storage.write_text(uri, json.dumps(dict(config), indent=2, sort_keys=True))
-
-
-def _one_of(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} is {value!r}; use one of {', '.join(allowed)}")

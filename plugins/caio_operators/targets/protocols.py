@@ -34,7 +34,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-PROTOCOLS = ("caip", "vertex", "tfserving")
+from caio_operators.spec.declare import PROTOCOLS
+
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_LOCATION = "us-central1"
 
