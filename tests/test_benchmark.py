@@ -82,3 +82,13 @@ def test_an_autoscaled_local_server_is_its_own_benchmark():
     fields = benchmark_fields(autoscaled)
     assert fields["local_autoscaling"] is True and fields["max_replicas"] == 3
     assert fields["scale_up_window_s"] == 5
+
+
+def test_a_longer_request_timeout_is_another_benchmark_and_the_default_changes_nothing():
+    """``request_timeout_s`` decides which slow answers count as failures. Runs from before
+    it was a param, and runs that keep its default (30 s), keep the fingerprint they had."""
+    before = bm.fingerprint(bm.benchmark_fields(LOCAL, PROV))
+    default = bm.fingerprint(bm.benchmark_fields({**LOCAL, "request_timeout_s": 30.0}, PROV))
+    longer = bm.benchmark_fields({**LOCAL, "request_timeout_s": 120.0}, PROV)
+    assert default == before
+    assert longer["request_timeout_s"] == 120 and bm.fingerprint(longer) != before

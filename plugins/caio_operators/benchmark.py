@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from caio_operators.spec.runspec import RunSpec
+
 #: model identity: differs between versions by design, must match within one version
 IDENTITY = ("model_source", "endpoint_url")
 
@@ -85,6 +87,8 @@ def benchmark_fields(params: Mapping[str, Any], provenance: Mapping[str, Any] | 
         names += _LOCAL_AUTOSCALING
     if shape == "open_rate":
         names += _RATE_PROFILE.get(str(params.get("rate_profile") or ""), ())
+    if params.get("request_timeout_s", RunSpec.request_timeout_s) != RunSpec.request_timeout_s:
+        names.append("request_timeout_s")  # the default keeps the fingerprint it had
     out = {name: _norm(params.get(name)) for name in dict.fromkeys(names)}
     if target == "local":
         out[HOST] = host_of(provenance)

@@ -225,7 +225,8 @@ def _run_spec(tmp_path, **params):
 
 def test_build_config_for_a_run(tmp_path, caio_load_mod):
     spec = _run_spec(tmp_path, users=6, workers=2, load_shape="constant", duration_s=30,
-                     signature="serving_default", instances_per_request=4)
+                     signature="serving_default", instances_per_request=4,
+                     request_timeout_s=12.5)
     deployment = {"target": "local", "protocol": "caip", "predict_url": URL,
                   "base_url": "http://127.0.0.1:8501", "health_url": ""}
     cfg = launch.build_config(spec, deployment)
@@ -236,6 +237,7 @@ def test_build_config_for_a_run(tmp_path, caio_load_mod):
     assert cfg["output_uri"] == spec.layout.load_dir
     assert cfg["shape"] == {"kind": "constant", "users": 6, "spawn_rate": spec.spawn_rate,
                             "duration_s": 30.0}
+    assert cfg["request_timeout_s"] == 12.5
     assert caio_load_mod.parse_config(cfg)["test_id"] == spec.run_id
 
 

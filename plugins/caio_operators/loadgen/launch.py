@@ -328,7 +328,7 @@ def build_config(spec: Any, deployment: Mapping[str, Any], **overrides: Any) -> 
                          "spike_rate": spec.spike_rate, "spike_start_s": spec.spike_start_s,
                          "spike_duration_s": spec.spike_duration_s},
         "peak": {name: getattr(spec, param) for name, param in PEAK_SETTINGS.items()},
-        "record_sample": spec.record_sample,
+        "record_sample": spec.record_sample, "request_timeout_s": spec.request_timeout_s,
     }
     kwargs.update(overrides)
     return make_config(**kwargs)

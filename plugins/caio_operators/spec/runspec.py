@@ -230,6 +230,13 @@ class RunSpec:
         "would exceed it is dropped and counted as a failure.",
         minimum=1, maximum=100000,
     )
+    request_timeout_s: float = param(
+        LOAD, 30.0, "Request timeout (s)",
+        "How long a request may wait for its answer before it counts as a failed request "
+        "(a timeout); also how long a closed-loop test lets its last requests finish. The "
+        "open loop drains this long after duration_s, at most 3 s.",
+        minimum=0.1, maximum=600,
+    )
     record_sample: float = param(
         LOAD, 1.0, "Raw records kept",
         "Share of successful requests kept as raw records (failures are all kept). Counts, "
