@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from caio_operators.results.stats import _rank
+from caio_operators.results.stats import nearest_rank
 
 PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0}
 N_RESAMPLES = 2000
@@ -94,7 +94,7 @@ def percentile(sorted_values: np.ndarray, q: float) -> float:
     """Nearest-rank percentile of an already sorted array (NaN when empty)."""
     if sorted_values.size == 0:
         return math.nan
-    return float(sorted_values[_rank(q, sorted_values.size) - 1])
+    return float(sorted_values[nearest_rank(q, sorted_values.size) - 1])
 
 
 def bootstrap_percentile(values: np.ndarray, q: float, n_resamples: int,
@@ -105,7 +105,7 @@ def bootstrap_percentile(values: np.ndarray, q: float, n_resamples: int,
     n = x.size
     if n == 0:
         return np.full(n_resamples, np.nan)
-    r = int(_rank(q, n))
+    r = int(nearest_rank(q, n))
     u = rng.beta(r, n - r + 1, size=n_resamples)
     index = np.clip(np.ceil(u * n).astype(np.int64), 1, n) - 1
     return x[index]

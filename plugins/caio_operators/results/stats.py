@@ -32,7 +32,8 @@ SATURATED_CPU_PCT = 90.0
 MAX_SATURATED_SHARE = 0.10
 
 
-def _rank(q: float, n: np.ndarray | int) -> np.ndarray:
+def nearest_rank(q: float, n: np.ndarray | int) -> np.ndarray:
+    """The 1-based nearest rank of percentile ``q`` among ``n`` values (1 when n is 0)."""
     # round before ceil so that e.g. 99.9 * 1000 / 100 = 999.0000000000001 stays 999
     rank = np.ceil(np.round(np.asarray(n, dtype=float) * q / 100.0, 9)).astype(np.int64)
     return np.clip(rank, 1, np.maximum(np.asarray(n, dtype=np.int64), 1))
@@ -50,9 +51,9 @@ def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 90, 95, 99, 
     if arr.size == 0:
         return {float(q): math.nan for q in qs}
     # a partial sort puts exactly the value of each rank in place: O(n), not a full sort
-    kth = sorted({int(k) - 1 for k in (_rank(q, arr.size) for q in qs)})
+    kth = sorted({int(k) - 1 for k in (nearest_rank(q, arr.size) for q in qs)})
     part = np.partition(arr, kth)
-    return {float(q): float(part[_rank(q, arr.size) - 1]) for q in qs}
+    return {float(q): float(part[nearest_rank(q, arr.size) - 1]) for q in qs}
 
 
 def epoch_seconds(ts: pd.Series) -> np.ndarray:
@@ -157,7 +158,7 @@ def _binned_percentiles(bins: np.ndarray, values: np.ndarray, qs: Sequence[float
     starts = np.concatenate(([0], cuts))
     ends = np.concatenate((cuts, [b.size]))
     counts = ends - starts
-    ranks = [_rank(q, counts) - 1 for q in qs]
+    ranks = [nearest_rank(q, counts) - 1 for q in qs]
     for i, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
         kth = [int(r[i]) for r in ranks]
         part = np.partition(v[start:end], sorted(set(kth)))
