@@ -96,7 +96,7 @@ class Context:
         if caio_load.needs_google_auth(cfg["predict_url"]):
             self.token = caio_cloud.TokenRefresher()
             self.token.start()
-        gevent.spawn(self._cpu_loop)
+        gevent.spawn(self._cpu_loop, self.cpu)
         gevent.spawn(self._flush_loop, float(cfg["flush_interval_s"]))
         self.ready.set()
         log.info("caio: worker %s ready: %d request bodies, records to %s", worker,
@@ -167,10 +167,10 @@ class Context:
                 log.info("caio: worker %s wrote %d %s in %d files%s", buffer.worker,
                          buffer.written, what, buffer.seq, lost)
 
-    def _cpu_loop(self) -> None:
+    def _cpu_loop(self, cpu: caio_cpu.CpuBuffer) -> None:
         # a late wake-up (a busy worker) only lengthens the window: CPU % divides by wall time
         while True:
-            self.cpu.sample(time.time(), time.process_time())
+            cpu.sample(time.time(), time.process_time())
             gevent.sleep(CPU_SAMPLE_S)
 
     def _flush_loop(self, interval_s: float) -> None:

@@ -140,7 +140,7 @@ class OpenLoop:
 
     def _send(self, intended_perf: float, intended_wall: float, n: int) -> None:
         ctx = self.ctx
-        body = ctx.bodies[n % len(ctx.bodies)]
+        body: Any = ctx.bodies[n % len(ctx.bodies)]  # bytes: locust's post() types str | dict
         try:
             with self.session.post(self.url, data=body, headers=ctx.headers(), name=self.label,
                                    context=self.context, catch_response=True) as response:

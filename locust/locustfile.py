@@ -229,7 +229,7 @@ class PredictUser(FastHttpUser):
     @task
     def predict(self) -> None:
         bodies = self.ctx.bodies
-        body = bodies[self.index]
+        body: Any = bodies[self.index]  # bytes: locust's post() types str | dict, sends bytes
         self.index = (self.index + 1) % len(bodies)
         with self.client.post(self.url, data=body, headers=self.ctx.headers(),
                               name=self.label, context=self.context_,
@@ -277,6 +277,7 @@ class ConfigShape(LoadTestShape):
         if not self.clock_started:  # the shape and the open-loop schedule start together
             self.clock_started = True
             self.reset_time()
+            assert self.runner is not None  # tick() runs under a runner
             _send_t0(self.runner.environment, ctx)
         tick = shapes.tick(shape, self.get_run_time(), workers=ctx.workers)
         if tick is None:

@@ -96,7 +96,7 @@ def tick(shape: Mapping[str, Any], run_time: float, workers: int = 1) -> Tick:
 
 def _number(shape: Mapping[str, Any], name: str, *, minimum: float = 0.0,
             inclusive: bool = False, maximum: float | None = None) -> None:
-    value = shape.get(name)
+    value: Any = shape.get(name)
     ok = not isinstance(value, bool) and isinstance(value, int | float) and (
         value >= minimum if inclusive else value > minimum)
     if ok and maximum is not None:

@@ -17,8 +17,8 @@ PostgreSQL. Ports are checked before anything starts. PostgreSQL refuses to run 
 as root it runs in a user namespace as an unprivileged id (``unshare``), which sees the
 home's files as its own.
 
-About 560 lines, one unit: one deployment's life (config, start, health, stop) and the
-process-group and port checks it alone uses; the command line is its last 40 lines.
+Why one module: one deployment's life (config, start, health, stop) and the process-group
+and port checks that it alone uses (about 560 lines; the command line is the last 40).
 """
 
 from __future__ import annotations

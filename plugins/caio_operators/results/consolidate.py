@@ -9,18 +9,16 @@ the ``worker_cpu_pct`` series and the runs' ``max_worker_cpu_pct`` and
 ``generator_saturated``; a saturated generator makes a successful run ``degraded``, since
 its latencies then describe the generator rather than the target.
 
-About 530 lines in four sections (records, timeseries, histogram latencies, the runs row)
-that all feed `build_tables`; left whole while the autoscaler branch may add series
-to it (a split is a clean follow-up along those section lines).
+Here: the records (``requests``) and the ``runs`` row; the ``timeseries`` table is
+``series.py``'s, and ``histogram_tables.py`` swaps in the histograms' latencies.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,8 +27,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from caio_operators import benchmark
-from caio_operators.results import hdr, stats
 from caio_operators.results import schema as sc
+from caio_operators.results import stats
+from caio_operators.results.series import replica_name, timeseries_table, utc_index
 
 #: run fields taken from ``meta`` as they are (strings / ints)
 META_STRINGS = ("dag_id", "target", "protocol", "model_name", "model_version",
@@ -39,7 +38,6 @@ META_INTS = ("users", "workers", "replicas")
 META_FIELDS = ("run_id", *META_STRINGS, *META_INTS, "status", "reason", "started_at",
                "ended_at", "provenance", "params", "harvested_at")
 
-_TS_COLS = ["ts", "metric", "dimension", "value"]
 #: rows per batch of the streamed ``requests`` table (a Parquet row group each)
 REQUEST_BATCH_ROWS = 1 << 20
 _RECORD_TYPES = {"ts": pa.float64(), "latency_ms": pa.float64(), "ok": pa.bool_(),
@@ -70,8 +68,8 @@ def build_tables(meta: Mapping[str, Any], client: pd.DataFrame | pa.Table,
     worker_cpu = _clean_worker_cpu(worker_cpu)
     requests = _requests_table(run_id, client_rec, server_rec)
     slo_ms = run_slo_ms(meta.get("params"))
-    timeseries = _timeseries_table(run_id, client, server, samples, locust_history, interval_s,
-                                   worker_cpu, slo_ms)
+    timeseries = timeseries_table(run_id, client, server, samples, locust_history, interval_s,
+                                  worker_cpu, slo_ms)
     runs = _runs_table(meta, client, server, samples, worker_cpu, slo_ms)
     return {
         "runs": sc.conform("runs", runs),
@@ -162,22 +160,6 @@ def _clean_worker_cpu(df: pd.DataFrame | None) -> pd.DataFrame:
     return df[df["ts"].notna() & df["worker"].notna() & df["cpu_percent"].notna()]
 
 
-def worker_name(value: Any) -> str:
-    """A worker id -> its timeseries dimension 'worker-<id>'."""
-    return f"worker-{value}"
-
-
-def _utc(epoch_s: pd.Series | np.ndarray) -> pd.DatetimeIndex:
-    micros = np.round(np.asarray(epoch_s, dtype=float) * 1e6).astype("int64")
-    return pd.to_datetime(micros, unit="us", utc=True)
-
-
-def replica_name(value: Any) -> str:
-    """'3' -> 'replica-3'; names that are already labels pass through."""
-    text = str(value)
-    return f"replica-{text}" if text.isdigit() else text
-
-
 def _requests_table(run_id: str, client: pa.Table, server: pa.Table) -> sc.BatchedTable:
     """The ``requests`` rows, made batch by batch from the record tables."""
     sources = []
@@ -238,190 +220,6 @@ def _text(col: pa.ChunkedArray) -> pa.Array:
     return _combined(col).cast(pa.string())
 
 
-# --- timeseries ---------------------------------------------------------------------------
-
-def _long(frame: pd.DataFrame, mapping: Mapping[str, str], dimension: str | pd.Series
-          ) -> pd.DataFrame:
-    """Wide per-interval frame -> long rows (ts, metric, dimension, value)."""
-    parts = []
-    for col, metric in mapping.items():
-        parts.append(pd.DataFrame({"ts": frame["ts"].to_numpy(dtype=float), "metric": metric,
-                                   "dimension": dimension, "value": frame[col].to_numpy(float)}))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=_TS_COLS)
-
-
-def _client_series(client: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
-    if client.empty:
-        return []
-    mapping = {"p50_ms": sc.CLIENT_LATENCY_P50_MS, "p95_ms": sc.CLIENT_LATENCY_P95_MS,
-               "p99_ms": sc.CLIENT_LATENCY_P99_MS, "request_rate_rps": sc.REQUEST_RATE_RPS,
-               "failure_rate_rps": sc.FAILURE_RATE_RPS}
-    out = [_long(stats.interval_stats(client, interval_s), mapping, sc.DIMENSION_ALL)]
-    signatures = client["signature"].dropna().unique()
-    if len(signatures) > 1:  # a mixed payload: also one series per signature
-        for signature in sorted(signatures):
-            part = client[client["signature"] == signature]
-            out.append(_long(stats.interval_stats(part, interval_s), mapping, str(signature)))
-    return out
-
-
-def _goodput_series(client: pd.DataFrame, slo_ms: float | None, interval_s: float
-                    ) -> list[pd.DataFrame]:
-    if client.empty or slo_ms is None:
-        return []
-    return [_long(stats.interval_goodput(client, slo_ms, interval_s),
-                  {"goodput_rps": sc.GOODPUT_RPS}, sc.DIMENSION_ALL)]
-
-
-#: the open-loop generator's error text of a send it dropped (locust/caio_openloop.py)
-DROPPED_PREFIX = "dropped:"
-#: ... and of one dropped because max_in_flight requests were already in flight
-DROPPED_CAP_TEXT = "already in flight"
-
-
-def _dropped_series(client: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
-    """Sends an open-loop generator dropped, per interval of their intended send time and
-    per cause; nothing when none was dropped (closed-loop runs never drop)."""
-    if client.empty:
-        return []
-    errors = client["error"].astype("string")
-    dropped = errors.str.startswith(DROPPED_PREFIX, na=False).to_numpy(bool)
-    if not dropped.any():
-        return []
-    cap = errors.str.contains(DROPPED_CAP_TEXT, regex=False, na=False).to_numpy(bool)
-    out = []
-    for dimension, mask in (("late", dropped & ~cap), ("in_flight_cap", dropped & cap)):
-        if mask.any():
-            # every interval from the first request to the last, zero where none dropped
-            counts = stats.interval_stats(client.assign(ok=~mask), interval_s)
-            out.append(_long(counts, {"failure_rate_rps": sc.DROPPED_RPS}, dimension))
-    return out
-
-
-def _server_series(server: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
-    if server.empty:
-        return []
-    mapping = {"p50_ms": sc.SERVER_LATENCY_P50_MS, "p95_ms": sc.SERVER_LATENCY_P95_MS,
-               "p99_ms": sc.SERVER_LATENCY_P99_MS,
-               "request_rate_rps": sc.SERVER_REQUEST_RATE_RPS}
-    return [_long(stats.interval_stats(server, interval_s), mapping, sc.DIMENSION_ALL)]
-
-
-def _sample_series(samples: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
-    if samples.empty:
-        return []
-    samples = samples[samples["ts"].notna()].assign(
-        replica=samples["replica"].map(replica_name, na_action="ignore"))
-    out = []
-    for value, metric in (("cpu_percent", sc.CPU_UTILIZATION_PCT),
-                          ("rss_mb", sc.MEMORY_MB)):
-        agg = stats.interval_aggregate(samples, value, interval_s, by="replica", how="mean")
-        out.append(pd.DataFrame({"ts": agg["ts"], "metric": metric,
-                                 "dimension": agg["replica"], "value": agg["value"]}))
-    bins = np.floor(samples["ts"].to_numpy(float) / interval_s) * interval_s
-    replicas = samples.assign(ts=bins).groupby("ts")["replica"].nunique().reset_index()
-    out.append(pd.DataFrame({"ts": replicas["ts"], "metric": sc.REPLICAS,
-                             "dimension": sc.DIMENSION_ALL,
-                             "value": replicas["replica"].astype(float)}))
-    return out
-
-
-def _worker_series(worker_cpu: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
-    if worker_cpu.empty:
-        return []
-    agg = stats.interval_aggregate(worker_cpu, "cpu_percent", interval_s, by="worker",
-                                   how="mean")
-    return [pd.DataFrame({"ts": agg["ts"], "metric": sc.WORKER_CPU_PCT,
-                          "dimension": agg["worker"].map(worker_name), "value": agg["value"]})]
-
-
-def _users_series(history: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
-    if history.empty:
-        return []
-    rows = history[history["name"] == "Aggregated"] if "name" in history else history
-    rows = rows[rows["ts"].notna() & rows["users"].notna()].sort_values("ts", kind="stable")
-    if rows.empty:
-        return []
-    agg = stats.interval_aggregate(rows, "users", interval_s, how="last")
-    return [pd.DataFrame({"ts": agg["ts"], "metric": sc.USERS, "dimension": sc.DIMENSION_ALL,
-                          "value": agg["value"]})]
-
-
-def _timeseries_table(run_id: str, client, server, samples, history, interval_s: float,
-                      worker_cpu: pd.DataFrame, slo_ms: float | None = None) -> pd.DataFrame:
-    parts = [
-        *_client_series(client, interval_s),
-        *_goodput_series(client, slo_ms, interval_s),
-        *_dropped_series(client, interval_s),
-        *_server_series(server, interval_s),
-        *_sample_series(samples, interval_s),
-        *_users_series(history, interval_s),
-        *_worker_series(worker_cpu, interval_s),
-    ]
-    parts = [p for p in parts if not p.empty]
-    if not parts:
-        return sc.empty_frame("timeseries")
-    long = pd.concat(parts, ignore_index=True)
-    long = long[long["value"].notna()]  # an idle interval has no latency: unknown, not zero
-    long = long.sort_values(["metric", "dimension", "ts"], kind="stable", ignore_index=True)
-    return pd.DataFrame({"run_id": run_id, "ts": _utc(long["ts"]), "metric": long["metric"],
-                         "dimension": long["dimension"].astype("str"),
-                         "value": long["value"].astype(float)})
-
-
-# --- latency from histograms -------------------------------------------------------------
-
-#: client latency series that histograms (when a run has them) provide instead of raw records
-HISTOGRAM_SERIES = {"p50_ms": sc.CLIENT_LATENCY_P50_MS, "p95_ms": sc.CLIENT_LATENCY_P95_MS,
-                    "p99_ms": sc.CLIENT_LATENCY_P99_MS}
-#: runs columns that histograms provide (``mean_ms`` stays the exact mean of the records)
-HISTOGRAM_FIGURES = (*stats.SUMMARY_PERCENTILES, "max_ms")
-
-
-def apply_histograms(tables: Mapping[str, pd.DataFrame],
-                     records: Sequence[hdr.HistogramRecord],
-                     interval_s: float = sc.DEFAULT_INTERVAL_S) -> dict[str, pd.DataFrame]:
-    """``tables`` with the client latency percentiles taken from the workers' merged HDR
-    histograms: the ``runs`` figures (p50..p999, max) and the per-interval
-    ``client_latency_p*`` series (``all``, and per signature when there are several).
-
-    Histograms hold every successful request of the run in bounded memory and merge
-    exactly, so these are within 1% of the exact percentiles (never below them) whatever
-    the run's length; counts, rates and errors still come from the raw records.
-    ``interval_s`` must be a multiple of the histograms' interval (1 s) to be exact.
-    """
-    out = dict(tables)
-    if not records:
-        return out
-    binned = [dataclasses.replace(r, ts=math.floor(r.ts / interval_s) * interval_s)
-              for r in records]
-    frame, whole = hdr.summarize(binned)
-    runs = tables["runs"].copy()
-    for name in HISTOGRAM_FIGURES:
-        runs.at[0, name] = whole[name]
-    out["runs"] = sc.conform("runs", runs)
-    parts = [_long(frame, HISTOGRAM_SERIES, sc.DIMENSION_ALL)]
-    signatures = sorted({r.signature for r in records})
-    if len(signatures) > 1:
-        parts += [_long(hdr.summarize(binned, sig)[0], HISTOGRAM_SERIES, sig)
-                  for sig in signatures]
-    series = pd.concat(parts, ignore_index=True)
-    series = series[series["value"].notna()]
-    run_id = str(runs.at[0, "run_id"])
-    timeseries = tables["timeseries"]
-    kept = timeseries[~timeseries["metric"].isin(list(HISTOGRAM_SERIES.values()))]
-    added = pd.DataFrame({"run_id": run_id, "ts": _utc(series["ts"]),
-                          "metric": series["metric"].astype("str"),
-                          "dimension": series["dimension"].astype("str"),
-                          "value": series["value"].astype(float)})
-    nonempty = [df for df in (kept, added) if not df.empty]
-    merged = pd.concat(nonempty, ignore_index=True) if nonempty else kept
-    merged = merged.sort_values(["metric", "dimension", "ts"], kind="stable",
-                                ignore_index=True)
-    out["timeseries"] = sc.conform("timeseries", merged)
-    return out
-
-
 # --- runs ---------------------------------------------------------------------------------
 
 def to_utc_timestamp(value: Any) -> pd.Timestamp | None:
@@ -429,7 +227,7 @@ def to_utc_timestamp(value: Any) -> pd.Timestamp | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, int | float | np.integer | np.floating):
-        return pd.Timestamp(_utc(np.array([float(value)]))[0])
+        return pd.Timestamp(utc_index(np.array([float(value)]))[0])
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 

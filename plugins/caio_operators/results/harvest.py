@@ -26,7 +26,8 @@ from caio_operators.layout import RunLayout
 from caio_operators.metrics import host as hostload
 from caio_operators.results import gpu, hdr, peak
 from caio_operators.results import schema as sc
-from caio_operators.results.consolidate import apply_histograms, build_tables
+from caio_operators.results.consolidate import build_tables
+from caio_operators.results.histogram_tables import apply_histograms
 from caio_operators.results.readers import read_run_inputs
 from caio_operators.results.sampled import apply_histogram_counts
 from caio_operators.results.scaling import read_scaling, scaling_timeseries
@@ -151,7 +152,7 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
 
     When the workers wrote HDR histograms (``<run>/load/histograms``: every worker does;
     older runs and other tools' records may have none), the client latency percentiles (runs
-    figures and per-interval series) come from them (``consolidate.apply_histograms``). The
+    figures and per-interval series) come from them (``histogram_tables.apply_histograms``). The
     workers' CPU samples (``<run>/load/workers``) flag a saturated load generator
     (``runs.generator_saturated``). A peak search's ``<run>/load/peak/search.json`` gives
     the ``max_sustainable_rps`` columns and ``peak_*`` series (``results/peak.py``). The

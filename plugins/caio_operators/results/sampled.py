@@ -6,7 +6,7 @@ HDR histogram records count every request (``ok``/``failed`` per interval and si
 exactly), so this replaces the ``runs`` counts (``requests``, ``failures``, ``error_rate``,
 ``throughput_rps``) and the per-interval ``request_rate_rps`` / ``failure_rate_rps`` series
 with theirs, and leaves goodput out (a sample cannot count it). Latency percentiles already
-come from the histograms (``consolidate.apply_histograms``); the ``requests`` table keeps
+come from the histograms (``histogram_tables.apply_histograms``); the ``requests`` table keeps
 the sample.
 """
 

@@ -5,8 +5,10 @@ Every param is a ``param(...)`` field below, in the Trigger form's order: its ty
 is a ``Literal`` of ``spec.declare``), default, form section, title, help text and rules.
 The JSON schema and Airflow Params (``spec.schema``), the checks (``spec.checks``) and
 docs/params.md's table are derived from these fields, so adding a param is one field here
-plus the code that uses it. About 430 lines: one declaration per param is a long list by
-nature, and splitting it would scatter the form's order.
+plus the code that uses it.
+
+Why one module: one declaration per param is a long list by nature (70 params), and
+splitting it would scatter the Trigger form's order.
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ import psutil
 
 from caio_operators import storage
 from caio_operators.targets.base import DeployError, LocalDeployment, UndeployError
-from caio_operators.targets.local_server import (
+from caio_operators.targets.protocols import HEALTH_PATH, predict_url
+from caio_operators.targets.scaling import SCALING_DIR, AutoscalingConfig
+from caio_operators.targets.server_args import (
     DEFAULT_BATCH_TIMEOUT_MS,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_LIFETIME_S,
@@ -36,8 +38,6 @@ from caio_operators.targets.local_server import (
     ModelDirError,
     check_model_dir,
 )
-from caio_operators.targets.protocols import HEALTH_PATH, predict_url
-from caio_operators.targets.scaling import SCALING_DIR, AutoscalingConfig
 
 if TYPE_CHECKING:
     from caio_operators.spec import RunSpec

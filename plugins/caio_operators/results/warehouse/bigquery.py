@@ -21,6 +21,9 @@ baseline candidates, a run's client latencies, the history), each written here i
 GoogleSQL against ```project.dataset.table``` (project and dataset validated, table names
 allow-listed), with every value an ``@name`` ``ScalarQueryParameter``. Ad-hoc SQL is the
 DuckDB warehouse's (``DuckDBWarehouse.query``); on BigQuery, use its console or ``bq``.
+
+Why one module: one adapter (about 410 lines); splitting it would scatter one SQL dialect
+and its client's calls.
 """
 
 from __future__ import annotations
