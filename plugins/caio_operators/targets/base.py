@@ -4,15 +4,20 @@ A target turns a model URI into something that answers predict requests and back
 ``deploy(**kwargs) -> Deployment`` (keyword arguments are target-specific; each target
 module documents them), ``deploy_run(spec)``, the same from a run's RunSpec (the target maps
 its own params and quirks), and ``undeploy(deployment)``, which is idempotent (gone already
-counts as success). The Deployment is a plain JSON-able dict, so it travels through XCom
-to the load and teardown tasks.
+counts as success). ``run_protocol``, ``run_replicas`` and ``monitored_target`` answer
+for a run what only the target knows (its default protocol, its replica count, its Cloud
+Monitoring ids), so no caller branches on the target's name. The Deployment is a plain
+JSON-able dict, so it travels through XCom to the load and teardown tasks.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any, NotRequired, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict, runtime_checkable
+
+if TYPE_CHECKING:
+    from caio_operators.metrics.families import MonitoredTarget
 
 
 class DeployError(RuntimeError):
@@ -63,6 +68,21 @@ class Target(Protocol):
         ...
 
     def undeploy(self, deployment: Mapping[str, Any]) -> None: ...
+
+    def run_protocol(self, spec: Any) -> str:
+        """The run's protocol when no deploy output says (the deploy task failed)."""
+        ...
+
+    def run_replicas(self, spec: Any) -> int:
+        """The run's replica count when no deploy output says (its starting count)."""
+        ...
+
+    def monitored_target(self, spec: Any, deployment: Mapping[str, Any] | None
+                         ) -> MonitoredTarget | None:
+        """Where Cloud Monitoring keeps the deployment's server-side series (the target maps
+        its own Monitoring ids from the RunSpec and the deploy output); None when it has
+        none. Raises ValueError when the ids Monitoring needs are missing."""
+        ...
 
 
 _TARGETS: dict[str, str] = {

@@ -159,6 +159,16 @@ class LocalTarget:
 
     name = NAME
 
+    def run_protocol(self, spec: RunSpec) -> str:
+        return "caip"  # the local server's default route
+
+    def run_replicas(self, spec: RunSpec) -> int:
+        return spec.replicas
+
+    def monitored_target(self, spec: RunSpec, deployment: Mapping[str, Any] | None) -> None:
+        """None: the local sampler measures the server, not Cloud Monitoring."""
+        return None
+
     def deploy_run(self, spec: RunSpec) -> LocalDeployment:
         """``deploy`` with a run's params: its server folder, threads, batching, GPUs and
         autoscaling."""
