@@ -4,10 +4,11 @@ A target turns a model URI into something that answers predict requests and back
 ``deploy(**kwargs) -> Deployment`` (keyword arguments are target-specific; each target
 module documents them), ``deploy_run(spec)``, the same from a run's RunSpec (the target maps
 its own params and quirks), and ``undeploy(deployment)``, which is idempotent (gone already
-counts as success). ``run_protocol``, ``run_replicas`` and ``monitored_target`` answer
-for a run what only the target knows (its default protocol, its replica count, its Cloud
-Monitoring ids), so no caller branches on the target's name. The Deployment is a plain
-JSON-able dict, so it travels through XCom to the load and teardown tasks.
+counts as success). ``run_protocol``, ``run_replicas``, ``monitored_target`` and
+``server_problem`` answer for a run what only the target knows (its default protocol, its
+replica count, its Cloud Monitoring ids, what its teardown found), so no caller branches on
+the target's name. The Deployment is a plain JSON-able dict, so it travels through XCom to
+the load and teardown tasks.
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class Target(Protocol):
 
     def run_replicas(self, spec: Any) -> int:
         """The run's replica count when no deploy output says (its starting count)."""
+        ...
+
+    def server_problem(self, deployment: Mapping[str, Any]) -> tuple[str, str] | None:
+        """``(status, reason)`` when the deployment was found broken at its teardown
+        (``failed``: the server had died; ``degraded``: some replicas had), else None."""
         ...
 
     def monitored_target(self, spec: Any, deployment: Mapping[str, Any] | None

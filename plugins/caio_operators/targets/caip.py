@@ -144,6 +144,10 @@ class CaipTarget:
                                    model_version=str(deployment["version"]))
         return monitored_scope(spec, deployment)
 
+    def server_problem(self, deployment: Mapping[str, Any]) -> None:
+        """None: nothing of the server is watched past its teardown."""
+        return None
+
     def deploy_run(self, spec: Any) -> dict[str, Any]:
         """``deploy`` with a run's params (``_spec_kwargs``)."""
         return self.deploy(**_spec_kwargs(spec))

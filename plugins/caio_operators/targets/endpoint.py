@@ -33,6 +33,10 @@ class EndpointTarget:
         """None: an endpoint's server-side metrics are not read (it is not ours)."""
         return None
 
+    def server_problem(self, deployment: Mapping[str, Any]) -> None:
+        """None: nothing of the server is watched past its teardown."""
+        return None
+
     def deploy_run(self, spec: Any) -> Deployment:
         """``deploy`` with a run's ``endpoint_url`` and ``protocol``."""
         return self.deploy(url=spec.endpoint_url, protocol=spec.protocol)

@@ -169,6 +169,16 @@ class LocalTarget:
         """None: the local sampler measures the server, not Cloud Monitoring."""
         return None
 
+    def server_problem(self, deployment: Mapping[str, Any]) -> tuple[str, str] | None:
+        """What undeploy found still running (``teardown.json``): failed when the server
+        had died before its teardown, degraded when some of its replicas had."""
+        if not deployment.get("server_dir"):
+            return None
+        uri = storage.join(storage.to_uri(str(deployment["server_dir"])), TEARDOWN_FILE)
+        if not storage.exists(uri):
+            return None
+        return teardown_problem(json.loads(storage.read_text(uri)))
+
     def deploy_run(self, spec: RunSpec) -> LocalDeployment:
         """``deploy`` with a run's params: its server folder, threads, batching, GPUs and
         autoscaling."""

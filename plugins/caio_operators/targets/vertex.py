@@ -138,6 +138,10 @@ class VertexTarget:
         """The endpoint (``endpoint_id``, ``deployed_model_id`` of the deploy output)."""
         return monitored_scope(spec, deployment)
 
+    def server_problem(self, deployment: Mapping[str, Any]) -> None:
+        """None: nothing of the server is watched past its teardown."""
+        return None
+
     def deploy_run(self, spec: Any) -> dict[str, Any]:
         """``deploy`` with a run's params (``_spec_kwargs``). A signature other than the
         default is sent to ``:rawPredict``: Vertex's ``:predict`` accepts only
