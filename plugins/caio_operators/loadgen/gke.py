@@ -20,7 +20,7 @@ the pod logs are copied to ``<publish_uri>/logs/`` by this launcher before it de
 ``kubernetes`` is imported only when connecting (its import takes seconds); tests inject
 CoreV1Api/BatchV1Api-like objects.
 
-About 560 lines, one unit: the launcher is a state machine over the objects it created
+About 580 lines, one unit: the launcher is a state machine over the objects it created
 (create, re-attach, watch, collect logs, clean up share its lock and object list); the pure
 parts live in gke_manifests.py, gke_objects.py and gke_status.py.
 """
