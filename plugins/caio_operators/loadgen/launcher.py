@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Mapping
-from typing import Any, ClassVar, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 
 class Launcher(Protocol):
@@ -69,3 +69,10 @@ def launcher_for_run(spec: Any, deployment: Mapping[str, Any] | None = None, *,
     """The launcher of ``spec.load_runner`` for this run and try."""
     return launcher_type(spec.load_runner).for_run(spec, deployment=deployment,
                                                    try_number=try_number, log=log)
+
+
+if TYPE_CHECKING:  # mypy checks that each registered launcher keeps the port
+    from caio_operators.loadgen.gke import GkeLauncher
+    from caio_operators.loadgen.local import LocalLauncher
+
+    _PORT: tuple[type[Launcher], ...] = (LocalLauncher, GkeLauncher)

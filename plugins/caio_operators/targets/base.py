@@ -14,7 +14,7 @@ the load and teardown tasks.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict, runtime_checkable
 
 if TYPE_CHECKING:
@@ -61,7 +61,11 @@ class LocalDeployment(Deployment):
 class Target(Protocol):
     name: str
 
-    def deploy(self, **kwargs: Any) -> Mapping[str, Any]: ...
+    @property
+    def deploy(self) -> Callable[..., Mapping[str, Any]]:
+        """``deploy(**kwargs)``: the keyword arguments are the target's own (its module's
+        docs say which)."""
+        ...
 
     def deploy_run(self, spec: Any) -> Mapping[str, Any]:
         """``deploy`` with a run's params: the target maps the RunSpec itself (its own
@@ -122,3 +126,15 @@ def get_target(name: str, **options: Any) -> Target:
 def undeploy(deployment: Mapping[str, Any]) -> None:
     """Undo ``deployment`` with the target that made it."""
     get_target(str(deployment.get("target", ""))).undeploy(deployment)
+
+
+if TYPE_CHECKING:  # mypy checks that each registered target keeps the port
+    from caio_operators.targets.caip import CaipTarget
+    from caio_operators.targets.endpoint import EndpointTarget
+    from caio_operators.targets.local import LocalTarget
+    from caio_operators.targets.vertex import VertexTarget
+
+    _LOCAL: Target = LocalTarget()
+    _ENDPOINT: Target = EndpointTarget()
+    _VERTEX: Target = VertexTarget()
+    _CAIP: Target = CaipTarget()
