@@ -104,28 +104,17 @@ def deploy(spec: RunSpec, log: TaskLog = _log) -> dict[str, Any]:
     return dict(deployment)
 
 
-def teardown_stub(spec: RunSpec | None) -> dict[str, Any] | None:
-    """What a cloud target's undeploy needs to find the run's resources by their labels
-    (``caio_run`` = run id) when the deploy task returned nothing (killed, timed out);
-    None for the other targets."""
-    if spec is None or not is_cloud(spec):
-        return None
-    return {"target": spec.target, "project": spec.project, "region": spec.region,
-            "run_id": spec.run_id, "model_name": spec.model_name,
-            "model_version": spec.model_version, "gcp_conn_id": spec.gcp_conn_id,
-            "impersonation_chain": spec.impersonation}
-
-
 def undeploy(deployment: dict[str, Any] | None, log: TaskLog = _log,
              spec: RunSpec | None = None) -> None:
     """Undo ``deployment``. Without one, a cloud run is still cleaned up by its run id."""
     from caio_operators.targets.base import get_target
 
     if not deployment:
-        deployment = teardown_stub(spec)
-        if deployment is None:
+        stub = get_target(spec.target).teardown_stub(spec) if spec is not None else None
+        if stub is None:
             log.info("nothing to undeploy")
             return
+        deployment = dict(stub)
         log.info("no deployment from the deploy task: looking for %s resources labelled "
                  "with run %s to delete", deployment["target"], deployment["run_id"])
     get_target(deployment["target"]).undeploy(deployment)

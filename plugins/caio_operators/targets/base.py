@@ -4,11 +4,12 @@ A target turns a model URI into something that answers predict requests and back
 ``deploy(**kwargs) -> Deployment`` (keyword arguments are target-specific; each target
 module documents them), ``deploy_run(spec)``, the same from a run's RunSpec (the target maps
 its own params and quirks), and ``undeploy(deployment)``, which is idempotent (gone already
-counts as success). ``run_protocol``, ``run_replicas``, ``monitored_target`` and
-``server_problem`` answer for a run what only the target knows (its default protocol, its
-replica count, its Cloud Monitoring ids, what its teardown found), so no caller branches on
-the target's name. The Deployment is a plain JSON-able dict, so it travels through XCom to
-the load and teardown tasks.
+counts as success). ``run_protocol``, ``run_replicas``, ``monitored_target``,
+``teardown_stub`` and ``server_problem`` answer for a run what only the target knows (its
+default protocol, its replica count, its Cloud Monitoring ids, how to find what a killed
+deploy left, what its teardown found), so no caller branches on the target's name. The
+Deployment is a plain JSON-able dict, so it travels through XCom to the load and teardown
+tasks.
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ class Target(Protocol):
 
     def run_replicas(self, spec: Any) -> int:
         """The run's replica count when no deploy output says (its starting count)."""
+        ...
+
+    def teardown_stub(self, spec: Any) -> Mapping[str, Any] | None:
+        """What ``undeploy`` needs to clean up a run whose deploy task returned nothing
+        (killed, timed out): a cloud target finds the run's resources by their labels;
+        None when there is nothing to find."""
         ...
 
     def server_problem(self, deployment: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -28,6 +28,7 @@ from caio_operators.targets.cloud import (
     label_value,
     monitored_scope,
     run_labels,
+    teardown_stub,
     undeploy_error,
 )
 from caio_operators.targets.protocols import cloud_base_url, predict_url
@@ -143,6 +144,10 @@ class CaipTarget:
             return monitored_scope(spec, deployment, model_name=str(deployment["model"]),
                                    model_version=str(deployment["version"]))
         return monitored_scope(spec, deployment)
+
+    def teardown_stub(self, spec: Any) -> dict[str, Any]:
+        """The run's labels, by which undeploy finds what a killed deploy created."""
+        return teardown_stub(spec)
 
     def server_problem(self, deployment: Mapping[str, Any]) -> None:
         """None: nothing of the server is watched past its teardown."""

@@ -82,6 +82,15 @@ def cloud_spec_kwargs(spec: Any) -> dict[str, Any]:
     }
 
 
+def teardown_stub(spec: Any) -> dict[str, Any]:
+    """What a cloud target's undeploy needs to find a run's resources by their labels
+    (``caio_run`` = run id) when the deploy task returned nothing (killed, timed out)."""
+    return {"target": spec.target, "project": spec.project, "region": spec.region,
+            "run_id": spec.run_id, "model_name": spec.model_name,
+            "model_version": spec.model_version, "gcp_conn_id": spec.gcp_conn_id,
+            "impersonation_chain": spec.impersonation}
+
+
 def monitored_scope(spec: Any, deployment: Mapping[str, Any] | None,
                     **ids: str) -> MonitoredTarget:
     """The Cloud Monitoring scope of a run's deployment: the RunSpec's fields, overridden by

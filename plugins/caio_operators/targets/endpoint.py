@@ -33,6 +33,10 @@ class EndpointTarget:
         """None: an endpoint's server-side metrics are not read (it is not ours)."""
         return None
 
+    def teardown_stub(self, spec: Any) -> None:
+        """None: without a deployment there is nothing of this target to find."""
+        return None
+
     def server_problem(self, deployment: Mapping[str, Any]) -> None:
         """None: nothing of the server is watched past its teardown."""
         return None

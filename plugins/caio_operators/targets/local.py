@@ -169,6 +169,10 @@ class LocalTarget:
         """None: the local sampler measures the server, not Cloud Monitoring."""
         return None
 
+    def teardown_stub(self, spec: Any) -> None:
+        """None: without a deployment there is nothing of this target to find."""
+        return None
+
     def server_problem(self, deployment: Mapping[str, Any]) -> tuple[str, str] | None:
         """What undeploy found still running (``teardown.json``): failed when the server
         had died before its teardown, degraded when some of its replicas had."""
