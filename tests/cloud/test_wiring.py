@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -401,3 +402,79 @@ def test_upload_tree_replaces_the_model_and_puts_saved_model_pb_last(gcs, gs_buc
     # one whole-object upload per file (uris are in upload order), the stale file deleted
     assert len([line for line in gcs.requests() if line.startswith("POST /upload")]) == 4
     assert f"{target}/variables/stale.data" not in uris
+
+
+# ---------------------------------------------------------------- the seams (issue 13)
+
+
+def test_each_cloud_target_maps_its_own_monitoring_ids(schema):
+    from caio_operators.metrics.families import MonitoredTarget
+    from caio_operators.targets.base import get_target
+
+    # a caip deployment dict as the deploy task returned it before the seams: its AI
+    # Platform ids replace the names the user gave
+    caip = cloud_spec(schema, target="caip", model_name="resnet", model_version="v1")
+    old_caip = {"target": "caip", "protocol": "caip", "predict_url": "https://x/v1:predict",
+                "model": "resnet_model", "version": "run_7", "run_id": caip.run_id}
+    scope = get_target("caip").monitored_target(caip, old_caip)
+    assert isinstance(scope, MonitoredTarget)
+    assert (scope.family, scope.project, scope.model, scope.version) == (
+        "caip", PROJECT, "resnet_model", "run_7")
+    vertex = cloud_spec(schema)
+    scope = get_target("vertex").monitored_target(vertex, {
+        "target": "vertex", "endpoint": f"projects/{PROJECT}/locations/r/endpoints/4242",
+        "deployed_model_id": "77"})
+    assert (scope.family, scope.endpoint_id, scope.deployed_model_id) == (
+        "vertex", "4242", "77")
+    assert get_target("endpoint").monitored_target(vertex, None) is None
+    assert get_target("local").monitored_target(vertex, None) is None
+
+
+def test_each_target_owns_its_default_protocol_and_replicas(schema):
+    from caio_operators.targets.base import get_target
+
+    spec = cloud_spec(schema, min_replicas=2, max_replicas=3)
+    assert [get_target(name).run_protocol(spec) for name in ("local", "vertex", "caip")] == [
+        "caip", "vertex", "caip"]
+    assert get_target("endpoint").run_protocol(spec) == spec.protocol
+    assert get_target("vertex").run_replicas(spec) == get_target("caip").run_replicas(spec) == 2
+    assert get_target("local").run_replicas(spec) == spec.replicas
+
+
+def test_the_launcher_registry_and_its_policies(tmp_path, schema):
+    from caio_operators.loadgen import launcher
+    from caio_operators.loadgen.gke import GkeLauncher
+    from caio_operators.loadgen.local import LocalLauncher
+
+    assert launcher.launcher_type("local") is LocalLauncher
+    assert launcher.launcher_type("gke") is GkeLauncher
+    assert (LocalLauncher.in_cloud, GkeLauncher.in_cloud) == (False, True)
+    with pytest.raises(ValueError, match=r"unknown load_runner 'ssh'.*gke, local"):
+        launcher.launcher_type("ssh")
+
+
+def test_a_scope_and_its_spec_like_dict_render_the_same_dashboard():
+    from caio_operators.metrics.dashboard import dashboard_values
+    from caio_operators.metrics.families import monitored_target
+
+    like = {"project": PROJECT, "target": "vertex", "run_id": "r", "endpoint_id": "42"}
+    assert dashboard_values(monitored_target(like)) == dashboard_values(like)
+
+
+def test_a_local_launcher_owns_its_timeout_and_its_work_folder(schema, gs_bucket):
+    from caio_operators.loadgen.launch import make_config, write_config
+    from caio_operators.loadgen.local import RUN_TIMEOUT_GRACE_S, LocalLauncher
+
+    spec = cloud_spec(schema, bucket=gs_bucket)
+    write_config(spec.layout.config_uri, make_config(
+        test_id=spec.run_id, predict_url="http://127.0.0.1:1/v1:predict", protocol="caip",
+        signature="serving_default", payload_uri=spec.layout.payload_uri,
+        output_uri=spec.layout.load_dir, load_shape="constant", users=2, spawn_rate=2,
+        duration_s=10))
+    launcher = LocalLauncher.for_run(spec, deployment={"pid": 4242})
+    assert launcher.timeout_s == spec.duration_s + RUN_TIMEOUT_GRACE_S
+    assert launcher.host_watch is not None
+    work_dir = Path(launcher.work_dir)
+    assert work_dir.is_dir() and launcher.spec.publish_uri == spec.layout.load_dir
+    launcher.close()  # nothing ran: the folder goes all the same
+    assert not work_dir.exists()

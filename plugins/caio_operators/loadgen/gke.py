@@ -20,7 +20,7 @@ the pod logs are copied to ``<publish_uri>/logs/`` by this launcher before it de
 ``kubernetes`` is imported only when connecting (its import takes seconds); tests inject
 CoreV1Api/BatchV1Api-like objects.
 
-About 560 lines, one unit: the launcher is a state machine over the objects it created
+Why one module: the launcher is a state machine over the objects it created
 (create, re-attach, watch, collect logs, clean up share its lock and object list); the pure
 parts live in gke_manifests.py, gke_objects.py and gke_status.py.
 """
@@ -32,8 +32,8 @@ import os
 import posixpath
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from caio_operators import storage
 from caio_operators.hooks.gke import api_message, api_status, connect, explain_api_error
@@ -78,7 +78,7 @@ from caio_operators.loadgen.gke_status import (
     summarize_pods,
 )
 from caio_operators.loadgen.launch import LaunchSpec
-from caio_operators.loadgen.local import format_progress
+from caio_operators.loadgen.progress import format_progress
 
 __all__ = [
     "COMPONENT_LABEL",
@@ -128,6 +128,9 @@ class GkeLauncher:
     :meth:`for_run` connects to the RunSpec's cluster.
     """
 
+    in_cloud: ClassVar[bool] = True
+    host_figures: dict[str, Any] | None = None  # it samples no machine of ours
+
     def __init__(self, launch_spec: LaunchSpec, target: GkeTarget, *, core_api: Any,
                  batch_api: Any, base: LocustBase | None = None,
                  log: logging.Logger | Any = None, progress_every_s: float = 10.0,
@@ -158,11 +161,14 @@ class GkeLauncher:
         self._lock = threading.RLock()
 
     @classmethod
-    def for_run(cls, spec: Any, *, try_number: int = 1, service_account: str = "",
+    def for_run(cls, spec: Any, *, deployment: Mapping[str, Any] | None = None,
+                try_number: int = 1, service_account: str = "",
                 core_api: Any = None, batch_api: Any = None,
                 manifests_dir: str | os.PathLike | None = None, **kwargs: Any) -> GkeLauncher:
         """The launcher of a RunSpec (``load_runner=gke``): its cluster, namespace and image;
-        the test config must already be written at ``layout.config_uri``."""
+        the test config must already be written at ``layout.config_uri``. Its timeout is
+        its own (:meth:`default_timeout_s`); ``try_number`` labels the objects, and
+        ``deployment`` is not needed (the config holds the predict URL)."""
         base = load_base(manifests_dir)
         target = GkeTarget(namespace=spec.gke_namespace, image=spec.locust_image,
                            run_id=spec.run_id, dag_id=spec.dag_id, try_number=try_number,
@@ -177,6 +183,11 @@ class GkeLauncher:
             core_api = core_api or client.CoreV1Api(api_client)
             batch_api = batch_api or client.BatchV1Api(api_client)
         return cls(launch, target, core_api=core_api, batch_api=batch_api, base=base, **kwargs)
+
+    @classmethod
+    def begin_try(cls, spec: Any, log: logging.Logger | Any = None) -> None:
+        """Nothing to clear: a retry re-attaches to the pods of the try before, so the
+        records they wrote stay."""
 
     # ---------------------------------------------------------------- public
 
@@ -240,6 +251,9 @@ class GkeLauncher:
         from another thread and more than once."""
         self._stop_requested = True
         self._cleanup()
+
+    def close(self) -> None:
+        """Nothing to remove here: :meth:`run` and :meth:`stop` delete what it created."""
 
     # ---------------------------------------------------------------- steps
 

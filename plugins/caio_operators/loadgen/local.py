@@ -8,26 +8,34 @@ as ``python -m locust`` subprocesses.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from caio_operators import storage
 from caio_operators.loadgen.launch import LaunchSpec, build_launch_spec, locust_command
+from caio_operators.loadgen.progress import (
+    format_progress,
+    parse_progress,
+    peak_progress,
+    read_progress,
+)
 from caio_operators.metrics.host import HostWatch
 
 logger = logging.getLogger(__name__)
 
-_TAIL_BYTES = 16384
+#: how long a run's load may take past its shape's duration (start-up, stop, upload)
+RUN_TIMEOUT_GRACE_S = 120
 
 
 def default_locustfile() -> Path:
@@ -101,89 +109,22 @@ def build_launch(spec: Any, *, work_dir: str | os.PathLike | None = None,
                              workers=spec.workers, publish_uri=publish, **kwargs)
 
 
-def parse_progress(history_csv_text: str, window_s: float = 10.0) -> dict[str, float] | None:
-    """Progress from Locust's ``_stats_history.csv`` (its header + any tail of rows):
-    ``{users, rps, requests, failures}`` of the last whole Aggregated row, or ``None``.
-
-    ``rps`` is measured over the last ``window_s`` seconds between the rows where the total
-    changed: a master only learns of requests from the workers' reports every 3 s, so its own
-    "current" rate swings between 0 and double.
-    """
-    lines = history_csv_text.splitlines()
-    if len(lines) < 2:
-        return None
-    header = next(csv.reader([lines[0]]))
-    rows = []
-    for row in csv.reader(lines[1:]):
-        if len(row) != len(header):
-            continue  # a line cut by the tail read, or half written
-        rec = dict(zip(header, row, strict=True))
-        if rec.get("Name") != "Aggregated":
-            continue
-        try:
-            rows.append((float(rec["Timestamp"]), int(float(rec["User Count"])),
-                         int(float(rec["Total Request Count"])),
-                         int(float(rec["Total Failure Count"])), float(rec["Requests/s"])))
-        except (KeyError, ValueError):
-            continue
-    if not rows:
-        return None
-    _, users, requests, failures, rps = rows[-1]
-    changes = [r for i, r in enumerate(rows) if i and r[2] != rows[i - 1][2]]
-    recent = [r for r in changes if r[0] >= changes[-1][0] - window_s] if changes else []
-    if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
-        rps = (recent[-1][2] - recent[0][2]) / (recent[-1][0] - recent[0][0])
-    return {"users": users, "rps": rps, "requests": requests, "failures": failures}
-
-
-def read_progress(history_csv: str | os.PathLike) -> dict[str, float] | None:
-    path = Path(history_csv)
-    try:
-        with path.open("rb") as handle:
-            header = handle.readline()
-            size = path.stat().st_size
-            handle.seek(max(len(header), size - _TAIL_BYTES))
-            tail = handle.read()
-    except OSError:
-        return None
-    return parse_progress((header + b"\n" + tail).decode("utf-8", "replace"))
-
-
-def format_progress(elapsed_s: float, progress: dict[str, float] | None) -> str:
-    if progress is None:
-        return f"load: {elapsed_s:.0f} s elapsed, waiting for Locust's first stats"
-    total = progress["requests"]
-    share = 100.0 * progress["failures"] / total if total else 0.0
-    return (f"load: {elapsed_s:.0f} s elapsed, {progress['users']} users, "
-            f"{progress['rps']:.1f} req/s, {total} requests, "
-            f"{progress['failures']} failures ({share:.1f}%)")
-
-
-def peak_progress(search_uri: str, seen: int) -> tuple[list[str], int]:
-    """Task-log lines for the peak-search steps judged since the first ``seen`` (the master
-    rewrites ``search.json`` after every window); returns them and the new count."""
-    try:
-        search = json.loads(storage.read_text(search_uri))
-        steps = search["steps"]
-    except (OSError, ValueError, KeyError, TypeError, storage.StorageError):
-        return [], seen  # not there yet: next time
-    lines = [f"load: peak search step {st['step']} at {st['rate']:.4g} req/s "
-             f"{'passed' if st['passed'] else 'FAILED'}: {st['throughput_rps']:.4g} req/s, "
-             f"latency {st['latency_ms']:.1f} ms, errors {st['error_rate']:.1%} ({st['reason']})"
-             for st in steps[seen:]]
-    if search.get("status") not in (None, "running") and len(steps) > seen:
-        lines.append(f"load: peak search {search['status']}: {search.get('max_sustainable_rps')}"
-                     f" req/s sustained ({search.get('reason')})")
-    return lines, len(steps)
-
-
 class LocalLauncher:
-    """Start, watch and always clean up one local distributed Locust run."""
+    """Start, watch and always clean up one local distributed Locust run.
+
+    ``timeout_s``: the default of :meth:`run` (else the shape's duration + grace);
+    ``work_dir``: a folder this launcher owns, removed by :meth:`close`.
+    """
+
+    in_cloud: ClassVar[bool] = False
 
     def __init__(self, launch_spec: LaunchSpec, log: logging.Logger | Any = None,
                  progress_every_s: float = 5.0, stop_grace_s: float = 8.0,
-                 host_watch: HostWatch | None = None):
+                 host_watch: HostWatch | None = None, timeout_s: float | None = None,
+                 work_dir: str | os.PathLike | None = None):
         self.spec = launch_spec
+        self.timeout_s = timeout_s
+        self.work_dir = work_dir
         # samples the machine's CPU during the load (metrics/host.py); its figures end up
         # in host_figures
         self.host_watch = host_watch
@@ -198,13 +139,43 @@ class LocalLauncher:
         # (index, pid, exit code) of workers that died while the master still ran
         self.worker_deaths: list[tuple[int, int, int | None]] = []
 
+    @classmethod
+    def for_run(cls, spec: Any, *, deployment: Mapping[str, Any] | None = None,
+                try_number: int = 1, log: logging.Logger | Any = None,
+                **kwargs: Any) -> LocalLauncher:
+        """The launcher of a RunSpec (``load_runner=local``); the test config must already
+        be written at ``layout.config_uri``. Locust's CSV/HTML and logs go to the run's load
+        folder when the bucket is local, else to a temporary folder of its own that it
+        copies to the bucket after the run (and :meth:`close` removes). It may run the
+        shape's duration + ``RUN_TIMEOUT_GRACE_S`` and samples this machine's CPU."""
+        work_dir = None
+        if not storage.is_local(spec.layout.load_dir):
+            work_dir = tempfile.mkdtemp(prefix=f"caio-load-{spec.run_id}-")
+        try:
+            launch = build_launch(spec, work_dir=work_dir)
+        except BaseException:
+            if work_dir is not None:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            raise
+        kwargs.setdefault("host_watch", host_watch(spec, deployment))
+        kwargs.setdefault("timeout_s", spec.duration_s + RUN_TIMEOUT_GRACE_S)
+        return cls(launch, log=log, work_dir=work_dir, **kwargs)
+
+    @classmethod
+    def begin_try(cls, spec: Any, log: logging.Logger | Any = None) -> None:
+        """A retry starts clean: the records of a killed or timed-out try (its processes all
+        ended with it) must not be harvested with this try's."""
+        clear_load_outputs(spec.layout, log)
+
     # ---------------------------------------------------------------- public
 
     def run(self, timeout_s: float | None = None) -> dict[str, Any]:
-        """Run to the end of the shape (or ``timeout_s``, default duration + grace) and
-        return ``{status, reason, master_exit_code, worker_exit_codes, started_at, ended_at,
-        request_files, ...paths}``."""
+        """Run to the end of the shape (or ``timeout_s``, default the launcher's own, else
+        duration + grace) and return ``{status, reason, master_exit_code,
+        worker_exit_codes, started_at, ended_at, request_files, ...paths}``."""
         spec = self.spec
+        if timeout_s is None:
+            timeout_s = self.timeout_s
         timeout_s = timeout_s if timeout_s is not None else spec.duration_s + spec.grace_s
         started_at = time.time()
         reason = ""
@@ -256,6 +227,11 @@ class LocalLauncher:
         Safe to call from another thread or a signal handler, and more than once."""
         self._stop_requested = True
         self._shutdown()
+
+    def close(self) -> None:
+        """Remove the work folder this launcher owns (its files are in the bucket)."""
+        if self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
 
     # ---------------------------------------------------------------- steps
 
@@ -364,6 +340,21 @@ class LocalLauncher:
         return " | ".join(tail) or f"(empty {name})"
 
 
+def host_watch(spec: Any, deployment: Mapping[str, Any] | None) -> HostWatch:
+    """The sampler of this machine's CPU for a load run from here: this process (Locust
+    runs under it) and a local model server count as the run's own."""
+    server = (deployment or {}).get("pid")  # only a local server's deployment has one
+    return HostWatch(spec.run_id, roots=[server] if server else [])
+
+
+def clear_load_outputs(layout: Any, log: logging.Logger | Any = None) -> None:
+    """Remove what an earlier try of the load left in the run's load folder."""
+    if storage.exists(layout.load_dir):
+        (log or logger).info("removing the outputs of an earlier load try in %s",
+                             layout.load_dir)
+        storage.remove_tree(layout.load_dir)
+
+
 def worker_deaths_reason(deaths: list[tuple[int, int, int | None]]) -> str:
     """Why a run whose master finished is degraded: the workers that died mid-run."""
     which = ", ".join(f"{i} (pid {pid}, exit code {code})" for i, pid, code in deaths)
@@ -399,6 +390,7 @@ def upload_outputs(spec: LaunchSpec, load_dir_uri: str) -> list[str]:
     return out
 
 
-__all__ = ["LocalLauncher", "build_launch", "default_locustfile", "format_progress", "free_port",
-           "local_launch_spec", "parse_progress", "read_progress", "upload_outputs",
-           "worker_deaths_reason"]
+__all__ = ["RUN_TIMEOUT_GRACE_S", "LocalLauncher", "build_launch", "clear_load_outputs",
+           "default_locustfile", "format_progress", "free_port", "host_watch",
+           "local_launch_spec", "parse_progress", "peak_progress", "read_progress",
+           "upload_outputs", "worker_deaths_reason"]

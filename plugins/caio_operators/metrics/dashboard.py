@@ -22,7 +22,7 @@ from typing import Any
 from caio_operators import resources
 from caio_operators.hooks.errors import explained
 from caio_operators.metrics import api_schema
-from caio_operators.metrics.families import FAMILIES, field, monitored_target
+from caio_operators.metrics.families import FAMILIES, MonitoredTarget, as_monitored, field
 from caio_operators.metrics.log_metrics import LOG_METRICS
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,14 @@ def known_metric_types() -> set[str]:
     return types
 
 
-def dashboard_values(spec_like: Any) -> dict[str, str]:
-    """Placeholder values for one deployment (a RunSpec-like merged with deploy output)."""
-    target = monitored_target(spec_like)
+def dashboard_values(scope: MonitoredTarget | Any, display_name: str = "") -> dict[str, str]:
+    """Placeholder values for one deployment: its ``MonitoredTarget`` (or a RunSpec-like
+    merged with deploy output, whose ``dashboard_name`` then names the dashboard)."""
+    target = as_monitored(scope)
     metrics = target.metrics
-    display_name = field(spec_like, "dashboard_name") or (
-        f"{DISPLAY_NAME_PREFIX} {target.family} {target.label}")
+    if not isinstance(scope, MonitoredTarget):
+        display_name = display_name or field(scope, "dashboard_name")
+    display_name = display_name or f"{DISPLAY_NAME_PREFIX} {target.family} {target.label}"
     return {
         "display_name": display_name,
         "project": target.project,

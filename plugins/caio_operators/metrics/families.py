@@ -160,3 +160,9 @@ def monitored_target(spec_like: Any) -> MonitoredTarget:
         raise ValueError("vertex metrics need endpoint_id (or an endpoint resource name): pass "
                          "the deploy task's output merged into the spec")
     return result
+
+
+def as_monitored(scope: MonitoredTarget | Any) -> MonitoredTarget:
+    """``scope`` itself, or the ``MonitoredTarget`` of a RunSpec-like merged with deploy
+    output (the older call style, still accepted: see :func:`monitored_target`)."""
+    return scope if isinstance(scope, MonitoredTarget) else monitored_target(scope)

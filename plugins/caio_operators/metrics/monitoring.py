@@ -48,7 +48,8 @@ from google.api_core.exceptions import NotFound
 from google.cloud import monitoring_v3
 
 from caio_operators.hooks.errors import explained
-from caio_operators.metrics.families import MonitoredTarget, monitored_target, quote
+from caio_operators.metrics.families import MonitoredTarget, as_monitored, quote
+from caio_operators.metrics.families import monitored_target as monitored_target  # re-export
 from caio_operators.metrics.log_metrics import LOG_METRICS
 from caio_operators.results import schema as sc
 
@@ -343,7 +344,7 @@ def _read(client: Any, queries: Sequence[MonitoringQuery]
     return responses
 
 
-def harvest_monitoring(client: Any, spec_like: Any, start: Any, end: Any,
+def harvest_monitoring(client: Any, scope: MonitoredTarget | Any, start: Any, end: Any,
                        interval_s: float = sc.DEFAULT_INTERVAL_S, *,
                        include_log_metrics: bool = True, wait_s: float = 0.0,
                        poll_s: float = POLL_S, clock: Callable[[], float] = time.time,
@@ -352,12 +353,13 @@ def harvest_monitoring(client: Any, spec_like: Any, start: Any, end: Any,
 
     ``client`` is a ``monitoring_v3.MetricServiceClient`` (``MonitoringHook
     .get_metric_client()``) or anything with its ``list_time_series(request=...)``;
-    ``spec_like`` a RunSpec-like merged with the deploy output (see ``monitored_target``);
+    ``scope`` the deployment (a ``MonitoredTarget``; a RunSpec-like merged with the deploy
+    output still works, see ``monitored_target``);
     ``start``/``end`` the load window (tz-aware datetimes or epoch seconds). ``wait_s``:
     read again every ``poll_s`` until the window is covered, at most until ``wait_s``
     after its end (``clock`` and ``sleep`` are injectable for tests).
     """
-    target = monitored_target(spec_like)
+    target = as_monitored(scope)
     queries = build_queries(target, start, end, interval_s, include_log_metrics)
     window_end = queries[0].request.interval.end_time.timestamp()  # type: ignore[attr-defined]
     give_up_at, began = window_end + wait_s, clock()

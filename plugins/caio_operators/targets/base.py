@@ -4,15 +4,22 @@ A target turns a model URI into something that answers predict requests and back
 ``deploy(**kwargs) -> Deployment`` (keyword arguments are target-specific; each target
 module documents them), ``deploy_run(spec)``, the same from a run's RunSpec (the target maps
 its own params and quirks), and ``undeploy(deployment)``, which is idempotent (gone already
-counts as success). The Deployment is a plain JSON-able dict, so it travels through XCom
-to the load and teardown tasks.
+counts as success). ``run_protocol``, ``run_replicas``, ``monitored_target``,
+``teardown_stub`` and ``server_problem`` answer for a run what only the target knows (its
+default protocol, its replica count, its Cloud Monitoring ids, how to find what a killed
+deploy left, what its teardown found), so no caller branches on the target's name. The
+Deployment is a plain JSON-able dict, so it travels through XCom to the load and teardown
+tasks.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
-from typing import Any, NotRequired, Protocol, TypedDict, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NotRequired, Protocol, TypedDict, runtime_checkable
+
+if TYPE_CHECKING:
+    from caio_operators.metrics.families import MonitoredTarget
 
 
 class DeployError(RuntimeError):
@@ -55,7 +62,11 @@ class LocalDeployment(Deployment):
 class Target(Protocol):
     name: str
 
-    def deploy(self, **kwargs: Any) -> Mapping[str, Any]: ...
+    @property
+    def deploy(self) -> Callable[..., Mapping[str, Any]]:
+        """``deploy(**kwargs)``: the keyword arguments are the target's own (its module's
+        docs say which)."""
+        ...
 
     def deploy_run(self, spec: Any) -> Mapping[str, Any]:
         """``deploy`` with a run's params: the target maps the RunSpec itself (its own
@@ -63,6 +74,32 @@ class Target(Protocol):
         ...
 
     def undeploy(self, deployment: Mapping[str, Any]) -> None: ...
+
+    def run_protocol(self, spec: Any) -> str:
+        """The run's protocol when no deploy output says (the deploy task failed)."""
+        ...
+
+    def run_replicas(self, spec: Any) -> int:
+        """The run's replica count when no deploy output says (its starting count)."""
+        ...
+
+    def teardown_stub(self, spec: Any) -> Mapping[str, Any] | None:
+        """What ``undeploy`` needs to clean up a run whose deploy task returned nothing
+        (killed, timed out): a cloud target finds the run's resources by their labels;
+        None when there is nothing to find."""
+        ...
+
+    def server_problem(self, deployment: Mapping[str, Any]) -> tuple[str, str] | None:
+        """``(status, reason)`` when the deployment was found broken at its teardown
+        (``failed``: the server had died; ``degraded``: some replicas had), else None."""
+        ...
+
+    def monitored_target(self, spec: Any, deployment: Mapping[str, Any] | None
+                         ) -> MonitoredTarget | None:
+        """Where Cloud Monitoring keeps the deployment's server-side series (the target maps
+        its own Monitoring ids from the RunSpec and the deploy output); None when it has
+        none. Raises ValueError when the ids Monitoring needs are missing."""
+        ...
 
 
 _TARGETS: dict[str, str] = {
@@ -96,3 +133,4 @@ def get_target(name: str, **options: Any) -> Target:
 def undeploy(deployment: Mapping[str, Any]) -> None:
     """Undo ``deployment`` with the target that made it."""
     get_target(str(deployment.get("target", ""))).undeploy(deployment)
+

@@ -15,20 +15,26 @@ import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caio_operators.hooks.errors import explain_google_error, is_not_found
 from caio_operators.targets.base import DeployError
-from caio_operators.targets.protocols import cloud_base_url, predict_url
-from caio_operators.targets.vertex import (
+from caio_operators.targets.cloud import (
     RUN_LABEL,
     check_cloud_args,
     cleanup_note,
+    cloud_spec_kwargs,
     impersonation_list,
     label_value,
+    monitored_scope,
     run_labels,
+    teardown_stub,
     undeploy_error,
 )
+from caio_operators.targets.protocols import cloud_base_url, predict_url
+
+if TYPE_CHECKING:
+    from caio_operators.metrics.families import MonitoredTarget
 
 _log = logging.getLogger(__name__)
 
@@ -124,9 +130,32 @@ class CaipTarget:
 
     # -- deploy -------------------------------------------------------------------------
 
+    def run_protocol(self, spec: Any) -> str:
+        return "caip"
+
+    def run_replicas(self, spec: Any) -> int:
+        return int(spec.min_replicas)
+
+    def monitored_target(self, spec: Any, deployment: Mapping[str, Any] | None
+                         ) -> MonitoredTarget:
+        """Cloud Monitoring knows an AI Platform version by its resource ids (the model and
+        the run's version, from the deploy output), not by the names the user gave."""
+        if deployment and deployment.get("version"):
+            return monitored_scope(spec, deployment, model_name=str(deployment["model"]),
+                                   model_version=str(deployment["version"]))
+        return monitored_scope(spec, deployment)
+
+    def teardown_stub(self, spec: Any) -> dict[str, Any]:
+        """The run's labels, by which undeploy finds what a killed deploy created."""
+        return teardown_stub(spec)
+
+    def server_problem(self, deployment: Mapping[str, Any]) -> None:
+        """None: nothing of the server is watched past its teardown."""
+        return None
+
     def deploy_run(self, spec: Any) -> dict[str, Any]:
-        """``deploy`` with a run's params (``spec_kwargs``)."""
-        return self.deploy(**spec_kwargs(spec))
+        """``deploy`` with a run's params (``_spec_kwargs``)."""
+        return self.deploy(**_spec_kwargs(spec))
 
     def deploy(
         self,
@@ -355,15 +384,6 @@ class CaipTarget:
         self.log.info("caip: deleted model %s", model)
 
 
-def spec_kwargs(spec: Any) -> dict[str, Any]:
+def _spec_kwargs(spec: Any) -> dict[str, Any]:
     """``CaipTarget.deploy`` keyword arguments from a RunSpec-like object."""
-    return {
-        "project": spec.project, "region": spec.region, "model_name": spec.model_name,
-        "model_version": spec.model_version, "model_uri": spec.model_uri,
-        "run_id": spec.run_id, "dag_id": getattr(spec, "dag_id", ""),
-        "machine_type": spec.machine_type, "accelerator_type": spec.accelerator_type,
-        "accelerator_count": spec.accelerator_count, "min_replicas": spec.min_replicas,
-        "max_replicas": spec.max_replicas, "autoscaling_target": spec.autoscaling_target,
-        "runtime_version": spec.runtime_version,
-        "gcp_conn_id": spec.gcp_conn_id, "impersonation_chain": spec.impersonation_chain,
-    }
+    return {**cloud_spec_kwargs(spec), "runtime_version": spec.runtime_version}

@@ -23,6 +23,24 @@ class EndpointTarget:
 
     name = NAME
 
+    def run_protocol(self, spec: Any) -> str:
+        return str(spec.protocol)
+
+    def run_replicas(self, spec: Any) -> int:
+        return int(spec.replicas)
+
+    def monitored_target(self, spec: Any, deployment: Mapping[str, Any] | None) -> None:
+        """None: an endpoint's server-side metrics are not read (it is not ours)."""
+        return None
+
+    def teardown_stub(self, spec: Any) -> None:
+        """None: without a deployment there is nothing of this target to find."""
+        return None
+
+    def server_problem(self, deployment: Mapping[str, Any]) -> None:
+        """None: nothing of the server is watched past its teardown."""
+        return None
+
     def deploy_run(self, spec: Any) -> Deployment:
         """``deploy`` with a run's ``endpoint_url`` and ``protocol``."""
         return self.deploy(url=spec.endpoint_url, protocol=spec.protocol)

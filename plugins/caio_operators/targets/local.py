@@ -159,6 +159,30 @@ class LocalTarget:
 
     name = NAME
 
+    def run_protocol(self, spec: RunSpec) -> str:
+        return "caip"  # the local server's default route
+
+    def run_replicas(self, spec: RunSpec) -> int:
+        return spec.replicas
+
+    def monitored_target(self, spec: RunSpec, deployment: Mapping[str, Any] | None) -> None:
+        """None: the local sampler measures the server, not Cloud Monitoring."""
+        return None
+
+    def teardown_stub(self, spec: Any) -> None:
+        """None: without a deployment there is nothing of this target to find."""
+        return None
+
+    def server_problem(self, deployment: Mapping[str, Any]) -> tuple[str, str] | None:
+        """What undeploy found still running (``teardown.json``): failed when the server
+        had died before its teardown, degraded when some of its replicas had."""
+        if not deployment.get("server_dir"):
+            return None
+        uri = storage.join(storage.to_uri(str(deployment["server_dir"])), TEARDOWN_FILE)
+        if not storage.exists(uri):
+            return None
+        return teardown_problem(json.loads(storage.read_text(uri)))
+
     def deploy_run(self, spec: RunSpec) -> LocalDeployment:
         """``deploy`` with a run's params: its server folder, threads, batching, GPUs and
         autoscaling."""

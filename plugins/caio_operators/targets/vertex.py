@@ -8,138 +8,53 @@ an earlier try created instead of duplicating it. The Deployment dict says which
 resources this run created; undeploy deletes only those, tries every step even if one
 fails, and treats NotFound as already done. A deploy that fails cleans up after itself.
 
+The request bodies are built by the pure functions of ``targets/vertex_requests.py``.
 Uses the Google provider's ``ModelServiceHook`` / ``EndpointServiceHook`` (imported
 lazily: the provider's clients are heavy). Tests inject hooks whose GAPIC clients are fakes.
 
-About 470 lines: the target's whole deploy/undeploy contract, with the mapping of a run's
-params (`deploy_run`, `spec_kwargs`).
+What it shares with the caip target (labels, argument checks, the common run params, the
+Monitoring scope) lives in ``targets/cloud.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from caio_operators.hooks.errors import explain_google_error, is_not_found
-from caio_operators.targets.base import DeployError, UndeployError
+from caio_operators.targets.base import DeployError
+from caio_operators.targets.cloud import (
+    RUN_LABEL,
+    check_cloud_args,
+    cleanup_note,
+    cloud_spec_kwargs,
+    impersonation_list,
+    label_value,
+    monitored_scope,
+    run_labels,
+    teardown_stub,
+    undeploy_error,
+)
 from caio_operators.targets.protocols import cloud_base_url, predict_url
+from caio_operators.targets.vertex_requests import (
+    ACCELERATOR_METRIC,
+    CPU_METRIC,
+    default_serving_image,
+    deployed_model_spec,
+    model_spec,
+)
+
+if TYPE_CHECKING:
+    from caio_operators.metrics.families import MonitoredTarget
+
+__all__ = ["ACCELERATOR_METRIC", "CPU_METRIC", "NAME", "RUN_LABEL", "STAGE", "VertexTarget",
+           "default_serving_image", "deployed_model_spec", "model_spec"]
 
 _log = logging.getLogger(__name__)
 
 NAME = "vertex"
 STAGE = "vertex"  # key in hooks.errors.STAGES
-RUN_LABEL = "caio_run"
-
-CPU_METRIC = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
-ACCELERATOR_METRIC = "aiplatform.googleapis.com/prediction/online/accelerator/duty_cycle"
-TF_IMAGE = "{registry}/vertex-ai/prediction/tf2-{kind}.{tf}:latest"
-DEFAULT_TF_VERSION = "2-15"
-
-
-# -- labels (shared with the caip target) ---------------------------------------------
-
-def label_value(value: object) -> str:
-    """``value`` as a Google label value: ``[a-z0-9_-]``, at most 63 characters."""
-    return re.sub(r"[^a-z0-9_-]+", "-", str(value).lower()).strip("-")[:63]
-
-
-def run_labels(run_id: str, *, model_name: str = "", model_version: str = "",
-               dag_id: str = "") -> dict[str, str]:
-    """Labels put on every cloud resource of a run; ``caio_run`` is how retries find them."""
-    labels = {RUN_LABEL: label_value(run_id), "caio_model": label_value(model_name),
-              "caio_model_version": label_value(model_version), "caio_dag": label_value(dag_id),
-              "created_by": "caio-bench"}
-    return {k: v for k, v in labels.items() if v}
-
-
-def check_cloud_args(target: str, *, project: str, model_uri: str, run_id: str) -> None:
-    """Fail fast, before any API call, on arguments a cloud target cannot work with."""
-    if not project:
-        raise DeployError(f"the {target} target needs a Google Cloud project; set `project`")
-    if not str(model_uri).startswith("gs://"):
-        raise DeployError(f"the {target} target serves models from Cloud Storage; model_uri "
-                          f"{model_uri!r} is not a gs:// URI (set bucket=gs://...)")
-    if not label_value(run_id):
-        raise DeployError(f"the {target} target needs a run_id to label what it creates")
-
-
-def cleanup_note(cleanup: Callable[[], None]) -> str:
-    """Run the cleanup of a failed deploy; a sentence for the error message saying how it went."""
-    try:
-        cleanup()
-    except UndeployError as err:
-        return f" Cleaning up after it also failed: {err}"
-    return " What this run had created has been deleted again."
-
-
-def undeploy_error(what: str, errors: list[str]) -> UndeployError:
-    return UndeployError(f"{what}: {len(errors)} cleanup step(s) failed, delete the leftovers "
-                         f"by hand if a retry does not: " + " | ".join(errors))
-
-
-def impersonation_list(chain: str | Sequence[str] | None) -> list[str] | None:
-    """A comma-separated string or a list of service accounts, as a list (None if empty)."""
-    if not chain:
-        return None
-    items = chain.split(",") if isinstance(chain, str) else list(chain)
-    cleaned = [item.strip() for item in items if item and item.strip()]
-    return cleaned or None
-
-
-# -- pure request builders --------------------------------------------------------------
-
-def default_serving_image(region: str, accelerator_type: str = "",
-                          tf_version: str = DEFAULT_TF_VERSION) -> str:
-    """The prebuilt TF2 serving container closest to ``region`` (GPU build if accelerated)."""
-    area = (region or "us").split("-")[0]
-    registry = {"europe": "europe-docker.pkg.dev", "asia": "asia-docker.pkg.dev",
-                "australia": "asia-docker.pkg.dev", "me": "europe-docker.pkg.dev",
-                "africa": "europe-docker.pkg.dev"}.get(area, "us-docker.pkg.dev")
-    kind = "gpu" if accelerator_type else "cpu"
-    return TF_IMAGE.format(registry=registry, kind=kind, tf=tf_version)
-
-
-def model_spec(*, display_name: str, model_uri: str, image_uri: str,
-               labels: Mapping[str, str], description: str = "") -> dict[str, Any]:
-    """The ``Model`` to upload: the SavedModel directory served by a TF serving container."""
-    return {
-        "display_name": display_name,
-        "description": description,
-        "artifact_uri": model_uri,
-        "container_spec": {"image_uri": image_uri},
-        "labels": dict(labels),
-    }
-
-
-def deployed_model_spec(*, model: str, display_name: str, machine_type: str,
-                        accelerator_type: str = "", accelerator_count: int = 0,
-                        min_replicas: int = 1, max_replicas: int = 1,
-                        autoscaling_target: int = 60,
-                        access_logging: bool = True) -> dict[str, Any]:
-    """The ``DeployedModel``: dedicated machines, replica bounds and the scaling metric.
-
-    With an accelerator the replica count follows the accelerator duty cycle, else the
-    CPU utilisation; ``autoscaling_target`` is that metric's target in percent.
-    """
-    machine: dict[str, Any] = {"machine_type": machine_type}
-    metric = CPU_METRIC
-    if accelerator_type and accelerator_count > 0:
-        machine.update(accelerator_type=accelerator_type, accelerator_count=accelerator_count)
-        metric = ACCELERATOR_METRIC
-    return {
-        "model": model,
-        "display_name": display_name,
-        "dedicated_resources": {
-            "machine_spec": machine,
-            "min_replica_count": min_replicas,
-            "max_replica_count": max_replicas,
-            "autoscaling_metric_specs": [{"metric_name": metric, "target": autoscaling_target}],
-        },
-        # Access logs feed the log-based latency metrics of the metrics stage.
-        "enable_access_logging": access_logging,
-    }
 
 
 def _last(name: str) -> str:
@@ -213,12 +128,31 @@ class VertexTarget:
 
     # -- deploy -------------------------------------------------------------------------
 
+    def run_protocol(self, spec: Any) -> str:
+        return "vertex"
+
+    def run_replicas(self, spec: Any) -> int:
+        return int(spec.min_replicas)
+
+    def monitored_target(self, spec: Any, deployment: Mapping[str, Any] | None
+                         ) -> MonitoredTarget:
+        """The endpoint (``endpoint_id``, ``deployed_model_id`` of the deploy output)."""
+        return monitored_scope(spec, deployment)
+
+    def teardown_stub(self, spec: Any) -> dict[str, Any]:
+        """The run's labels, by which undeploy finds what a killed deploy created."""
+        return teardown_stub(spec)
+
+    def server_problem(self, deployment: Mapping[str, Any]) -> None:
+        """None: nothing of the server is watched past its teardown."""
+        return None
+
     def deploy_run(self, spec: Any) -> dict[str, Any]:
-        """``deploy`` with a run's params (``spec_kwargs``). A signature other than the
+        """``deploy`` with a run's params (``_spec_kwargs``). A signature other than the
         default is sent to ``:rawPredict``: Vertex's ``:predict`` accepts only
         ``{instances, parameters}`` and serves the default signature, while ``:rawPredict``
         passes the TF Serving body (with ``signature_name``) through."""
-        deployed = dict(self.deploy(**spec_kwargs(spec)))
+        deployed = dict(self.deploy(**_spec_kwargs(spec)))
         if spec.signature != "serving_default":
             deployed["predict_url"] = deployed["predict_url"].replace(":predict", ":rawPredict")
         return deployed
@@ -451,15 +385,6 @@ def _remaining_split(previous: Mapping[str, int], others: Sequence[str]) -> dict
     return {others[0]: 100}
 
 
-def spec_kwargs(spec: Any) -> dict[str, Any]:
+def _spec_kwargs(spec: Any) -> dict[str, Any]:
     """``VertexTarget.deploy`` keyword arguments from a RunSpec-like object."""
-    return {
-        "project": spec.project, "region": spec.region, "model_name": spec.model_name,
-        "model_version": spec.model_version, "model_uri": spec.model_uri,
-        "run_id": spec.run_id, "dag_id": getattr(spec, "dag_id", ""),
-        "machine_type": spec.machine_type, "accelerator_type": spec.accelerator_type,
-        "accelerator_count": spec.accelerator_count, "min_replicas": spec.min_replicas,
-        "max_replicas": spec.max_replicas, "autoscaling_target": spec.autoscaling_target,
-        "serving_container_image": spec.serving_container_image,
-        "gcp_conn_id": spec.gcp_conn_id, "impersonation_chain": spec.impersonation_chain,
-    }
+    return {**cloud_spec_kwargs(spec), "serving_container_image": spec.serving_container_image}
