@@ -25,14 +25,12 @@ predict URL does not redirect; a 3xx is a failure) and cookies.
 
 from __future__ import annotations
 
-import errno
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import gevent.socket
 from geventhttpclient.client import HTTPClient
-from geventhttpclient.response import HTTPConnectionClosed, HTTPSocketPoolResponse
+from geventhttpclient.response import HTTPSocketPoolResponse
 from geventhttpclient.url import URL
 from locust.contrib.fasthttp import insecure_ssl_context_factory
 from locust.exception import CatchResponseError
@@ -40,9 +38,6 @@ from locust.exception import CatchResponseError
 # isort: split
 import caio_load
 import caio_schedule
-
-# a closed keep-alive connection (the server's idle timeout) is retried on another one
-_RETRY_ERRNOS = (errno.ECONNRESET, errno.EPIPE)
 
 
 class Prepared:
@@ -93,34 +88,27 @@ class PredictClient:
             network_timeout=timeout_s, insecure=True,
             ssl_context_factory=insecure_ssl_context_factory if ssl else None)
         self.pool = self.client._connection_pool  # what post() sends on
+        self.block_size = self.client.block_size
 
     def close(self) -> None:
         self.client.close()
 
     def exchange(self, data: bytes) -> tuple[int, bytes]:
-        """Send one request's bytes, read the whole response: (status, body). A connection
-        the server closed while idle is replaced, as geventhttpclient's client does."""
+        """Send one request's bytes on a pooled connection (checked alive, as
+        geventhttpclient does) and read the whole response: (status, body). Not retried: a
+        POST that may have reached the server is not sent twice (RFC 9110 9.2.2, as
+        geventhttpclient's client has it)."""
         pool = self.pool
-        attempts = pool.size + 1
-        while True:
-            sock = pool.get_socket()
-            try:
-                sock.sendall(data)
-            except gevent.socket.error as exc:
-                pool.release_socket(sock)
-                if exc.errno in _RETRY_ERRNOS and attempts > 0:
-                    attempts -= 1
-                    continue
-                raise
-            try:
-                response = HTTPSocketPoolResponse(sock, pool, block_size=self.client.block_size,
-                                                  method="POST")
-            except HTTPConnectionClosed:  # released by the response itself
-                if attempts > 0:
-                    attempts -= 1
-                    continue
-                raise
-            return response.status_code, response.read()
+        sock = pool.get_socket()
+        try:
+            sock.sendall(data)
+        except BaseException:
+            pool.release_socket(sock)
+            raise
+        # the response returns the connection to the pool (or closes it) once read
+        response = HTTPSocketPoolResponse(sock, pool, block_size=self.block_size,
+                                          method="POST")
+        return response.status_code, response.read()
 
     def post(self, index: int, start_time: float | None = None,
              intended_perf: float | None = None) -> float | None:
