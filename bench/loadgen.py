@@ -11,7 +11,8 @@ Clients (each run alone, headless, one process, ``--users`` users, no wait time)
   ``make_config`` and a payload from ``build_payload`` on ``test_images/``, exactly as the
   pipeline does, raw records included (checked: one record per request);
 - ``caio_open_loop``: the same locustfile's ``open_rate`` mode offered twice the
-  ``stock_fasthttp`` req/s of the run's first round (or ``--open-rate``): req/s it
+  ``stock_fasthttp`` requests per CPU-second of the run's first round, what one whole core
+  gives it (or its req/s when no CPU window; or ``--open-rate``): req/s it
   achieves, from its raw records, with its dropped and late sends;
 - ``stock_fasthttp`` / ``stock_http``: Locust's ``FastHttpUser`` / ``HttpUser`` posting the
   same bodies (``bench/bench_users.py``);
@@ -203,9 +204,10 @@ class Bench:
     bodies_file: Path
     payload_uri: str = ""
     signature: str = "serving_preprocess"
-    open_rate: float | None = None  # --open-rate; else twice stock_fasthttp's first round
+    open_rate: float | None = None  # --open-rate; else twice reference_rps
     open_max_in_flight: int = 1024
-    reference_rps: float | None = None  # stock_fasthttp's first-round req/s in this run
+    # stock_fasthttp's first round: requests per CPU-second (else req/s)
+    reference_rps: float | None = None
     runs: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -290,7 +292,8 @@ def count_records(requests_dir: Path) -> int:
 
 def client_caio_open_loop(bench: Bench) -> dict[str, Any]:
     """The locustfile's open_rate mode offered far more than one core can send (twice
-    stock_fasthttp's req/s in the first round, or ``--open-rate``): what it sends is the
+    stock_fasthttp's first-round requests per CPU-second, or ``--open-rate``; its req/s
+    would offer too little whenever that round lost part of its core): what it sends is the
     generator's limit.
     Figures from its raw records: completions per second over the steady window, sends
     dropped (in-flight cap, or over 1 s late), and on time / late from its final log line."""
@@ -580,8 +583,9 @@ def efficiency(tmp: Path, cores: Cores, seconds: int, users: int, signature: str
                 print(f"{got['rps']:,.0f} req/s, {per_cpu or 0:,.0f} per CPU-s", flush=True)
                 rounds_of[name].append(got)
                 if name == REFERENCE and bench.reference_rps is None:
-                    # the open loop is offered the same rate in every round
-                    bench.reference_rps = got["rps"]
+                    # the open loop's offer, the same in every round; per CPU-second:
+                    # what a whole core gives it, whatever share of it this round got
+                    bench.reference_rps = got.get("rps_per_cpu") or got["rps"]
     finally:
         stop(proc)
     clients = {name: ({"rps": None, "skipped": skipped[name]} if name in skipped
@@ -671,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--responder", default="auto", choices=("auto", "nginx", "python"))
     parser.add_argument("--open-rate", type=float, default=None,
                         help="req/s offered to caio_open_loop (default: twice stock_fasthttp's "
-                             "req/s in the run's first round)")
+                             "requests per CPU-second in the run's first round)")
     parser.add_argument("--open-max-in-flight", type=int, default=1024,
                         help="caio_open_loop's max_in_flight")
     part = parser.add_mutually_exclusive_group()
