@@ -24,7 +24,12 @@ What one run does:
 
 ``--replicas 0`` generates a cloud target's run: client records only, no server files.
 
-Targets (issue 7): 10 M records in under 10 s, peak memory under 2 GB.
+Steps 2 and 3 run ``--rounds`` times (default 3), alternating (limit, then product into a
+fresh warehouse), on the same generated files; each reports min / median / max and the
+targets are judged on the medians.
+
+Targets: 10 M records in under 10 s, peak memory under 2 GB (issue 7); the product within
+1.3x the limit's time (issue 18).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from procs import target_lines, write_result
+from procs import spread, spread_text, target_lines, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "plugins"))
@@ -51,6 +56,7 @@ sys.path.insert(0, str(REPO / "plugins"))
 TARGET_SECONDS = 10.0
 TARGET_RECORDS = 10_000_000
 TARGET_PEAK_MB = 2048.0
+TARGET_RATIO = 1.3  # issue 18: the product within 1.3x the limit's time
 RUN_ID = "bench-harvest"
 SIGNATURE = "serving_preprocess"
 CLIENT_HEADER = "ts,latency_ms,ok,status_code,signature,worker,bytes,error"
@@ -369,20 +375,35 @@ def _total_memory_mb() -> float | None:
 
 
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, scaled to the records of this run (10 s per 10 M records)."""
+    """The issues' targets on the median round, the time one scaled to the records of this
+    run (10 s per 10 M records)."""
     product = result["product"]
     allowed_s = TARGET_SECONDS * result["generated"]["records"] / TARGET_RECORDS
+    ratio = result["ratio"]["seconds_product_over_limit"]
     return [
-        {"name": f"harvest {result['generated']['records']:,} records in < {allowed_s:.3g} s",
-         "value": product["seconds"], "limit": allowed_s,
+        {"name": f"harvest {result['generated']['records']:,} records in < {allowed_s:.3g} s "
+                 "(median)", "value": product["seconds"], "limit": allowed_s,
          "met": product["seconds"] < allowed_s},
-        {"name": f"peak memory < {TARGET_PEAK_MB:.0f} MB", "value": product["peak_mb"],
+        {"name": f"time product / limit <= {TARGET_RATIO:g}x (medians)", "value": ratio,
+         "limit": TARGET_RATIO, "met": ratio <= TARGET_RATIO},
+        {"name": f"peak memory < {TARGET_PEAK_MB:.0f} MB (median)", "value": product["peak_mb"],
          "limit": TARGET_PEAK_MB, "met": product["peak_mb"] < TARGET_PEAK_MB},
     ]
 
 
+def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A step over its rounds: the round of median seconds (its breakdown and counts), with
+    ``seconds`` and ``peak_mb`` the medians and ``spread`` min / median / max of both."""
+    middle = sorted(rounds, key=lambda r: r["seconds"])[(len(rounds) - 1) // 2]
+    seconds = spread((r["seconds"] for r in rounds), 3)
+    peak = spread((r["peak_mb"] for r in rounds), 1)
+    return {**middle, "seconds": seconds["median"], "peak_mb": peak["median"],
+            "spread": {"seconds": seconds, "peak_mb": peak},
+            "rounds_seconds": [r["seconds"] for r in rounds]}
+
+
 def run(records: int, workers: int, rate: float, flush_s: float, failure_share: float,
-        replicas: int, workdir: Path) -> dict[str, Any]:
+        replicas: int, workdir: Path, rounds: int = 3) -> dict[str, Any]:
     bucket_dir = workdir / "bucket"
     print(f"generating {records:,} client records ({workers} workers, {rate:g} req/s, "
           f"a file per {flush_s:g} s flush) + server records and samples ...", flush=True)
@@ -393,11 +414,22 @@ def run(records: int, workers: int, rate: float, flush_s: float, failure_share: 
           f"{sum(gen['csv_bytes'].values()) / 2**20:,.0f} MB of CSV in {gen['generate_s']} s",
           flush=True)
     bucket = bucket_dir.as_uri()
-    print("limit: pyarrow read of the CSVs + one Parquet write ...", flush=True)
-    limit = run_child("limit", bucket, str(workdir / "limit.parquet"))
-    print("product: harvest_run -> tables, Parquet, DuckDB ...", flush=True)
-    product = run_child("product", bucket, "duckdb://" + str(workdir / "warehouse.duckdb"),
-                        json.dumps(gen))
+    limits, products = [], []
+    for round_no in range(1, rounds + 1):
+        (workdir / "limit.parquet").unlink(missing_ok=True)
+        limits.append(run_child("limit", bucket, str(workdir / "limit.parquet")))
+        # a fresh warehouse and no tables from the last round: every round does all the work
+        for name in ("warehouse.duckdb", "warehouse.duckdb.wal"):
+            (workdir / name).unlink(missing_ok=True)
+        shutil.rmtree(bucket_dir / "runs" / RUN_ID / "tables", ignore_errors=True)
+        products.append(run_child("product", bucket,
+                                  "duckdb://" + str(workdir / "warehouse.duckdb"),
+                                  json.dumps(gen)))
+        print(f"  round {round_no}: limit (pyarrow read + Parquet write) "
+              f"{limits[-1]['seconds']:.2f} s, product (harvest_run) "
+              f"{products[-1]['seconds']:.2f} s, {products[-1]['peak_mb']:.0f} MB peak",
+              flush=True)
+    limit, product = median_round(limits), median_round(products)
     rows = gen["records"] + gen["server_records"]
     for step in (product, limit):
         step["records_per_s"] = round(gen["records"] / step["seconds"])
@@ -406,6 +438,7 @@ def run(records: int, workers: int, rate: float, flush_s: float, failure_share: 
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
+        "rounds": rounds,
         "generated": gen,
         "product": product,
         "limit": limit,
@@ -424,16 +457,21 @@ def table(result: dict[str, Any]) -> str:
     gen = result["generated"]
     rows = gen["records"] + gen["server_records"]
     lines = [f"{gen['records']:,} client + {gen['server_records']:,} server records "
-             f"({rows:,} rows), {sum(gen['files'].values()):,} files",
-             f"{'step':<34}{'seconds':>9}{'records/s':>12}{'peak MB':>9}   breakdown (s)"]
+             f"({rows:,} rows), {sum(gen['files'].values()):,} files; median (min-max) of "
+             f"{result.get('rounds', 1)} round(s)",
+             f"{'step':<29}{'seconds':>20}{'records/s':>11}{'peak MB':>17}   breakdown (s), "
+             "median round"]
     for name, key in (("product (harvest_run)", "product"), ("limit (pyarrow read + write)",
                                                              "limit")):
         step = result[key]
+        sp = step.get("spread", {})
         parts = ", ".join(f"{k} {v:g}" for k, v in step["breakdown_s"].items())
-        lines.append(f"{name:<34}{step['seconds']:>9.2f}{step['records_per_s']:>12,}"
-                     f"{step['peak_mb']:>9.0f}   {parts}")
+        lines.append(f"{name:<29}{spread_text(sp.get('seconds'), '{:.2f}'):>20}"
+                     f"{step['records_per_s']:>11,}{spread_text(sp.get('peak_mb')):>17}   "
+                     f"{parts}")
     ratio = result["ratio"]
-    lines.append(f"ratio product / limit: {ratio['seconds_product_over_limit']:.2f}x time, "
+    lines.append(f"ratio product / limit (medians): "
+                 f"{ratio['seconds_product_over_limit']:.2f}x time, "
                  f"{ratio['peak_mb_product_over_limit']:.2f}x peak memory")
     per = result["bytes_per_record"]
     lines.append(f"bytes per record: CSV {per['csv']:g}, requests.parquet "
@@ -454,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--failure-share", type=float, default=0.005)
     parser.add_argument("--replicas", type=int, default=2,
                         help="local server replicas (0: a cloud target, client records only)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of (limit, product) on the same files; judged on the median")
     parser.add_argument("--workdir", default="",
                         help="where to generate (default: a temp dir, removed after)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "harvest.json"))
@@ -465,9 +505,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if min(args.records, args.workers) < 1 or args.replicas < 0 or args.rate <= 0 \
+    if min(args.records, args.workers, args.rounds) < 1 or args.replicas < 0 or args.rate <= 0 \
             or args.flush_s <= 0 or not 0 <= args.failure_share < 1:
-        parser.error("--records and --workers must be >= 1, --replicas >= 0, --rate and "
+        parser.error("--records, --workers and --rounds must be >= 1, --replicas >= 0, --rate and "
                      "--flush-s > 0, --failure-share in [0, 1)")
     python = os.path.relpath(sys.executable, REPO)
     python = python if not python.startswith("..") else sys.executable
@@ -481,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         result = run(args.records, args.workers, args.rate, args.flush_s, args.failure_share,
-                     args.replicas, workdir)
+                     args.replicas, workdir, args.rounds)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import statistics
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -76,3 +77,23 @@ def target_lines(targets: Iterable[dict[str, Any]]) -> list[str]:
     """``target <name>: <value> -> met | NOT MET`` per target."""
     return [f"target {t['name']}: {t['value']:g} -> {'met' if t['met'] else 'NOT MET'}"
             for t in targets]
+
+
+def spread(values: Iterable[float | None], digits: int = 1) -> dict[str, float] | None:
+    """``{"min", "median", "max", "n"}`` of a benchmark's rounds (``None`` rounds left
+    out; ``None`` when there is none). Verdicts are taken on the median: one disturbed round
+    (other work on the machine) moves it less than it moves a best or a mean."""
+    got = sorted(v for v in values if v is not None)
+    if not got:
+        return None
+    return {"min": round(got[0], digits), "median": round(statistics.median(got), digits),
+            "max": round(got[-1], digits), "n": len(got)}
+
+
+def spread_text(s: dict[str, float] | None, fmt: str = "{:,.0f}") -> str:
+    """``median (min-max)``, or ``-``."""
+    if not s:
+        return "-"
+    if s["n"] == 1:
+        return fmt.format(s["median"])
+    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])}-{fmt.format(s['max'])})"

@@ -27,11 +27,13 @@ import gevent.event
 import caio_cloud
 import caio_cpu
 import caio_hdr
+import caio_http
 import caio_load
 
 log = logging.getLogger("caio")
 
 CPU_SAMPLE_S = 1.0  # a worker's CPU sampling period
+USER_AGENT = "caio-bench"
 
 
 class Context:
@@ -41,6 +43,7 @@ class Context:
         self.cfg = cfg
         self.workers, self.worker_index = workers, worker_index
         self.bodies: list[bytes] = []
+        self.prepared: caio_http.Prepared | None = None  # the bodies' request heads
         self.users = itertools.count()  # users start at different bodies
         self.records: caio_load.RecordBuffer | None = None
         self.hists: caio_hdr.HistogramBuffer | None = None
@@ -87,6 +90,7 @@ class Context:
         cfg = self.cfg
         payload = json.loads(caio_load.read_uri(cfg["payload_uri"]))
         self.bodies = caio_load.request_bodies(cfg, payload)
+        self.prepared = caio_http.Prepared(cfg["predict_url"], self.bodies, USER_AGENT)
         self.records = caio_load.RecordBuffer(cfg["output_uri"], caio_load.worker_id())
         worker = self.records.worker
         self.sample = float(cfg["record_sample"])
@@ -102,12 +106,22 @@ class Context:
         log.info("caio: worker %s ready: %d request bodies, records to %s", worker,
                  len(self.bodies), cfg["output_uri"])
 
-    def headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
-        token = self.token.header if self.token is not None else None
-        if token:
-            headers["Authorization"] = token
-        return headers
+    def bearer(self) -> str | None:
+        """The Authorization header's value for a Google API host, else None."""
+        return self.token.header if self.token is not None else None
+
+    def client(self, request_event: Any, concurrency: int = 1) -> caio_http.PredictClient:
+        """A client posting this worker's bodies to the predict URL over at most
+        ``concurrency`` connections (one per closed-loop user; the open loop's
+        ``max_in_flight``)."""
+        cfg = self.cfg
+        assert self.prepared is not None, "caio: init did not load the payload"
+        return caio_http.PredictClient(
+            cfg["predict_url"], self.prepared, request_event,
+            name=caio_load.REQUEST_NAME_PREFIX + cfg["signature"],
+            context={"signature": cfg["signature"]},
+            timeout_s=float(cfg["request_timeout_s"]), concurrency=concurrency,
+            token=self.bearer)
 
     def record(self, request_type: str, name: str, response_time: float,
                response_length: int, response: Any = None, context: dict | None = None,
@@ -178,13 +192,3 @@ class Context:
             gevent.sleep(interval_s)
             self.flush("interval")
 
-
-def settle(response: Any) -> None:
-    """Mark a caught response: non-2xx and 2xx carrying ``error`` are failures."""
-    if response.status_code == 0:
-        return  # connection error or timeout: Locust already holds the exception
-    error = caio_load.response_error(response.status_code, response.content)
-    if error:
-        response.failure(error)
-    else:
-        response.success()

@@ -3,13 +3,14 @@
 
 The scheduler walks the worker's share of the intended send times
 (``caio_schedule.intended_times``), sleeps until each, admits it through an
-``InFlightLimiter`` (``max_in_flight``) and sends it from its own greenlet on one
-FastHttpSession whose pool holds ``max_in_flight`` connections, so a stalled server never
-delays the next send. The request event it fires carries ``start_time`` = the intended send
-time and ``response_time`` = latency from the intended send time, so Locust's stats and the
-raw records are open-loop figures; the latency from the actual send is kept in a histogram
-and logged at the end. A send that cannot start on time (in-flight cap reached, or more than
-1 s late) is not sent: it is recorded as a dropped failure.
+``InFlightLimiter`` (``max_in_flight``) and hands it to an idle sender greenlet (a new one
+when none is idle: ``Senders``) on one ``caio_http.PredictClient`` whose pool holds
+``max_in_flight`` connections, so a stalled server never delays the next send. The request
+event it fires carries ``start_time`` = the intended send time and ``response_time`` =
+latency from the intended send time, so Locust's stats and the raw records are open-loop
+figures; the latency from the actual send is kept in a histogram and logged at the end. A
+send that cannot start on time (in-flight cap reached, or more than 1 s late) is not sent:
+it is recorded as a dropped failure.
 """
 
 from __future__ import annotations
@@ -17,21 +18,51 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import gevent
-from locust.contrib.fasthttp import FastHttpSession
+from gevent.hub import Waiter
 
 # isort: split
 import caio_hdr
 import caio_peak_run
 import caio_schedule
-from caio_context import Context, settle
+from caio_context import Context
 
 log = logging.getLogger("caio")
 
 INIT_TIMEOUT_S = 120.0  # how long a scheduler waits for the master's start time
+YIELD_EVERY = 8  # behind schedule, the loop yields to the started sends every this many sends
 STEP_POLL_S = 0.1  # how often a peak_search scheduler waiting for its next send checks the step
+
+
+class Senders:
+    """The greenlets that send: a send goes to an idle one when there is one, else to a new
+    one, so there are never more than the sends in flight at once (``max_in_flight``, which
+    the limiter enforces) and never fewer than needed: a send never waits for a sender.
+    Handing a send to a waiting greenlet (a hub callback and a switch, as ``spawn`` starts
+    a new greenlet) saves creating a greenlet per request: 7% of the open loop's CPU at
+    saturation (py-spy, bench/README.md)."""
+
+    def __init__(self, send: Callable[..., None]) -> None:
+        self.send = send
+        self.hub = gevent.get_hub()
+        self.idle: list[Waiter] = []
+
+    def submit(self, args: tuple) -> None:
+        """Start ``send(*args)`` in the next turn of the hub, as ``gevent.spawn`` would."""
+        if self.idle:
+            self.hub.loop.run_callback(self.idle.pop().switch, args)
+        else:
+            gevent.spawn(self._run, args)
+
+    def _run(self, args: tuple) -> None:
+        while True:
+            self.send(*args)
+            waiter = Waiter(self.hub)
+            self.idle.append(waiter)
+            args = waiter.get()
 
 
 class OpenLoop:
@@ -43,17 +74,12 @@ class OpenLoop:
         self.environment = environment
         self.ctx = ctx
         self.shape = shape
-        self.url = cfg["predict_url"]
-        self.label = f"predict:{cfg['signature']}"
-        self.context = {"signature": cfg["signature"]}
-        timeout = float(cfg["request_timeout_s"])
         self.limiter = caio_schedule.InFlightLimiter(int(shape["max_in_flight"]))
         # one pool of max_in_flight connections: a request waiting on a stalled server holds
         # one connection, never the next send
-        self.session = FastHttpSession(
-            base_url=environment.host, request_event=environment.events.request, user=None,
-            network_timeout=timeout, connection_timeout=timeout, max_retries=0,
-            concurrency=int(shape["max_in_flight"]))
+        self.client = ctx.client(environment.events.request, int(shape["max_in_flight"]))
+        self.count = len(ctx.bodies)
+        self.senders = Senders(self._send)
         self.sent_hist = caio_hdr.new_histogram()  # latency from the actual send
         self.sent = 0
 
@@ -116,12 +142,16 @@ class OpenLoop:
         now_perf, now_wall = time.perf_counter(), time.time()
         t0_wall = now_wall if start_wall is None else start_wall
         t0_perf = now_perf + (t0_wall - now_wall)
+        behind = 0
         for offset in times:
             intended = t0_perf + offset
-            if intended <= time.perf_counter():
+            if intended <= time.perf_counter() and (behind := behind + 1) % YIELD_EVERY == 0:
                 # behind schedule: let the sends already started run before starting more,
                 # or they would pile up to max_in_flight unsent (dropped for the cap, not as
-                # late, and timed from a send that waited on this loop)
+                # late, and timed from a send that waited on this loop); not after every one:
+                # each yield is a turn of the hub (an epoll call), which at 7,000 req/s made
+                # the loop fall behind for good (bench/loadgen.py: 6,587 sent, 794 ms late at
+                # worst; every 8th: 7,005 sent, 40 ms)
                 gevent.sleep(0)
             while (delay := intended - time.perf_counter()) > 0:
                 # a peak-search step change must not wait out a long gap at a low rate
@@ -132,27 +162,20 @@ class OpenLoop:
                 return True
             admission = self.limiter.admit(intended, time.perf_counter())
             if admission.started:
-                gevent.spawn(self._send, intended, t0_wall + offset, self.sent)
+                self.senders.submit((intended, t0_wall + offset, self.sent))
             else:
                 self._dropped(t0_wall + offset, admission)
             self.sent += 1
         return False
 
     def _send(self, intended_perf: float, intended_wall: float, n: int) -> None:
-        ctx = self.ctx
-        body: Any = ctx.bodies[n % len(ctx.bodies)]  # bytes: locust's post() types str | dict
         try:
-            with self.session.post(self.url, data=body, headers=ctx.headers(), name=self.label,
-                                   context=self.context, catch_response=True) as response:
-                meta = response.request_meta
-                sent_ms = meta.get("response_time")
-                if sent_ms is not None:
-                    caio_hdr.record_us(self.sent_hist, sent_ms)
-                # what the request event (Locust's stats, raw records, histograms) reports
-                meta["start_time"] = intended_wall
-                meta["response_time"] = caio_schedule.latency_from_intended_ms(
-                    intended_perf, time.perf_counter())
-                settle(response)
+            # the request event (Locust's stats, raw records, histograms) reports the
+            # latency from the intended send; the one from the actual send goes here
+            sent_ms = self.client.post(n % self.count, start_time=intended_wall,
+                                       intended_perf=intended_perf)
+            if sent_ms is not None:
+                caio_hdr.record_us(self.sent_hist, sent_ms)
         finally:
             self.limiter.finish()
 

@@ -6,13 +6,13 @@ Run it as a Locust master + workers (or standalone) with a test config::
 
 The config (``--caio-config`` or ``CAIO_CONFIG``; local path, ``file://`` or ``gs://``) names
 the predict URL, protocol, signature, payload and load shape (see ``caio_load.parse_config``).
-Every user posts ``{"signature_name", "instances"}`` bodies from the payload in turn. Locust's
-own stats come from FastHttpSession's request event (``time.perf_counter`` around the request
-and body read only); a listener on that same event keeps every request as a raw client record,
-flushed as ``<output_uri>/requests/worker-<id>-<seq>.csv`` every ``flush_interval_s`` and when
-the test stops, so the raw records and Locust's totals count the same requests (with
-``record_sample`` < 1 only that share of the successful ones is kept; every failure is, and
-the histograms below count everything).
+Every user posts ``{"signature_name", "instances"}`` bodies from the payload in turn.
+Locust's own stats come from the request event ``caio_http`` fires (``time.perf_counter``
+around the request and body read only); a listener on that same event keeps every request as
+a raw client record, flushed as ``<output_uri>/requests/worker-<id>-<seq>.csv`` every
+``flush_interval_s`` and when the test stops, so the raw records and Locust's totals count
+the same requests (with ``record_sample`` < 1 only that share of the successful ones is
+kept; every failure is, and the histograms below count everything).
 
 This file is the event wiring; the parts live in its sibling modules:
 
@@ -42,7 +42,6 @@ import sys
 import time
 from typing import Any
 
-from locust.contrib.fasthttp import FastHttpUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from locust import LoadTestShape, User, constant, events, task
@@ -54,7 +53,7 @@ import caio_load
 import caio_openloop
 import caio_peak_run
 import shapes
-from caio_context import Context, settle
+from caio_context import Context
 
 log = logging.getLogger("caio")
 
@@ -115,11 +114,8 @@ def _on_init(environment, **_: Any) -> None:
     ctx = environment.caio = Context(cfg, *_worker_slot(options))
     environment.events.request.add_listener(ctx.record)
     PredictUser.wait_time = constant(cfg["think_time_s"])
-    PredictUser.network_timeout = float(cfg["request_timeout_s"])
-    PredictUser.connection_timeout = float(cfg["request_timeout_s"])
     if not environment.host:
         environment.host = caio_load.origin(cfg["predict_url"])
-        PredictUser.host = environment.host
     log.info("caio: test %s: %s %s signature=%s shape=%s", cfg["test_id"], cfg["protocol"],
              cfg["predict_url"], cfg["signature"], shapes.steps(cfg["shape"]))
     runner = environment.runner
@@ -209,32 +205,28 @@ def _worker_context(user: User) -> Context:
     return ctx
 
 
-class PredictUser(FastHttpUser):
-    """One client: posts the payload's request bodies in turn to the predict URL."""
+class PredictUser(User):
+    """One client: posts the payload's request bodies in turn to the predict URL, over its
+    own keep-alive connection (``caio_http``: each request's bytes built once)."""
 
     wait_time = constant(0)
-    network_timeout = 30.0
-    connection_timeout = 30.0
 
     def on_start(self) -> None:
         self.ctx = _worker_context(self)
-        cfg = self.ctx.cfg
         assert self.ctx.bodies, "caio: init did not load the test config"
-        self.url = cfg["predict_url"]
-        self.label = f"predict:{cfg['signature']}"
-        self.context_ = {"signature": cfg["signature"]}
+        self.client = self.ctx.client(self.environment.events.request)
+        self.count = len(self.ctx.bodies)
         # users start at different bodies so they do not all send the same image at once
-        self.index = next(self.ctx.users) % len(self.ctx.bodies)
+        self.index = next(self.ctx.users) % self.count
+
+    def on_stop(self) -> None:
+        self.client.close()
 
     @task
     def predict(self) -> None:
-        bodies = self.ctx.bodies
-        body: Any = bodies[self.index]  # bytes: locust's post() types str | dict, sends bytes
-        self.index = (self.index + 1) % len(bodies)
-        with self.client.post(self.url, data=body, headers=self.ctx.headers(),
-                              name=self.label, context=self.context_,
-                              catch_response=True) as response:
-            settle(response)
+        index = self.index
+        self.index = index + 1 if index + 1 < self.count else 0
+        self.client.post(index)
 
 
 class OpenRateUser(User):

@@ -36,10 +36,16 @@ def test_bench_loadgen_writes_its_json(tmp_path):
     assert result["ratios"]["stock_fasthttp"] == 1.0
     assert result["responder"]["kind"] == "python"
     assert {"cores", "python", "locust"} <= set(result["machine"])
-    assert "target caio_predict >= 1.0x stock_fasthttp" in proc.stdout
+    assert "target caio_predict >= 1.15x stock_fasthttp per CPU-second" in proc.stdout
+    assert "target caio_open_loop >= 1.0x stock_fasthttp per CPU-second" in proc.stdout
+    for name, client in result["clients"].items():  # 3 rounds by default, judged on the median
+        spread = client["spread"]["rps"]  # (per CPU-second: None when 3 s is too short)
+        assert spread["n"] == 3 and spread["min"] <= spread["median"] <= spread["max"], name
+        assert client["rps"] == spread["median"] and len(client["rounds_rps"]) == 3, name
     open_loop = result["clients"]["caio_open_loop"]
-    # offered twice the stock_fasthttp figure measured just before it
-    reference = result["clients"]["stock_fasthttp"]["rps"]
+    # offered twice stock_fasthttp's first round, per CPU-second (else req/s), in every round
+    stock = result["clients"]["stock_fasthttp"]
+    reference = stock["rounds_rps_per_cpu"][0] or stock["rounds_rps"][0]
     assert open_loop["offered_rate"] == pytest.approx(2 * reference, abs=0.1)
     assert open_loop["intended"] == (open_loop["requests"] + open_loop["dropped_cap"]
                                      + open_loop["dropped_late"])
@@ -128,7 +134,10 @@ def test_bench_harvest_writes_its_json_and_the_summary_reads_it(tmp_path):
     assert limit["rows"] == gen["records"] + gen["server_records"]
     for step in (product, limit):
         assert step["seconds"] > 0 and step["peak_mb"] > step["baseline_mb"] > 0
-    assert {t["name"].split(" ")[0] for t in result["targets"]} == {"harvest", "peak"}
+    assert {t["name"].split(" ")[0] for t in result["targets"]} == {"harvest", "time", "peak"}
+    for step in (product, limit):  # 3 rounds by default, judged on the median
+        assert step["spread"]["seconds"]["n"] == 3 == len(step["rounds_seconds"])
+        assert step["seconds"] == step["spread"]["seconds"]["median"]
     assert result["bytes_per_record"]["requests_parquet"] > 0
     assert "ratio product / limit" in proc.stdout
 
