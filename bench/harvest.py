@@ -76,7 +76,9 @@ FAILURES = (
      "Internal: model call failed"),
 )
 START_TS = 1_790_000_000.0  # 2026-09-21, any fixed epoch
-SERVER_FLUSH_S = 2.0  # targets/local_server.py and replica.py flush every 2 s
+# the local server flushes every 2 s: request records in targets/replica.py
+# (FLUSH_INTERVAL_S), CPU/RSS samples in targets/supervisor.py (SAMPLE_FLUSH_INTERVAL_S)
+SERVER_FLUSH_S = 2.0
 
 
 # ------------------------------------------------------------------ generating (not timed)
