@@ -26,7 +26,7 @@ def old_percentiles(values, qs):
     arr = arr[~np.isnan(arr)]
     if arr.size == 0:
         return {float(q): math.nan for q in qs}
-    return {float(q): float(arr[stats._rank(q, arr.size) - 1]) for q in qs}
+    return {float(q): float(arr[stats.nearest_rank(q, arr.size) - 1]) for q in qs}
 
 
 def old_binned_percentiles(bins, values, qs, size):
@@ -37,7 +37,7 @@ def old_binned_percentiles(bins, values, qs, size):
     b, v = bins[order], values[order]
     uniq, start, counts = np.unique(b, return_index=True, return_counts=True)
     for res, q in zip(results, qs, strict=True):
-        res[uniq] = v[start + stats._rank(q, counts) - 1]
+        res[uniq] = v[start + stats.nearest_rank(q, counts) - 1]
     return results
 
 
