@@ -16,8 +16,9 @@ What one run does:
    CPU/RSS samples every second (``server/samples/``), the workers' CPU samples
    (``load/workers/``) and Locust's ``locust_stats_history.csv``.
 2. **Product**: ``harvest_run`` (what the harvest task calls) into a fresh DuckDB file, in a
-   fresh subprocess: seconds of the call, its own breakdown (read, build, parquet,
-   warehouse) and the child's peak resident memory (``VmHWM``).
+   fresh subprocess: seconds of the call, its own breakdown (read, build, parquet: until
+   the Parquet files are stored, warehouse: the rest of the DuckDB load, which overlaps the
+   Parquet writing) and the child's peak resident memory (``VmHWM``).
 3. **Limit**: in another fresh subprocess, ``pyarrow.dataset`` reads the same client and
    server CSV folders with the same column types, and ``pyarrow.parquet`` writes the records
    as one zstd file: the least any harvest must do.
