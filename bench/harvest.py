@@ -462,7 +462,7 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"{gen['records']:,} client + {gen['server_records']:,} server records "
              f"({rows:,} rows), {sum(gen['files'].values()):,} files; median (min-max) of "
              f"{result.get('rounds', 1)} round(s)",
-             f"{'step':<29}{'seconds':>20}{'records/s':>11}{'peak MB':>17}   breakdown (s), "
+             f"{'step':<29}{'seconds':>20}{'records/s':>12}{'peak MB':>22}   breakdown (s), "
              "median round"]
     for name, key in (("product (harvest_run)", "product"), ("limit (pyarrow read + write)",
                                                              "limit")):
@@ -470,7 +470,7 @@ def table(result: dict[str, Any]) -> str:
         sp = step.get("spread", {})
         parts = ", ".join(f"{k} {v:g}" for k, v in step["breakdown_s"].items())
         lines.append(f"{name:<29}{spread_text(sp.get('seconds'), '{:.2f}'):>20}"
-                     f"{step['records_per_s']:>11,}{spread_text(sp.get('peak_mb')):>17}   "
+                     f"{step['records_per_s']:>12,}{spread_text(sp.get('peak_mb')):>22}   "
                      f"{parts}")
     ratio = result["ratio"]
     lines.append(f"ratio product / limit (medians): "
