@@ -408,6 +408,7 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def run(records: int, workers: int, rate: float, flush_s: float, failure_share: float,
         replicas: int, workdir: Path, rounds: int = 3) -> dict[str, Any]:
     bucket_dir = workdir / "bucket"
+    started_on = machine()  # its load average is the one at the start
     print(f"generating {records:,} client records ({workers} workers, {rate:g} req/s, "
           f"a file per {flush_s:g} s flush) + server records and samples ...", flush=True)
     t0 = time.perf_counter()
@@ -440,7 +441,8 @@ def run(records: int, workers: int, rate: float, flush_s: float, failure_share: 
     requests_parquet = product["parquet_bytes"].get("requests", 0)
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": {**started_on,
+                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "rounds": rounds,
         "generated": gen,
         "product": product,
