@@ -58,7 +58,8 @@ def parquet_bytes(table: str, frame: pd.DataFrame | sc.BatchedTable) -> bytes:
     return buffer.getvalue()
 
 
-def write_tables(layout: RunLayout, tables: Mapping[str, pd.DataFrame]) -> dict[str, str]:
+def write_tables(layout: RunLayout, tables: Mapping[str, pd.DataFrame | sc.BatchedTable]
+                 ) -> dict[str, str]:
     """Write each table to ``layout.table_uri(name)`` atomically; return the URIs."""
     return {name: storage.write_bytes(layout.table_uri(name), parquet_bytes(name, frame))
             for name, frame in tables.items()}
@@ -102,13 +103,16 @@ def store_tables(layout: RunLayout, tables: Mapping[str, Any], warehouse_uri: st
     the URIs, the warehouse's row counts and the seconds until the Parquet files were
     stored.
 
-    A ``BatchedTable`` ``requests`` is made once for both: a thread makes each batch,
+    The other tables' Parquet files are stored first, before the warehouse is opened (a
+    full or read-only bucket fails there, and nothing reaches the warehouse). A
+    ``BatchedTable`` ``requests`` is then made once for both: a thread makes each batch,
     writes it to the Parquet file and hands it to the warehouse's insert, which runs
     meanwhile (DuckDB and the Parquet writer each get a core, and memory holds a couple of
-    batches). The warehouse's stream ends only after every Parquet file is stored, so
-    its transaction commits after them, as when the two ran one after the other: a Parquet
-    failure rolls the warehouse back and is raised; a warehouse failure is raised once the
-    Parquet files are stored."""
+    batches). The warehouse's stream ends only after ``requests.parquet`` is stored, so its
+    transaction commits after every Parquet file, as when the two ran one after the other:
+    a failure to store ``requests.parquet`` rolls the warehouse back and is raised (only a
+    warehouse file that did not exist yet is left behind, empty of this run); a warehouse
+    failure is raised once the Parquet files are stored."""
     t0 = time.perf_counter()
     requests = tables.get("requests")
     if not isinstance(requests, sc.BatchedTable):
@@ -117,6 +121,7 @@ def store_tables(layout: RunLayout, tables: Mapping[str, Any], warehouse_uri: st
         warehouse = open_warehouse(warehouse_uri, **warehouse_options)
         warehouse.ensure_schema()
         return uris, warehouse.replace_run(tables, layout.run_id), parquet_s
+    first = write_tables(layout, {n: f for n, f in tables.items() if n != "requests"})
     handoff = _Handoff()
     done: dict[str, Any] = {}
 
@@ -127,9 +132,8 @@ def store_tables(layout: RunLayout, tables: Mapping[str, Any], warehouse_uri: st
 
     def write() -> None:
         try:
-            fed = {**tables, "requests": sc.BatchedTable(
-                "requests", requests.run_id, requests.num_rows, tee)}
-            done["uris"] = write_tables(layout, fed)
+            done["uris"] = write_tables(layout, {"requests": sc.BatchedTable(
+                "requests", requests.run_id, requests.num_rows, tee)})
             done["seconds"] = time.perf_counter() - t0
             handoff.end()
         except BaseException as exc:  # handed to the warehouse's stream and raised below
@@ -154,7 +158,8 @@ def store_tables(layout: RunLayout, tables: Mapping[str, Any], warehouse_uri: st
     thread.join()
     if "error" in done:  # a warehouse that read no stream: the Parquet failure still counts
         raise done["error"]
-    return done["uris"], counts, done["seconds"]
+    uris = {**first, **done["uris"]}
+    return {name: uris[name] for name in tables}, counts, done["seconds"]
 
 
 def _plain(value: Any) -> Any:
