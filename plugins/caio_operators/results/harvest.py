@@ -74,6 +74,7 @@ class _Handoff:
     def __init__(self) -> None:
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=1)
         self.closed = threading.Event()  # the warehouse stopped reading
+        self.read = False
 
     def put(self, item: Any) -> None:
         while not self.closed.is_set():
@@ -87,6 +88,12 @@ class _Handoff:
         self.put(self._END if error is None else error)
 
     def batches(self) -> Any:
+        # one pass only (a BatchedTable's batches() may be called again; this one cannot
+        # be): a second reader would wait on a queue nobody fills
+        if self.read:
+            raise RuntimeError("the requests stream was read already: a warehouse's "
+                               "replace_run must read a BatchedTable once")
+        self.read = True
         while True:
             item = self.queue.get()
             if item is self._END:
