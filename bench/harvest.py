@@ -16,8 +16,9 @@ What one run does:
    CPU/RSS samples every second (``server/samples/``), the workers' CPU samples
    (``load/workers/``) and Locust's ``locust_stats_history.csv``.
 2. **Product**: ``harvest_run`` (what the harvest task calls) into a fresh DuckDB file, in a
-   fresh subprocess: seconds of the call, its own breakdown (read, build, parquet,
-   warehouse) and the child's peak resident memory (``VmHWM``).
+   fresh subprocess: seconds of the call, its own breakdown (read, build, parquet: until
+   the Parquet files are stored, warehouse: the rest of the DuckDB load, which overlaps the
+   Parquet writing) and the child's peak resident memory (``VmHWM``).
 3. **Limit**: in another fresh subprocess, ``pyarrow.dataset`` reads the same client and
    server CSV folders with the same column types, and ``pyarrow.parquet`` writes the records
    as one zstd file: the least any harvest must do.
@@ -76,7 +77,9 @@ FAILURES = (
      "Internal: model call failed"),
 )
 START_TS = 1_790_000_000.0  # 2026-09-21, any fixed epoch
-SERVER_FLUSH_S = 2.0  # targets/local_server.py and replica.py flush every 2 s
+# the local server flushes every 2 s: request records in targets/replica.py
+# (FLUSH_INTERVAL_S), CPU/RSS samples in targets/supervisor.py (SAMPLE_FLUSH_INTERVAL_S)
+SERVER_FLUSH_S = 2.0
 
 
 # ------------------------------------------------------------------ generating (not timed)
@@ -405,6 +408,7 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def run(records: int, workers: int, rate: float, flush_s: float, failure_share: float,
         replicas: int, workdir: Path, rounds: int = 3) -> dict[str, Any]:
     bucket_dir = workdir / "bucket"
+    started_on = machine()  # its load average is the one at the start
     print(f"generating {records:,} client records ({workers} workers, {rate:g} req/s, "
           f"a file per {flush_s:g} s flush) + server records and samples ...", flush=True)
     t0 = time.perf_counter()
@@ -437,7 +441,8 @@ def run(records: int, workers: int, rate: float, flush_s: float, failure_share: 
     requests_parquet = product["parquet_bytes"].get("requests", 0)
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": {**started_on,
+                    "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "rounds": rounds,
         "generated": gen,
         "product": product,
@@ -459,7 +464,7 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"{gen['records']:,} client + {gen['server_records']:,} server records "
              f"({rows:,} rows), {sum(gen['files'].values()):,} files; median (min-max) of "
              f"{result.get('rounds', 1)} round(s)",
-             f"{'step':<29}{'seconds':>20}{'records/s':>11}{'peak MB':>17}   breakdown (s), "
+             f"{'step':<29}{'seconds':>20}{'records/s':>12}{'peak MB':>22}   breakdown (s), "
              "median round"]
     for name, key in (("product (harvest_run)", "product"), ("limit (pyarrow read + write)",
                                                              "limit")):
@@ -467,7 +472,7 @@ def table(result: dict[str, Any]) -> str:
         sp = step.get("spread", {})
         parts = ", ".join(f"{k} {v:g}" for k, v in step["breakdown_s"].items())
         lines.append(f"{name:<29}{spread_text(sp.get('seconds'), '{:.2f}'):>20}"
-                     f"{step['records_per_s']:>11,}{spread_text(sp.get('peak_mb')):>17}   "
+                     f"{step['records_per_s']:>12,}{spread_text(sp.get('peak_mb')):>22}   "
                      f"{parts}")
     ratio = result["ratio"]
     lines.append(f"ratio product / limit (medians): "

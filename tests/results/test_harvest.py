@@ -180,3 +180,48 @@ def test_a_load_stopped_before_its_result_is_told_from_one_that_never_ran(tmp_pa
     meta = run_meta(spec, None)
     assert meta["status"] == "failed"
     assert meta["reason"].startswith("the load started but wrote no result")
+
+
+def test_requests_in_many_batches_reach_parquet_and_warehouse_alike(
+        small_run, meta, warehouse_uri, monkeypatch):
+    """store_tables hands each batch from the Parquet writer to the warehouse's insert."""
+    from caio_operators.results import consolidate
+
+    monkeypatch.setattr(consolidate, "REQUEST_BATCH_ROWS", 5)  # 12 rows: 3 + 2 batches
+    result = harvest_run(small_run, meta, warehouse_uri)
+    parquet = pq.read_table(io.BytesIO(storage.read_bytes(result["tables"]["requests"])))
+    stored = open_warehouse(warehouse_uri).read_run("run-1")["requests"]
+    assert parquet.num_rows == len(stored) == result["counts"]["requests"] == 12
+    assert sorted(parquet.to_pandas()["latency_ms"]) == sorted(stored["latency_ms"])
+
+
+def test_a_parquet_failure_raises_and_rolls_the_warehouse_back(
+        small_run, meta, warehouse_uri, monkeypatch):
+    harvest_run(small_run, meta, warehouse_uri)  # users 2
+    write_bytes = storage.write_bytes
+
+    def failing(uri, data):
+        if uri.endswith("requests.parquet"):
+            raise storage.StorageError(f"cannot write {uri}: disk full")
+        return write_bytes(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", failing)
+    with pytest.raises(storage.StorageError, match="disk full"):
+        harvest_run(small_run, {**meta, "users": 4}, warehouse_uri)
+    wh = open_warehouse(warehouse_uri)
+    assert wh.query("SELECT users FROM runs")["users"].tolist() == [2]
+    assert stored_counts(warehouse_uri, "run-1")["requests"] == 12
+
+
+def test_a_warehouse_failure_raises_once_the_parquet_files_are_stored(
+        small_run, meta, warehouse_uri, monkeypatch):
+    from caio_operators.results.warehouse import DuckDBWarehouse, WarehouseError
+
+    def failing(self, tables, run_id):
+        raise WarehouseError("cannot open warehouse: locked")
+
+    monkeypatch.setattr(DuckDBWarehouse, "replace_run", failing)
+    with pytest.raises(WarehouseError, match="locked"):
+        harvest_run(small_run, meta, warehouse_uri)
+    assert [u.rsplit("/", 1)[1] for u in storage.list_files(small_run.tables_dir)] == [
+        "requests.parquet", "runs.parquet", "timeseries.parquet"]

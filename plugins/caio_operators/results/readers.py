@@ -127,8 +127,9 @@ def read_csv_table(uris: Iterable[str], columns: dict[str, pa.DataType],
     else:
         tables = [t for t in map(load, uris) if t is not None]
     schema = pa.schema(list(columns.items()))
-    return pa.concat_tables([t.select(list(columns)).cast(schema) for t in tables]) \
-        if tables else _empty_table(columns)
+    # the parser already gives ``columns``: a cast per file (thousands) only when it did not
+    return pa.concat_tables([t if t.schema.equals(schema) else t.select(list(columns)).cast(schema)
+                             for t in tables]) if tables else _empty_table(columns)
 
 
 def read_csv_files(uris: Iterable[str], columns: dict[str, pa.DataType],

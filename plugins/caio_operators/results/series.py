@@ -5,7 +5,7 @@ client latency series with the histograms'.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -78,11 +78,12 @@ def _dropped_series(client: pd.DataFrame, interval_s: float) -> list[pd.DataFram
     per cause; nothing when none was dropped (closed-loop runs never drop)."""
     if client.empty:
         return []
-    errors = client["error"].astype("string")
-    dropped = errors.str.startswith(DROPPED_PREFIX, na=False).to_numpy(bool)
+    errors = client["error"]
+    dropped = _text_mask(errors, lambda text: text.str.startswith(DROPPED_PREFIX, na=False))
     if not dropped.any():
         return []
-    cap = errors.str.contains(DROPPED_CAP_TEXT, regex=False, na=False).to_numpy(bool)
+    cap = _text_mask(errors, lambda text: text.str.contains(DROPPED_CAP_TEXT, regex=False,
+                                                            na=False))
     out = []
     for dimension, mask in (("late", dropped & ~cap), ("in_flight_cap", dropped & cap)):
         if mask.any():
@@ -90,6 +91,17 @@ def _dropped_series(client: pd.DataFrame, interval_s: float) -> list[pd.DataFram
             counts = stats.interval_stats(client.assign(ok=~mask), interval_s)
             out.append(long_rows(counts, {"failure_rate_rps": sc.DROPPED_RPS}, dimension))
     return out
+
+
+def _text_mask(values: pd.Series, test: Callable[[pd.Series], pd.Series]) -> np.ndarray:
+    """``test`` (text Series -> bool Series, False for missing) of each value; on a
+    categorical's few categories rather than its millions of rows."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        per_category = test(pd.Series(values.cat.categories).astype("string")).to_numpy(bool)
+        codes = values.cat.codes.to_numpy()
+        return np.where(codes >= 0, per_category[codes], False) if per_category.size \
+            else np.zeros(codes.size, dtype=bool)
+    return test(values.astype("string")).to_numpy(bool)
 
 
 def _server_series(server: pd.DataFrame, interval_s: float) -> list[pd.DataFrame]:
