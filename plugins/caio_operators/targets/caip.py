@@ -21,6 +21,7 @@ from caio_operators.hooks.errors import explain_google_error, is_not_found
 from caio_operators.targets.base import DeployError
 from caio_operators.targets.cloud import (
     RUN_LABEL,
+    CloudTarget,
     check_cloud_args,
     cleanup_note,
     cloud_spec_kwargs,
@@ -28,7 +29,6 @@ from caio_operators.targets.cloud import (
     label_value,
     monitored_scope,
     run_labels,
-    teardown_stub,
     undeploy_error,
 )
 from caio_operators.targets.protocols import cloud_base_url, predict_url
@@ -87,7 +87,7 @@ def version_body(*, name: str, model_uri: str, runtime_version: str, python_vers
     return body
 
 
-class CaipTarget:
+class CaipTarget(CloudTarget):
     """Deploy to / undeploy from AI Platform Prediction.
 
     :param hook: an ``AIPlatformPredictionHook`` (default: built per call from the
@@ -133,9 +133,6 @@ class CaipTarget:
     def run_protocol(self, spec: Any) -> str:
         return "caip"
 
-    def run_replicas(self, spec: Any) -> int:
-        return int(spec.min_replicas)
-
     def monitored_target(self, spec: Any, deployment: Mapping[str, Any] | None
                          ) -> MonitoredTarget:
         """Cloud Monitoring knows an AI Platform version by its resource ids (the model and
@@ -144,14 +141,6 @@ class CaipTarget:
             return monitored_scope(spec, deployment, model_name=str(deployment["model"]),
                                    model_version=str(deployment["version"]))
         return monitored_scope(spec, deployment)
-
-    def teardown_stub(self, spec: Any) -> dict[str, Any]:
-        """The run's labels, by which undeploy finds what a killed deploy created."""
-        return teardown_stub(spec)
-
-    def server_problem(self, deployment: Mapping[str, Any]) -> None:
-        """None: nothing of the server is watched past its teardown."""
-        return None
 
     def deploy_run(self, spec: Any) -> dict[str, Any]:
         """``deploy`` with a run's params (``_spec_kwargs``)."""

@@ -99,3 +99,26 @@ def monitored_scope(spec: Any, deployment: Mapping[str, Any] | None,
     from caio_operators.metrics.families import monitored_target
 
     return monitored_target({**spec.to_dict(), **dict(deployment or {}), **ids})
+
+
+class CloudTarget:
+    """What Vertex AI and AI Platform targets share as ``Target``s: they start at
+    ``min_replicas``, undeploy finds a killed deploy's resources by the run's labels, the
+    Monitoring scope is the deploy output's, and nothing of the server outlives teardown."""
+
+    def run_replicas(self, spec: Any) -> int:
+        return int(spec.min_replicas)
+
+    def monitored_target(self, spec: Any, deployment: Mapping[str, Any] | None
+                         ) -> MonitoredTarget:
+        """The deployment's ids from the deploy output (Vertex: ``endpoint_id``,
+        ``deployed_model_id``)."""
+        return monitored_scope(spec, deployment)
+
+    def teardown_stub(self, spec: Any) -> dict[str, Any]:
+        """The run's labels, by which undeploy finds what a killed deploy created."""
+        return teardown_stub(spec)
+
+    def server_problem(self, deployment: Mapping[str, Any]) -> None:
+        """None: nothing of the server is watched past its teardown."""
+        return None

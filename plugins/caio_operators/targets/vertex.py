@@ -26,14 +26,13 @@ from caio_operators.hooks.errors import explain_google_error, is_not_found
 from caio_operators.targets.base import DeployError
 from caio_operators.targets.cloud import (
     RUN_LABEL,
+    CloudTarget,
     check_cloud_args,
     cleanup_note,
     cloud_spec_kwargs,
     impersonation_list,
     label_value,
-    monitored_scope,
     run_labels,
-    teardown_stub,
     undeploy_error,
 )
 from caio_operators.targets.protocols import cloud_base_url, predict_url
@@ -46,7 +45,7 @@ from caio_operators.targets.vertex_requests import (
 )
 
 if TYPE_CHECKING:
-    from caio_operators.metrics.families import MonitoredTarget
+    pass
 
 __all__ = ["ACCELERATOR_METRIC", "CPU_METRIC", "NAME", "RUN_LABEL", "STAGE", "VertexTarget",
            "default_serving_image", "deployed_model_spec", "model_spec"]
@@ -67,7 +66,7 @@ def _filter(**equals: str) -> str:
     return " AND ".join(f'{key}="{value}"' for key, value in equals.items())
 
 
-class VertexTarget:
+class VertexTarget(CloudTarget):
     """Deploy to / undeploy from a Vertex AI endpoint.
 
     :param model_hook: a ``ModelServiceHook`` (default: built per call from
@@ -130,22 +129,6 @@ class VertexTarget:
 
     def run_protocol(self, spec: Any) -> str:
         return "vertex"
-
-    def run_replicas(self, spec: Any) -> int:
-        return int(spec.min_replicas)
-
-    def monitored_target(self, spec: Any, deployment: Mapping[str, Any] | None
-                         ) -> MonitoredTarget:
-        """The endpoint (``endpoint_id``, ``deployed_model_id`` of the deploy output)."""
-        return monitored_scope(spec, deployment)
-
-    def teardown_stub(self, spec: Any) -> dict[str, Any]:
-        """The run's labels, by which undeploy finds what a killed deploy created."""
-        return teardown_stub(spec)
-
-    def server_problem(self, deployment: Mapping[str, Any]) -> None:
-        """None: nothing of the server is watched past its teardown."""
-        return None
 
     def deploy_run(self, spec: Any) -> dict[str, Any]:
         """``deploy`` with a run's params (``_spec_kwargs``). A signature other than the
