@@ -72,3 +72,50 @@ def test_extra_columns_ignored_missing_ones_null(bucket):
     assert client["latency_ms"].tolist() == [7.0]
     assert client["bytes"].isna().all()
     assert "new_field" not in client
+
+
+def _client_rows(first: int, count: int) -> str:
+    return "".join(f"{t}.0,{t},1,200,serving_default,w,10,\n" for t in range(first, first + count))
+
+
+def test_many_files_read_in_order_with_a_bad_one_skipped_alone(bucket, monkeypatch):
+    # small joined blocks and groups: the test crosses every boundary the reader has
+    monkeypatch.setattr(readers, "_JOIN_BYTES", 200)
+    monkeypatch.setattr(readers, "_GROUP_FILES", 7)
+    d = RunLayout(bucket, "many").client_requests_dir
+    for i in range(30):
+        body = _client_rows(i * 3, 3)
+        if i == 11:  # a row short of columns: its file is skipped, its neighbours are not
+            body = "33.0,33,1\n" + body
+        write_csv(storage.join(d, f"worker-w-{i:06d}.csv"), CLIENT_HEADER, body)
+    skipped: list[str] = []
+    table = readers.read_csv_table(storage.list_files(d, ".csv"), readers.CLIENT_COLUMNS,
+                                   skipped)
+    assert skipped == [storage.join(d, "worker-w-000011.csv")]
+    assert table["latency_ms"].to_pylist() == [float(t) for t in range(90) if t // 3 != 11]
+
+
+def test_a_truncated_file_never_swallows_the_next_ones_rows(bucket):
+    d = RunLayout(bucket, "truncated").client_requests_dir
+    write_csv(storage.join(d, "worker-w-000000.csv"), CLIENT_HEADER, _client_rows(0, 2))
+    # cut inside a quoted error text: no closing quote, no final newline
+    storage.write_text(storage.join(d, "worker-w-000001.csv"),
+                       CLIENT_HEADER + "\n" + _client_rows(2, 1) + '3.0,3,0,500,s,w,1,"HTTP 5')
+    write_csv(storage.join(d, "worker-w-000002.csv"), CLIENT_HEADER, _client_rows(4, 2))
+    client = readers.read_client_records(d)
+    # the cut file reads as it does alone (its last row with the text so far); the next
+    # file's rows stay rows, not part of that open quote
+    assert client["latency_ms"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert client["error"].tolist()[3:] == ["HTTP 5", "", ""]
+
+
+def test_files_with_other_headers_are_parsed_by_their_own_header(bucket):
+    d = RunLayout(bucket, "reordered").client_requests_dir
+    write_csv(storage.join(d, "worker-w-000000.csv"), CLIENT_HEADER, _client_rows(0, 2))
+    storage.write_text(storage.join(d, "worker-w-000001.csv"),
+                       "latency_ms,ts,ok\n2,2.0,1\n")  # an older writer: fewer columns
+    write_csv(storage.join(d, "worker-w-000002.csv"), CLIENT_HEADER, _client_rows(3, 1))
+    client = readers.read_client_records(d)
+    assert client["latency_ms"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert client["ts"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert client["bytes"].isna().tolist() == [False, False, True, False]

@@ -10,9 +10,8 @@ uses: millions of rows without a pandas copy).
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -58,8 +57,11 @@ LOCUST_HISTORY_COLUMNS: dict[str, tuple[str, pa.DataType]] = {
 LOCUST_HISTORY_SUFFIX = "_stats_history.csv"
 _NULLS = ["", "N/A", "nan", "NaN", "None"]
 DICTIONARY = pa.dictionary(pa.int32(), pa.string())
-_READ_THREADS = 8  # overlaps object-store round trips and parses files in parallel
-_THREADED_PARSE_BYTES = 16 << 20
+_READ_THREADS = 8  # overlaps object-store round trips and parses groups in parallel
+_GROUP_FILES = 64  # consecutive files a reader thread takes at a time
+_JOIN_BYTES = 16 << 20  # a joined block is parsed once it holds this much
+_THREADED_PARSE_BYTES = 32 << 20
+_PARSE_BLOCK_BYTES = 16 << 20
 
 
 @dataclass
@@ -89,7 +91,7 @@ def _empty_table(columns: dict[str, pa.DataType]) -> pa.Table:
     return pa.schema(list(columns.items())).empty_table()
 
 
-def _parse(data: bytes, columns: dict[str, pa.DataType]) -> pa.Table:
+def _parse(data: bytes | pa.Buffer, columns: dict[str, pa.DataType]) -> pa.Table:
     convert = pacsv.ConvertOptions(
         column_types=columns,
         include_columns=list(columns),
@@ -97,37 +99,97 @@ def _parse(data: bytes, columns: dict[str, pa.DataType]) -> pa.Table:
         null_values=_NULLS,
         strings_can_be_null=False,
     )
-    # files are read in parallel by a thread pool; only a big one is worth splitting too
-    read = pacsv.ReadOptions(use_threads=len(data) > _THREADED_PARSE_BYTES)
-    return pacsv.read_csv(io.BytesIO(data), read_options=read, convert_options=convert)
+    # blocks are parsed in parallel by a thread pool; only a big one is worth splitting too
+    read = pacsv.ReadOptions(use_threads=len(data) > _THREADED_PARSE_BYTES,
+                             block_size=_PARSE_BLOCK_BYTES)
+    return pacsv.read_csv(pa.BufferReader(data), read_options=read, convert_options=convert)
+
+
+def _joinable(data: bytes) -> bool:
+    """Whether a file may be parsed joined to its neighbours: it ends its last line and
+    closes its quotes (a truncated file could otherwise swallow the next one's rows)."""
+    return data.endswith(b"\n") and data.count(b'"') % 2 == 0
+
+
+def _parse_group(files: Iterable[tuple[str, bytes]], columns: dict[str, pa.DataType],
+                 skipped: list[str] | None) -> list[pa.Table]:
+    """Parse ``files`` (uri, bytes; in order, read as they are consumed) with as few parser
+    calls as their headers allow: consecutive files with the same header are joined into
+    blocks of up to ``_JOIN_BYTES`` (thousands of small files cost a parser call each
+    otherwise). A block that does not parse is parsed file by file, so only its bad files
+    are skipped."""
+    tables: list[pa.Table] = []
+
+    def parse_alone(uri: str, data: bytes) -> None:
+        try:
+            tables.append(_parse(data, columns))
+        except pa.ArrowInvalid as exc:
+            log.warning("skipping unreadable record file %s: %s", uri, exc)
+            if skipped is not None:
+                skipped.append(uri)
+
+    def flush(header: bytes, block: list[tuple[str, bytes]]) -> None:
+        if len(block) == 1:
+            parse_alone(*block[0])
+            return
+        joined = b"".join([header, *(data[len(header):] for _, data in block)])
+        try:
+            tables.append(_parse(joined, columns))
+        except pa.ArrowInvalid:
+            for uri, data in block:
+                parse_alone(uri, data)
+
+    header, block, size = b"", [], 0
+    for uri, data in files:
+        first = data[:data.find(b"\n") + 1]
+        if block and (first != header or size >= _JOIN_BYTES or not _joinable(data)):
+            flush(header, block)
+            block, size = [], 0
+        if not _joinable(data):
+            parse_alone(uri, data)
+            continue
+        header = first
+        block.append((uri, data))
+        size += len(data)
+    if block:
+        flush(header, block)
+    return tables
 
 
 def read_csv_table(uris: Iterable[str], columns: dict[str, pa.DataType],
                    skipped: list[str] | None = None) -> pa.Table:
-    """Concatenate CSV files into one Arrow table with exactly ``columns`` (one chunk per
-    file). Empty files are ignored; unparseable ones are logged, appended to ``skipped``
-    and left out."""
+    """Concatenate CSV files into one Arrow table with exactly ``columns``, rows in file
+    order. Empty files are ignored; unparseable ones are logged, appended to ``skipped``
+    and left out.
+
+    A pool of threads reads the files (object-store round trips overlap) in groups of
+    consecutive files, and parses each group with as few parser calls as it can
+    (``_parse_group``)."""
     uris = list(uris)
 
-    def load(uri: str) -> pa.Table | None:
-        try:
-            data = storage.read_bytes(uri)
-            if not data.strip():
-                return None
-            return _parse(data, columns)
-        except (pa.ArrowInvalid, storage.StorageError, UnicodeDecodeError) as exc:
-            log.warning("skipping unreadable record file %s: %s", uri, exc)
-            if skipped is not None:
-                skipped.append(uri)
-            return None
+    def files(group: list[str]) -> Iterator[tuple[str, bytes]]:
+        for uri in group:
+            try:
+                data = storage.read_bytes(uri)
+            except storage.StorageError as exc:
+                log.warning("skipping unreadable record file %s: %s", uri, exc)
+                if skipped is not None:
+                    skipped.append(uri)
+                continue
+            if data.strip():
+                yield uri, data
 
-    if len(uris) > 1:
-        with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(uris))) as pool:
-            tables = [t for t in pool.map(load, uris) if t is not None]
+    def load(group: list[str]) -> list[pa.Table]:
+        return _parse_group(files(group), columns, skipped)
+
+    groups = [uris[i:i + _GROUP_FILES] for i in range(0, len(uris), _GROUP_FILES)]
+    if len(groups) > 1:
+        with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(groups))) as pool:
+            tables = [t for part in pool.map(load, groups) for t in part]
     else:
-        tables = [t for t in map(load, uris) if t is not None]
+        tables = [t for group in groups for t in load(group)]
     schema = pa.schema(list(columns.items()))
-    # the parser already gives ``columns``: a cast per file (thousands) only when it did not
+    # the parser already gives ``columns``: a cast per table only when it did not
     return pa.concat_tables([t if t.schema.equals(schema) else t.select(list(columns)).cast(schema)
                              for t in tables]) if tables else _empty_table(columns)
 
