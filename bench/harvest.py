@@ -58,6 +58,9 @@ TARGET_SECONDS = 10.0
 TARGET_RECORDS = 10_000_000
 TARGET_PEAK_MB = 2048.0
 TARGET_RATIO = 1.3  # issue 18: the product within 1.3x the limit's time
+#: Arrow's memory pool harvest_run chooses (results/harvest.use_jemalloc); the limit runs
+#: with pyarrow's default pool and, to show what the pool alone is worth, with this one
+PRODUCT_POOL = "jemalloc"
 RUN_ID = "bench-harvest"
 SIGNATURE = "serving_preprocess"
 CLIENT_HEADER = "ts,latency_ms,ok,status_code,signature,worker,bytes,error"
@@ -296,8 +299,11 @@ def step_product(bucket: str, warehouse: str, gen: dict[str, Any]) -> dict[str, 
     t0 = time.perf_counter()
     out = harvest_run(RunLayout(bucket, RUN_ID), meta, warehouse)
     seconds = time.perf_counter() - t0
+    import pyarrow as pa
+
     tables = Path(bucket.removeprefix("file://")) / "runs" / RUN_ID / "tables"
-    return {"seconds": round(seconds, 3), "breakdown_s": out["seconds"],
+    return {"seconds": round(seconds, 3), "pool": pa.default_memory_pool().backend_name,
+            "breakdown_s": out["seconds"],
             "counts": out["counts"], "import_s": round(imported, 3),
             "baseline_mb": round(base_mb, 1), "peak_mb": round(_peak_mb(), 1),
             "figures": out["figures"], "skipped_files": len(out["skipped_files"]),
@@ -334,15 +340,20 @@ def step_limit(bucket: str, out_path: str) -> dict[str, Any]:
     t_read = time.perf_counter()
     pq.write_table(pa.concat_tables(parts), out_path, compression="zstd")
     t_done = time.perf_counter()
-    return {"seconds": round(t_done - t0, 3),
+    return {"seconds": round(t_done - t0, 3), "pool": pa.default_memory_pool().backend_name,
             "breakdown_s": {"read": round(t_read - t0, 3), "parquet": round(t_done - t_read, 3)},
             "rows": sum(len(p) for p in parts), "baseline_mb": round(base_mb, 1),
             "peak_mb": round(_peak_mb(), 1), "parquet_bytes": Path(out_path).stat().st_size}
 
 
-def run_child(step: str, *args: str) -> dict[str, Any]:
-    """Run one measured step in a fresh interpreter (its own peak memory); its JSON back."""
+def run_child(step: str, *args: str, pool: str = "") -> dict[str, Any]:
+    """Run one measured step in a fresh interpreter (its own peak memory); its JSON back.
+    ``pool``: Arrow's memory pool for it (ARROW_DEFAULT_MEMORY_POOL), else pyarrow's
+    default."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "plugins"))
+    env.pop("ARROW_DEFAULT_MEMORY_POOL", None)
+    if pool:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = pool
     proc = subprocess.run([sys.executable, __file__, "--step", step, *args],
                           capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -418,10 +429,13 @@ def run(records: int, workers: int, rate: float, flush_s: float, failure_share: 
           f"{sum(gen['csv_bytes'].values()) / 2**20:,.0f} MB of CSV in {gen['generate_s']} s",
           flush=True)
     bucket = bucket_dir.as_uri()
-    limits, products = [], []
+    limits, same_pool, products = [], [], []
     for round_no in range(1, rounds + 1):
         (workdir / "limit.parquet").unlink(missing_ok=True)
         limits.append(run_child("limit", bucket, str(workdir / "limit.parquet")))
+        (workdir / "limit.parquet").unlink(missing_ok=True)
+        same_pool.append(run_child("limit", bucket, str(workdir / "limit.parquet"),
+                                   pool=PRODUCT_POOL))
         # a fresh warehouse and no tables from the last round: every round does all the work
         for name in ("warehouse.duckdb", "warehouse.duckdb.wal"):
             (workdir / name).unlink(missing_ok=True)
@@ -429,13 +443,17 @@ def run(records: int, workers: int, rate: float, flush_s: float, failure_share: 
         products.append(run_child("product", bucket,
                                   "duckdb://" + str(workdir / "warehouse.duckdb"),
                                   json.dumps(gen)))
+        if products[-1]["pool"] != PRODUCT_POOL:
+            raise SystemExit(f"harvest_run used Arrow's {products[-1]['pool']} pool, not "
+                             f"{PRODUCT_POOL}: update PRODUCT_POOL")
         print(f"  round {round_no}: limit (pyarrow read + Parquet write) "
-              f"{limits[-1]['seconds']:.2f} s, product (harvest_run) "
-              f"{products[-1]['seconds']:.2f} s, {products[-1]['peak_mb']:.0f} MB peak",
-              flush=True)
+              f"{limits[-1]['seconds']:.2f} s, with {PRODUCT_POOL} {same_pool[-1]['seconds']:.2f}"
+              f" s, product (harvest_run) {products[-1]['seconds']:.2f} s, "
+              f"{products[-1]['peak_mb']:.0f} MB peak", flush=True)
     limit, product = median_round(limits), median_round(products)
+    limit_same_pool = median_round(same_pool)
     rows = gen["records"] + gen["server_records"]
-    for step in (product, limit):
+    for step in (product, limit, limit_same_pool):
         step["records_per_s"] = round(gen["records"] / step["seconds"])
         step["rows_per_s"] = round(rows / step["seconds"])
     requests_parquet = product["parquet_bytes"].get("requests", 0)
@@ -447,7 +465,10 @@ def run(records: int, workers: int, rate: float, flush_s: float, failure_share: 
         "generated": gen,
         "product": product,
         "limit": limit,
+        "limit_same_pool": limit_same_pool,
         "ratio": {"seconds_product_over_limit": round(product["seconds"] / limit["seconds"], 2),
+                  "seconds_product_over_same_pool_limit": round(
+                      product["seconds"] / limit_same_pool["seconds"], 2),
                   "peak_mb_product_over_limit": round(product["peak_mb"] / limit["peak_mb"], 2)},
         "bytes_per_record": {
             "csv": round(sum(gen["csv_bytes"].values()) / rows, 1),
@@ -467,7 +488,10 @@ def table(result: dict[str, Any]) -> str:
              f"{'step':<29}{'seconds':>20}{'records/s':>12}{'peak MB':>22}   breakdown (s), "
              "median round"]
     for name, key in (("product (harvest_run)", "product"), ("limit (pyarrow read + write)",
-                                                             "limit")):
+                                                             "limit"),
+                      (f"limit with {PRODUCT_POOL}", "limit_same_pool")):
+        if key not in result:
+            continue
         step = result[key]
         sp = step.get("spread", {})
         parts = ", ".join(f"{k} {v:g}" for k, v in step["breakdown_s"].items())
@@ -477,7 +501,9 @@ def table(result: dict[str, Any]) -> str:
     ratio = result["ratio"]
     lines.append(f"ratio product / limit (medians): "
                  f"{ratio['seconds_product_over_limit']:.2f}x time, "
-                 f"{ratio['peak_mb_product_over_limit']:.2f}x peak memory")
+                 f"{ratio['peak_mb_product_over_limit']:.2f}x peak memory; over the limit "
+                 f"with the product's pool ({PRODUCT_POOL}): "
+                 f"{ratio.get('seconds_product_over_same_pool_limit', 0):.2f}x time")
     per = result["bytes_per_record"]
     lines.append(f"bytes per record: CSV {per['csv']:g}, requests.parquet "
                  f"{per['requests_parquet']:g}, DuckDB {per['duckdb']:g}")

@@ -25,7 +25,8 @@ from caio_operators import storage
 from caio_operators.results import readers
 from caio_operators.results import schema as sc
 from caio_operators.results.consolidate import build_tables
-from caio_operators.results.harvest import harvest_run, write_tables
+from caio_operators.results.harvest import harvest_run
+from caio_operators.results.store import write_tables
 from caio_operators.results.warehouse import open_warehouse
 
 

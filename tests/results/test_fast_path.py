@@ -14,8 +14,10 @@ import pytest
 from caio_operators import storage
 from caio_operators.results import readers, stats
 from caio_operators.results import schema as sc
-from caio_operators.results.consolidate import build_tables, replica_name
-from caio_operators.results.harvest import harvest_run, parquet_bytes
+from caio_operators.results.consolidate import build_tables
+from caio_operators.results.harvest import harvest_run
+from caio_operators.results.series import replica_name
+from caio_operators.results.store import parquet_bytes
 from caio_operators.results.warehouse import DuckDBWarehouse, run_frames_as_arrow
 
 # --- the previous implementations ----------------------------------------------------------

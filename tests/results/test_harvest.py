@@ -184,10 +184,10 @@ def test_a_load_stopped_before_its_result_is_told_from_one_that_never_ran(tmp_pa
 
 def test_requests_in_many_batches_reach_parquet_and_warehouse_alike(
         small_run, meta, warehouse_uri, monkeypatch):
-    """store_tables hands each batch from the Parquet writer to the warehouse's insert."""
-    from caio_operators.results import consolidate
+    """RunStore hands each batch from the Parquet writer to the warehouse's insert."""
+    from caio_operators.results import records
 
-    monkeypatch.setattr(consolidate, "REQUEST_BATCH_ROWS", 5)  # 12 rows: 3 + 2 batches
+    monkeypatch.setattr(records, "REQUEST_BATCH_ROWS", 5)  # 12 rows: 3 + 2 batches
     result = harvest_run(small_run, meta, warehouse_uri)
     parquet = pq.read_table(io.BytesIO(storage.read_bytes(result["tables"]["requests"])))
     stored = open_warehouse(warehouse_uri).read_run("run-1")["requests"]
@@ -213,15 +213,63 @@ def test_a_parquet_failure_raises_and_rolls_the_warehouse_back(
     assert stored_counts(warehouse_uri, "run-1")["requests"] == 12
 
 
+@pytest.mark.parametrize("where", ["open", "insert"])
 def test_a_warehouse_failure_raises_once_the_parquet_files_are_stored(
-        small_run, meta, warehouse_uri, monkeypatch):
+        small_run, meta, warehouse_uri, monkeypatch, where):
     from caio_operators.results.warehouse import DuckDBWarehouse, WarehouseError
 
-    def failing(self, tables, run_id):
-        raise WarehouseError("cannot open warehouse: locked")
+    monkeypatch.setattr("caio_operators.results.records.REQUEST_BATCH_ROWS", 5)
+    if where == "open":
+        def failing(self, run_id):
+            raise WarehouseError("cannot open warehouse: locked")
 
-    monkeypatch.setattr(DuckDBWarehouse, "replace_run", failing)
-    with pytest.raises(WarehouseError, match="locked"):
+        monkeypatch.setattr(DuckDBWarehouse, "replacing", failing)
+    else:  # mid-stream: the Parquet thread still has batches to hand over
+        insert = DuckDBWarehouse._insert
+
+        def failing_insert(con, run_id, name, frame):
+            if name == "requests":
+                next(iter(frame.batches()))
+                raise WarehouseError("disk full")
+            return insert(con, run_id, name, frame)
+
+        monkeypatch.setattr(DuckDBWarehouse, "_insert", staticmethod(failing_insert))
+    with pytest.raises(WarehouseError, match="locked" if where == "open" else "disk full"):
         harvest_run(small_run, meta, warehouse_uri)
     assert [u.rsplit("/", 1)[1] for u in storage.list_files(small_run.tables_dir)] == [
         "requests.parquet", "runs.parquet", "timeseries.parquet"]
+    stored = pq.read_table(io.BytesIO(storage.read_bytes(small_run.table_uri("requests"))))
+    assert stored.num_rows == 12
+
+
+def test_a_failure_while_the_tables_are_built_stores_nothing(
+        small_run, meta, warehouse_uri, monkeypatch):
+    """The records stream into the warehouse while the other tables are built: a build
+    that fails rolls that back and leaves the bucket's tables as they were."""
+    import threading
+
+    from caio_operators.results import harvest
+    from caio_operators.results.warehouse import DuckDBWarehouse
+
+    harvest_run(small_run, meta, warehouse_uri)  # users 2
+    before = {u: storage.read_bytes(u) for u in storage.list_files(small_run.tables_dir)}
+    monkeypatch.setattr("caio_operators.results.records.REQUEST_BATCH_ROWS", 5)
+    streaming = threading.Event()
+    insert = DuckDBWarehouse._insert
+
+    def watched_insert(con, run_id, name, frame):
+        streaming.set()
+        return insert(con, run_id, name, frame)
+
+    def failing(*args, **kwargs):
+        assert streaming.wait(30), "the records never reached the warehouse"
+        raise ValueError("a bad histogram")
+
+    monkeypatch.setattr(DuckDBWarehouse, "_insert", staticmethod(watched_insert))
+
+    monkeypatch.setattr(harvest, "_with_other_inputs", failing)
+    with pytest.raises(ValueError, match="a bad histogram"):
+        harvest_run(small_run, {**meta, "users": 4}, warehouse_uri)
+    assert {u: storage.read_bytes(u) for u in storage.list_files(small_run.tables_dir)} == before
+    assert open_warehouse(warehouse_uri).query("SELECT users FROM runs")["users"].tolist() == [2]
+    assert stored_counts(warehouse_uri, "run-1")["requests"] == 12

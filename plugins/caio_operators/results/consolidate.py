@@ -9,8 +9,9 @@ the ``worker_cpu_pct`` series and the runs' ``max_worker_cpu_pct`` and
 ``generator_saturated``; a saturated generator makes a successful run ``degraded``, since
 its latencies then describe the generator rather than the target.
 
-Here: the records (``requests``) and the ``runs`` row; the ``timeseries`` table is
-``series.py``'s, and ``histogram_tables.py`` swaps in the histograms' latencies.
+Here: the ``runs`` row and how the tables are put together; the records and the
+``requests`` table are ``records.py``'s, the ``timeseries`` table is ``series.py``'s, and
+``histogram_tables.py`` swaps in the histograms' latencies.
 """
 
 from __future__ import annotations
@@ -24,12 +25,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from caio_operators import benchmark
 from caio_operators.results import schema as sc
 from caio_operators.results import stats
-from caio_operators.results.series import replica_name, timeseries_table, utc_index
+from caio_operators.results.records import (
+    RunRecords,
+    float_values,
+    requests_table,
+    run_records,
+    to_utc_timestamp,
+)
+from caio_operators.results.series import timeseries_table
 
 #: run fields taken from ``meta`` as they are (strings / ints)
 META_STRINGS = ("dag_id", "target", "protocol", "model_name", "model_version",
@@ -38,45 +45,43 @@ META_INTS = ("users", "workers", "replicas")
 META_FIELDS = ("run_id", *META_STRINGS, *META_INTS, "status", "reason", "started_at",
                "ended_at", "provenance", "params", "harvested_at")
 
-#: rows per batch of the streamed ``requests`` table (a Parquet row group each)
-REQUEST_BATCH_ROWS = 1 << 20
-_RECORD_TYPES = {"ts": pa.float64(), "latency_ms": pa.float64(), "ok": pa.bool_(),
-                 "status_code": pa.int64(), "signature": pa.string(), "origin": pa.string(),
-                 "error": pa.string()}
-
-
 def build_tables(meta: Mapping[str, Any], client: pd.DataFrame | pa.Table,
                  server: pd.DataFrame | pa.Table, samples: pd.DataFrame,
                  locust_history: pd.DataFrame, interval_s: float = sc.DEFAULT_INTERVAL_S, *,
                  worker_cpu: pd.DataFrame | None = None,
                  batched_requests: bool = False) -> dict[str, Any]:
-    """Build ``runs``, ``timeseries`` and ``requests`` for one run, exactly per the schema.
+    """Build ``runs``, ``timeseries`` and ``requests`` for one run, exactly per the schema
+    (``run_records``, ``requests_table``, ``summary_tables``).
 
     ``client`` / ``server``: the raw records as DataFrames or Arrow tables (see
     ``readers.read_record_tables``). ``worker_cpu``: the Locust workers' CPU samples
     (``ts,worker,cpu_percent``), if any. ``batched_requests``: ``requests`` comes back as a
     ``schema.BatchedTable`` that Parquet and DuckDB stream (a long run's millions of rows
     never become Python objects), else as a DataFrame like the other tables."""
-    run_id = meta.get("run_id")
-    if not run_id:
-        raise ValueError("meta['run_id'] is required to build a run's tables")
-    if interval_s <= 0:
-        raise ValueError(f"interval_s must be > 0, got {interval_s}")
-    client_rec = _records(client, "worker")
-    server_rec = _since(_records(server, "replica"), meta.get("started_at"))
-    client, server = _stats_frame(client_rec), _stats_frame(server_rec)
-    worker_cpu = _clean_worker_cpu(worker_cpu)
-    requests = _requests_table(run_id, client_rec, server_rec)
-    slo_ms = run_slo_ms(meta.get("params"))
-    timeseries = timeseries_table(run_id, client, server, samples, locust_history, interval_s,
-                                  worker_cpu, slo_ms)
-    runs = _runs_table(meta, client, server, samples, worker_cpu, slo_ms)
+    records = run_records(meta, client, server)
+    requests = requests_table(records)
     return {
-        "runs": sc.conform("runs", runs),
-        "timeseries": sc.conform("timeseries", timeseries),
+        **summary_tables(meta, records, samples, locust_history, interval_s,
+                         worker_cpu=worker_cpu),
         "requests": requests if batched_requests else sc.conform(
             "requests", requests.to_arrow().to_pandas(types_mapper=_pandas_type)),
     }
+
+
+def summary_tables(meta: Mapping[str, Any], records: RunRecords, samples: pd.DataFrame,
+                   locust_history: pd.DataFrame, interval_s: float = sc.DEFAULT_INTERVAL_S, *,
+                   worker_cpu: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """``runs`` and ``timeseries`` of one run from its records (``run_records``) and its
+    samples; ``worker_cpu`` as in ``build_tables``."""
+    if interval_s <= 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    client, server = _stats_frame(records.client), _stats_frame(records.server)
+    worker_cpu = _clean_worker_cpu(worker_cpu)
+    slo_ms = run_slo_ms(meta.get("params"))
+    timeseries = timeseries_table(records.run_id, client, server, samples, locust_history,
+                                  interval_s, worker_cpu, slo_ms)
+    runs = _runs_table(meta, client, server, samples, worker_cpu, slo_ms)
+    return {"runs": sc.conform("runs", runs), "timeseries": sc.conform("timeseries", timeseries)}
 
 
 # --- records ------------------------------------------------------------------------------
@@ -91,65 +96,15 @@ def _pandas_type(arrow_type: pa.DataType):
     return None
 
 
-def _column(data: pd.DataFrame | pa.Table, name: str, type_: pa.DataType) -> pa.ChunkedArray:
-    """Column ``name`` of ``data`` as Arrow (strings as dictionaries); all null if absent."""
-    n = len(data)
-    if isinstance(data, pa.Table):
-        col = data[name] if name in data.column_names else pa.chunked_array(
-            [pa.nulls(n, type_)])
-    elif name in data.columns:
-        values = data[name]
-        if values.dtype == object:  # Python objects: None and NaN are both missing
-            values = values.where(values.notna(), None)
-        arr = pa.array(values, from_pandas=True) if n else pa.array([], type_)
-        col = arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])
-    else:
-        col = pa.chunked_array([pa.nulls(n, type_)])
-    if type_ == pa.string():
-        if not pa.types.is_dictionary(col.type):
-            col = pc.dictionary_encode(col.cast(pa.string()))
-        return col
-    return col.cast(type_)
-
-
-def _records(data: pd.DataFrame | pa.Table, origin: str) -> pa.Table:
-    """Raw records -> an Arrow table (ts, latency_ms, ok, status_code, signature, origin,
-    error; text as dictionaries): rows without a start time dropped, a missing ``ok``
-    counted as a failure."""
-    table = pa.table({name: _column(data, origin if name == "origin" else name, type_)
-                      for name, type_ in _RECORD_TYPES.items()})
-    table = table.unify_dictionaries()  # one dictionary per column: batches concatenate
-    if table["ts"].null_count:
-        table = table.filter(pc.is_valid(table["ts"]))
-    if table["ok"].null_count:
-        table = table.set_column(2, "ok", pc.fill_null(table["ok"], False))
-    return table
-
-
-def _floats(col: pa.ChunkedArray) -> np.ndarray:
-    if not len(col):
-        return np.zeros(0)
-    return pc.fill_null(col, np.nan).to_numpy() if col.null_count else col.to_numpy()
-
-
 def _stats_frame(records: pa.Table) -> pd.DataFrame:
     """The columns statistics read (ts, latency_ms, ok, signature, error) as a slim
     DataFrame: numpy numbers, text as categoricals."""
     cat = {name: records[name].to_pandas().array if len(records) else pd.Categorical([])
            for name in ("signature", "error")}
     return pd.DataFrame({  # copy=False: no 2-D block of the float columns (a copy)
-        "ts": _floats(records["ts"]), "latency_ms": _floats(records["latency_ms"]),
+        "ts": float_values(records["ts"]), "latency_ms": float_values(records["latency_ms"]),
         "ok": records["ok"].to_numpy() if len(records) else np.zeros(0, dtype=bool),
         "signature": cat["signature"], "error": cat["error"]}, copy=False)
-
-
-def _since(server: pa.Table, started_at: Any) -> pa.Table:
-    """The server records of this load: a retried load's server (deployed once) also
-    recorded the requests of the killed try before it, which are not this run's."""
-    started = to_utc_timestamp(started_at)
-    if not len(server) or started is None:
-        return server
-    return server.filter(pc.greater_equal(server["ts"], started.timestamp()))
 
 
 def _clean_worker_cpu(df: pd.DataFrame | None) -> pd.DataFrame:
@@ -160,77 +115,7 @@ def _clean_worker_cpu(df: pd.DataFrame | None) -> pd.DataFrame:
     return df[df["ts"].notna() & df["worker"].notna() & df["cpu_percent"].notna()]
 
 
-def _requests_table(run_id: str, client: pa.Table, server: pa.Table) -> sc.BatchedTable:
-    """The ``requests`` rows, made batch by batch from the record tables."""
-    sources = []
-    for source, records in (("client", client), ("server", server)):
-        if not len(records):
-            continue
-        # text edits on each distinct value, not on each row
-        records = records.set_column(6, "error", _map_text(records["error"], _nonempty))
-        if source == "server":
-            records = records.set_column(5, "origin", _map_text(records["origin"], replica_name))
-        sources.append((source, records))
-
-    def batches():
-        for source, records in sources:
-            for start in range(0, len(records), REQUEST_BATCH_ROWS):
-                yield _request_batch(run_id, source, records.slice(start, REQUEST_BATCH_ROWS))
-
-    return sc.BatchedTable("requests", run_id, sum(len(r) for _, r in sources), batches)
-
-
-def _nonempty(text: str) -> str | None:
-    return text or None
-
-
-def _map_text(column: pa.ChunkedArray, fn) -> pa.ChunkedArray:
-    """Apply ``fn`` (str -> str | None) to each dictionary value of a text column."""
-    mapped: list[tuple[pa.Array, pa.Array]] = []  # (dictionary, mapped): chunks share one
-
-    def apply(chunk: pa.DictionaryArray) -> pa.DictionaryArray:
-        names = next((new for old, new in mapped if old.equals(chunk.dictionary)), None)
-        if names is None:
-            names = pa.array([None if v is None else fn(v)
-                              for v in chunk.dictionary.to_pylist()], pa.string())
-            mapped.append((chunk.dictionary, names))
-        return pa.DictionaryArray.from_arrays(chunk.indices, names)
-
-    return pa.chunked_array([apply(c) for c in column.chunks], column.type)
-
-
-def _request_batch(run_id: str, source: str, records: pa.Table) -> pa.RecordBatch:
-    n = len(records)
-    micros = np.round(_floats(records["ts"]) * 1e6).astype("int64")
-    return pa.RecordBatch.from_arrays([
-        pa.repeat(pa.scalar(run_id), n), pa.repeat(pa.scalar(source), n),
-        pa.array(micros, sc.UTC_TS),
-        _combined(records["latency_ms"]), _combined(records["ok"]),
-        _combined(records["status_code"]).cast(pa.int32()),
-        _text(records["signature"]), _text(records["origin"]), _text(records["error"]),
-    ], schema=sc.arrow_schema("requests"))
-
-
-def _combined(col: pa.ChunkedArray) -> pa.Array:
-    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-
-
-def _text(col: pa.ChunkedArray) -> pa.Array:
-    """A dictionary column -> plain strings (nulls stay null)."""
-    return _combined(col).cast(pa.string())
-
-
 # --- runs ---------------------------------------------------------------------------------
-
-def to_utc_timestamp(value: Any) -> pd.Timestamp | None:
-    """Epoch seconds, ISO text, datetime or Timestamp -> a UTC Timestamp (None stays None)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, int | float | np.integer | np.floating):
-        return pd.Timestamp(utc_index(np.array([float(value)]))[0])
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
 
 def _json(value: Any) -> str:
     return json.dumps(value or {}, sort_keys=True, default=str)

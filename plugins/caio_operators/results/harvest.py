@@ -5,36 +5,33 @@ run's rows in one transaction, so harvesting twice leaves exactly one copy.
 
 Memory stays bounded by the raw records: they are read as Arrow tables (text as
 dictionaries) and the ``requests`` table is streamed, a million rows at a time, into the
-Parquet file and the warehouse, each batch made once for both (``store_tables``;
-``bench/harvest.py`` measures it).
+Parquet file and the warehouse, each batch made once for both, while the other tables are
+built (``store.RunStore``; ``bench/harvest.py`` measures it).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
-import queue
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from caio_operators import storage
 from caio_operators.layout import RunLayout
 from caio_operators.metrics import host as hostload
 from caio_operators.results import gpu, hdr, peak
 from caio_operators.results import schema as sc
-from caio_operators.results.consolidate import build_tables
+from caio_operators.results.consolidate import requests_table, run_records, summary_tables
 from caio_operators.results.histogram_tables import apply_histograms
 from caio_operators.results.readers import read_run_inputs
 from caio_operators.results.sampled import apply_histogram_counts
 from caio_operators.results.scaling import read_scaling, scaling_timeseries
-from caio_operators.results.warehouse import open_warehouse
+from caio_operators.results.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -45,128 +42,18 @@ KEY_FIGURES = ("status", "reason", "requests", "failures", "error_rate", "throug
                "host_other_cpu_pct", "overlapping_runs", "fingerprint", "peak_gpu_pct")
 
 
-def parquet_bytes(table: str, frame: pd.DataFrame | sc.BatchedTable) -> bytes:
-    """``frame`` as a Parquet file with exactly the schema of ``table`` (zstd); a
-    ``BatchedTable`` is written batch by batch (one row group each)."""
-    buffer = io.BytesIO()
-    if isinstance(frame, sc.BatchedTable):
-        with pq.ParquetWriter(buffer, sc.arrow_schema(table), compression="zstd") as writer:
-            for batch in frame.batches():
-                writer.write_batch(batch)
-    else:
-        pq.write_table(sc.to_arrow(table, frame), buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-def write_tables(layout: RunLayout, tables: Mapping[str, pd.DataFrame | sc.BatchedTable]
-                 ) -> dict[str, str]:
-    """Write each table to ``layout.table_uri(name)`` atomically; return the URIs."""
-    return {name: storage.write_bytes(layout.table_uri(name), parquet_bytes(name, frame))
-            for name, frame in tables.items()}
-
-
-class _Handoff:
-    """Batches from the Parquet thread to the warehouse's insert, one at a time; the
-    stream ends (or raises the thread's error) once the Parquet files are stored."""
-
-    _END = object()
-
-    def __init__(self) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self.closed = threading.Event()  # the warehouse stopped reading
-        self.read = False
-
-    def put(self, item: Any) -> None:
-        while not self.closed.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def end(self, error: BaseException | None = None) -> None:
-        self.put(self._END if error is None else error)
-
-    def batches(self) -> Any:
-        # one pass only (a BatchedTable's batches() may be called again; this one cannot
-        # be): a second reader would wait on a queue nobody fills
-        if self.read:
-            raise RuntimeError("the requests stream was read already: a warehouse's "
-                               "replace_run must read a BatchedTable once")
-        self.read = True
-        while True:
-            item = self.queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-
-def store_tables(layout: RunLayout, tables: Mapping[str, Any], warehouse_uri: str,
-                 **warehouse_options: Any) -> tuple[dict[str, str], dict[str, int], float]:
-    """Write the tables as Parquet (``write_tables``) and replace the run's rows in the
-    warehouse (``open_warehouse``, ``ensure_schema``, ``replace_run``) with them; return
-    the URIs, the warehouse's row counts and the seconds until the Parquet files were
-    stored.
-
-    The other tables' Parquet files are stored first, before the warehouse is opened (a
-    full or read-only bucket fails there, and nothing reaches the warehouse). A
-    ``BatchedTable`` ``requests`` is then made once for both: a thread makes each batch,
-    writes it to the Parquet file and hands it to the warehouse's insert, which runs
-    meanwhile (DuckDB and the Parquet writer each get a core, and memory holds a couple of
-    batches). The warehouse's stream ends only after ``requests.parquet`` is stored, so its
-    transaction commits after every Parquet file, as when the two ran one after the other:
-    a failure to store ``requests.parquet`` rolls the warehouse back and is raised (only a
-    warehouse file that did not exist yet is left behind, empty of this run); a warehouse
-    failure is raised once the Parquet files are stored."""
-    t0 = time.perf_counter()
-    requests = tables.get("requests")
-    if not isinstance(requests, sc.BatchedTable):
-        uris = write_tables(layout, tables)
-        parquet_s = time.perf_counter() - t0
-        warehouse = open_warehouse(warehouse_uri, **warehouse_options)
-        warehouse.ensure_schema()
-        return uris, warehouse.replace_run(tables, layout.run_id), parquet_s
-    first = write_tables(layout, {n: f for n, f in tables.items() if n != "requests"})
-    handoff = _Handoff()
-    done: dict[str, Any] = {}
-
-    def tee() -> Any:
-        for batch in requests.batches():
-            yield batch
-            handoff.put(batch)
-
-    def write() -> None:
-        try:
-            done["uris"] = write_tables(layout, {"requests": sc.BatchedTable(
-                "requests", requests.run_id, requests.num_rows, tee)})
-            done["seconds"] = time.perf_counter() - t0
-            handoff.end()
-        except BaseException as exc:  # handed to the warehouse's stream and raised below
-            done["error"] = exc
-            handoff.end(exc)
-
-    thread = threading.Thread(target=write, name=f"parquet-{layout.run_id}", daemon=True)
-    thread.start()
+def use_jemalloc() -> str:
+    """Arrow's memory from jemalloc from now on in this process, where pyarrow has it; the
+    pool's name. Harvest frees and refills gigabytes: with pyarrow's default (mimalloc)
+    the kernel's page faults cost 4-5 CPU-s for 10 M + 10 M records and the peak is
+    2.0 GB, with jemalloc 2-3 CPU-s and 1.8 GB (bench/README.md). Buffers keep the pool
+    they came from, so switching while others are alive is safe."""
     try:
-        warehouse = open_warehouse(warehouse_uri, **warehouse_options)
-        warehouse.ensure_schema()
-        streamed: dict[str, Any] = {**tables, "requests": sc.BatchedTable(
-            "requests", requests.run_id, requests.num_rows, handoff.batches)}
-        counts = warehouse.replace_run(streamed, layout.run_id)
-    except BaseException as exc:
-        handoff.closed.set()
-        thread.join()
-        if "error" in done:
-            raise done["error"] from exc
-        raise
-    handoff.closed.set()
-    thread.join()
-    if "error" in done:  # a warehouse that read no stream: the Parquet failure still counts
-        raise done["error"]
-    uris = {**first, **done["uris"]}
-    return {name: uris[name] for name in tables}, counts, done["seconds"]
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without it
+        return pa.default_memory_pool().backend_name
+    pa.set_memory_pool(pool)
+    return pool.backend_name
 
 
 def _plain(value: Any) -> Any:
@@ -244,6 +131,54 @@ def with_target_replicas(layout: RunLayout, timeseries: pd.DataFrame, interval_s
     return sc.conform("timeseries", pd.concat([timeseries, extra], ignore_index=True))
 
 
+def _with_other_inputs(layout: RunLayout, tables: dict[str, pd.DataFrame], skipped: list[str],
+                       histograms: list[hdr.HistogramRecord], interval_s: float,
+                       extra_timeseries: pd.DataFrame | None, problems: Sequence[str]
+                       ) -> dict[str, pd.DataFrame]:
+    """``runs`` and ``timeseries`` completed with the run's other inputs (``harvest_run``
+    says which), and ``problems`` plus those they show in the run's status."""
+    # when the workers wrote histograms, client latency percentiles come from them
+    tables = apply_histograms(tables, histograms, interval_s)
+    sample = record_sample(layout)
+    if sample < 1.0:
+        if histograms:  # the raw records are a sample: counts come from the histograms
+            tables = apply_histogram_counts(tables, histograms, interval_s)
+        else:
+            problems = [*problems, f"raw records are a {sample:.0%} sample and the workers "
+                                   "wrote no histograms: counts and rates cover the sample only"]
+    host = read_host_file(layout, skipped)
+    if host is not None:
+        tables["runs"] = sc.conform("runs", tables["runs"].assign(**hostload.host_columns(host)))
+        tables["timeseries"] = sc.conform("timeseries", pd.concat(
+            [tables["timeseries"], hostload.host_timeseries(layout.run_id, host, interval_s)],
+            ignore_index=True))
+        problems = [*problems, *hostload.host_problems(host)]
+    gpu_rows = gpu.gpu_timeseries(layout.run_id, gpu.read_gpu_samples(
+        gpu.gpu_samples_dir(layout), skipped), interval_s)
+    if len(gpu_rows):
+        tables["timeseries"] = sc.conform("timeseries", pd.concat(
+            [tables["timeseries"], gpu_rows], ignore_index=True))
+    tables["timeseries"] = with_target_replicas(layout, tables["timeseries"], interval_s,
+                                                skipped)
+    search = peak.read_search(layout, skipped)
+    tables = peak.apply_search(tables, search)
+    if search is not None and search.get("status") != "converged":
+        problems = [*problems, f"the peak search did not converge: {search.get('reason')}"]
+    if extra_timeseries is not None and len(extra_timeseries):
+        extra = sc.conform("timeseries", extra_timeseries)
+        others = set(extra["run_id"]) - {layout.run_id}
+        if others:
+            raise ValueError(f"extra_timeseries holds rows of other runs {sorted(others)[:5]}, "
+                             f"not only {layout.run_id!r}")
+        tables["timeseries"] = sc.conform(
+            "timeseries", pd.concat([tables["timeseries"], extra], ignore_index=True))
+    # local GPU samples or the cloud's accelerator series, whichever the run has
+    tables["runs"] = tables["runs"].assign(peak_gpu_pct=gpu.peak_gpu_pct(tables["timeseries"]))
+    if problems:
+        tables["runs"] = _with_problems(tables["runs"], problems)
+    return tables
+
+
 def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
                 interval_s: float = sc.DEFAULT_INTERVAL_S, *,
                 extra_timeseries: pd.DataFrame | None = None,
@@ -269,68 +204,37 @@ def harvest_run(layout: RunLayout, meta: Mapping[str, Any], warehouse_uri: str,
 
     Returns a small dict: run_id, row counts, table URIs, key figures, skipped files,
     ``latency_source`` ("histograms" or "records") and the seconds spent: ``read``,
-    ``build``, ``parquet`` (until the Parquet files are stored) and ``warehouse`` (the rest
-    of the warehouse's load, which overlaps the Parquet writing: ``store_tables``).
+    ``build`` (the other tables, while the records are stored: ``store.RunStore``),
+    ``parquet`` (from then until every Parquet file is stored) and ``warehouse`` (from then
+    until the warehouse committed).
     """
     if meta.get("run_id") != layout.run_id:
         raise ValueError(f"meta run_id {meta.get('run_id')!r} does not match the layout's "
                          f"run_id {layout.run_id!r}")
+    use_jemalloc()
     t0 = time.perf_counter()
     raw = read_run_inputs(layout, records="arrow")
     histograms = read_histograms(layout, raw.skipped)
     t_read = time.perf_counter()
-    tables = build_tables(meta, raw.client, raw.server, raw.samples, raw.locust_history,
-                          interval_s=interval_s, worker_cpu=raw.worker_cpu,
-                          batched_requests=True)
-    # when the workers wrote histograms, client latency percentiles come from them
-    tables = apply_histograms(tables, histograms, interval_s)
-    sample = record_sample(layout)
-    if sample < 1.0:
-        if histograms:  # the raw records are a sample: counts come from the histograms
-            tables = apply_histogram_counts(tables, histograms, interval_s)
-        else:
-            problems = [*problems, f"raw records are a {sample:.0%} sample and the workers "
-                                   "wrote no histograms: counts and rates cover the sample only"]
-    host = read_host_file(layout, raw.skipped)
-    if host is not None:
-        tables["runs"] = sc.conform("runs", tables["runs"].assign(**hostload.host_columns(host)))
-        tables["timeseries"] = sc.conform("timeseries", pd.concat(
-            [tables["timeseries"], hostload.host_timeseries(layout.run_id, host, interval_s)],
-            ignore_index=True))
-        problems = [*problems, *hostload.host_problems(host)]
-    gpu_rows = gpu.gpu_timeseries(layout.run_id, gpu.read_gpu_samples(
-        gpu.gpu_samples_dir(layout), raw.skipped), interval_s)
-    if len(gpu_rows):
-        tables["timeseries"] = sc.conform("timeseries", pd.concat(
-            [tables["timeseries"], gpu_rows], ignore_index=True))
-    tables["timeseries"] = with_target_replicas(layout, tables["timeseries"], interval_s,
-                                                raw.skipped)
-    search = peak.read_search(layout, raw.skipped)
-    tables = peak.apply_search(tables, search)
-    if search is not None and search.get("status") != "converged":
-        problems = [*problems, f"the peak search did not converge: {search.get('reason')}"]
-    if extra_timeseries is not None and len(extra_timeseries):
-        extra = sc.conform("timeseries", extra_timeseries)
-        others = set(extra["run_id"]) - {layout.run_id}
-        if others:
-            raise ValueError(f"extra_timeseries holds rows of other runs {sorted(others)[:5]}, "
-                             f"not only {layout.run_id!r}")
-        tables["timeseries"] = sc.conform(
-            "timeseries", pd.concat([tables["timeseries"], extra], ignore_index=True))
-    # local GPU samples or the cloud's accelerator series, whichever the run has
-    tables["runs"] = tables["runs"].assign(peak_gpu_pct=gpu.peak_gpu_pct(tables["timeseries"]))
-    if problems:
-        tables["runs"] = _with_problems(tables["runs"], problems)
-    t_build = time.perf_counter()
-    uris, counts, parquet_s = store_tables(layout, tables, warehouse_uri,
-                                           **warehouse_options)
-    t_parquet = t_build + parquet_s
+    records = run_records(meta, raw.client, raw.server)
+    # records shares the raw numbers and recodes the text: the raw tables' text columns
+    # would be a second copy through the build (the memory peak)
+    raw.client = raw.server = records.client.slice(0, 0)
+    # the records are stored while the other tables are built (two cores kept busy)
+    with RunStore(layout, warehouse_uri, **warehouse_options) as store:
+        store.start(requests_table(records))
+        tables = summary_tables(meta, records, raw.samples, raw.locust_history, interval_s,
+                                worker_cpu=raw.worker_cpu)
+        tables = _with_other_inputs(layout, tables, raw.skipped, histograms, interval_s,
+                                    extra_timeseries, problems)
+        t_build = time.perf_counter()
+        uris, counts, t_parquet = store.finish(tables)
     t_done = time.perf_counter()
     run = tables["runs"].iloc[0]
     result = {
         "run_id": layout.run_id,
-        "counts": counts,
-        "tables": uris,
+        "counts": {name: counts[name] for name in sc.TABLES},
+        "tables": {name: uris[name] for name in sc.TABLES},
         "warehouse": warehouse_uri,
         "skipped_files": list(raw.skipped),
         "latency_source": "histograms" if histograms else "records",

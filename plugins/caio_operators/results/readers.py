@@ -139,7 +139,8 @@ def _parse_group(files: Iterable[tuple[str, bytes]], columns: dict[str, pa.DataT
             for uri, data in block:
                 parse_alone(uri, data)
 
-    header, block, size = b"", [], 0
+    header, size = b"", 0
+    block: list[tuple[str, bytes]] = []
     for uri, data in files:
         first = data[:data.find(b"\n") + 1]
         if block and (first != header or size >= _JOIN_BYTES or not _joinable(data)):

@@ -5,7 +5,8 @@ values (allow-listed tables, one run per replace, one SELECT per ad-hoc DuckDB q
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import pandas as pd
@@ -16,6 +17,9 @@ from caio_operators.results import schema as sc
 
 TABLES = tuple(sc.ALL_TABLES)  # the allow-list of table names
 SCHEMES = ("duckdb", "bigquery")
+#: ``load(table, frame)`` inside ``Warehouse.replacing``: adds a table's rows, returns
+#: how many (a frame is a DataFrame, an Arrow table or a ``schema.BatchedTable``)
+Loader = Callable[[str, Any], int]
 
 
 class WarehouseError(RuntimeError):
@@ -28,6 +32,13 @@ class Warehouse(Protocol):
     def ensure_schema(self) -> None: ...
 
     def replace_run(self, tables: Mapping[str, pd.DataFrame], run_id: str) -> dict[str, int]: ...
+
+    def replacing(self, run_id: str) -> AbstractContextManager[Loader]:
+        """``replace_run`` with the tables given one by one as they are ready: the run's
+        rows go from every table, each ``load(table, frame)`` adds a table's (a
+        ``BatchedTable`` is read once, as it is loaded), and the block's end stores them
+        all; a block that raises stores nothing."""
+        ...
 
     def replace_tables(self, tables: Mapping[str, pd.DataFrame], run_id: str
                        ) -> dict[str, int]: ...
@@ -90,20 +101,28 @@ def check_one_run(name: str, frame, run_id: str) -> None:
             "replace_run writes exactly one run")
 
 
-def run_frames_as_arrow(tables, run_id: str, stream: bool = False) -> dict:
-    """Check ``tables`` (allow-listed names, rows of ``run_id`` only) and convert each to
-    Arrow with the schema's types: what every warehouse's ``replace_run`` loads.
-
-    ``stream``: a ``BatchedTable`` stays a ``RecordBatchReader`` (bounded memory)."""
+def check_run_id(run_id: str) -> str:
     if not run_id:
         raise WarehouseError("replace_run needs a run_id")
-    arrow = {}
-    for name, frame in tables.items():
-        check_table(name)
-        check_one_run(name, frame, run_id)
-        arrow[name] = frame.reader() if stream and isinstance(frame, sc.BatchedTable) \
-            else sc.to_arrow(name, frame)
-    return arrow
+    return run_id
+
+
+def frame_as_arrow(name: str, frame: Any, run_id: str, stream: bool = False) -> Any:
+    """Check one table (an allow-listed name, rows of ``run_id`` only) and convert it to
+    Arrow with the schema's types: what a warehouse loads.
+
+    ``stream``: a ``BatchedTable`` stays a ``RecordBatchReader`` (bounded memory)."""
+    check_table(name)
+    check_one_run(name, frame, check_run_id(run_id))
+    return frame.reader() if stream and isinstance(frame, sc.BatchedTable) \
+        else sc.to_arrow(name, frame)
+
+
+def run_frames_as_arrow(tables, run_id: str, stream: bool = False) -> dict:
+    """``frame_as_arrow`` of each of ``tables``: what every warehouse's ``replace_run``
+    loads."""
+    check_run_id(run_id)
+    return {name: frame_as_arrow(name, frame, run_id, stream) for name, frame in tables.items()}
 
 
 def sql_tree(con: Any, sql: str) -> dict[str, Any]:

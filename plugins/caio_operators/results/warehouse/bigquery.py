@@ -42,8 +42,10 @@ import pandas as pd
 from caio_operators.results import schema as sc
 from caio_operators.results.warehouse.base import (
     TABLES,
+    Loader,
     WarehouseError,
     check_table,
+    frame_as_arrow,
     run_frames_as_arrow,
 )
 
@@ -293,6 +295,20 @@ class BigQueryWarehouse:
         frames with load jobs (``runs`` last). Returns the rows loaded per table.
         """
         return self._replace(tables, run_id, DELETE_ORDER)
+
+    @contextlib.contextmanager
+    def replacing(self, run_id: str) -> Iterator[Loader]:
+        """``replace_run`` of the tables loaded in the block, at its end (BigQuery has no
+        transaction across load jobs): each ``load`` converts its table at once (a
+        ``BatchedTable`` is read then)."""
+        tables: dict[str, Any] = {}
+
+        def load(name: str, frame: Any) -> int:
+            tables[name] = frame_as_arrow(name, frame, run_id)
+            return tables[name].num_rows
+
+        yield load
+        self.replace_run(tables, run_id)
 
     def replace_tables(self, tables: Mapping[str, pd.DataFrame], run_id: str
                        ) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -13,11 +14,14 @@ import pandas as pd
 from caio_operators.results import schema as sc
 from caio_operators.results.warehouse.base import (
     TABLES,
+    Loader,
     WarehouseError,
+    check_one_run,
+    check_run_id,
     check_select,
     check_table,
+    frame_as_arrow,
     quote,
-    run_frames_as_arrow,
 )
 
 
@@ -104,12 +108,24 @@ class DuckDBWarehouse:
         tables), in one transaction; the run's other rows stay."""
         return self._replace(tables, run_id, clear=tuple(tables))
 
+    def replacing(self, run_id: str) -> contextlib.AbstractContextManager[Loader]:
+        """``replace_run`` as a transaction open for the block: each ``load(table, frame)``
+        inserts at once (a ``BatchedTable`` streams), the block's end commits."""
+        return self._transaction(run_id, clear=TABLES)
+
     def _replace(self, tables: Mapping[str, pd.DataFrame], run_id: str,
                  clear: tuple[str, ...]) -> dict[str, int]:
-        arrow = run_frames_as_arrow(tables, run_id, stream=True)
+        for name, frame in tables.items():  # every table checked before anything changes
+            check_table(name)
+            check_one_run(name, frame, check_run_id(run_id))
+        with self._transaction(run_id, clear) as load:
+            return {name: load(name, frame) for name, frame in tables.items()}
+
+    @contextlib.contextmanager
+    def _transaction(self, run_id: str, clear: tuple[str, ...]) -> Iterator[Loader]:
         import duckdb
 
-        counts = {}
+        check_run_id(run_id)
         with self._connect() as con:
             self._ensure(con)
             con.execute("BEGIN TRANSACTION")
@@ -118,14 +134,7 @@ class DuckDBWarehouse:
                     con.execute(f"DELETE FROM {quote(check_table(table))} "  # noqa: S608
                                 "WHERE run_id = ?",
                                 [run_id])
-                for name, data in arrow.items():
-                    view = f"incoming_{name}"
-                    con.register(view, data)
-                    cols = ", ".join(quote(c) for c in sc.columns(name))
-                    con.execute(f"INSERT INTO {quote(name)} ({cols}) "  # noqa: S608
-                                f"SELECT {cols} FROM {quote(view)}")
-                    con.unregister(view)
-                    counts[name] = len(tables[name])
+                yield functools.partial(self._insert, con, run_id)
                 con.execute("COMMIT")
             except BaseException as exc:
                 # a COMMIT that failed (disk full) has already rolled back: keep its error
@@ -137,7 +146,17 @@ class DuckDBWarehouse:
                         "If a table lacks a column, the warehouse predates this schema; "
                         "migrate it or use a new file.") from exc
                 raise
-        return counts
+
+    @staticmethod
+    def _insert(con: Any, run_id: str, name: str, frame: Any) -> int:
+        data = frame_as_arrow(name, frame, run_id, stream=True)
+        view = f"incoming_{name}"
+        con.register(view, data)
+        cols = ", ".join(quote(c) for c in sc.columns(name))
+        con.execute(f"INSERT INTO {quote(name)} ({cols}) "  # noqa: S608
+                    f"SELECT {cols} FROM {quote(view)}")
+        con.unregister(view)
+        return len(frame)
 
     def read_run(self, run_id: str) -> dict[str, pd.DataFrame]:
         """Every table's rows for ``run_id``, schema dtypes (empty frames for unknown runs)."""
