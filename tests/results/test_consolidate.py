@@ -191,3 +191,15 @@ def test_a_run_where_every_request_failed_is_failed(tmp_path):
     assert row["status"] == "failed"
     assert row["reason"] == ("all 3 requests failed; most frequent error: "
                              "ConnectionRefusedError")
+
+
+def test_server_records_before_the_runs_start_are_not_its_own(small_run, meta):
+    """A retried load's server (deployed once) also recorded the killed try's requests."""
+    from caio_operators.results.records import run_records
+
+    raw = readers.read_run_inputs(small_run, records="arrow")
+    server_ts = sorted(raw.server["ts"].to_pylist())
+    kept = run_records({**meta, "started_at": server_ts[0]}, raw.client, raw.server)
+    assert sorted(kept.server["ts"].to_pylist()) == server_ts
+    later = run_records({**meta, "started_at": server_ts[2]}, raw.client, raw.server)
+    assert sorted(later.server["ts"].to_pylist()) == server_ts[2:]

@@ -86,6 +86,9 @@ def _since(server: pa.Table, started_at: Any) -> pa.Table:
     started = to_utc_timestamp(started_at)
     if not len(server) or started is None:
         return server
+    first = pc.min(server["ts"]).as_py()
+    if first is not None and first >= started.timestamp():
+        return server  # the usual case: no copy of millions of rows
     return server.filter(pc.greater_equal(server["ts"], started.timestamp()))
 
 
