@@ -24,7 +24,8 @@ Responder: nginx (``return 200`` of a fixed body) when ``nginx`` is on PATH, els
 ``bench/responder.py``. This script installs nothing.
 
 Every client runs ``--rounds`` times (default 3), alternating; each reports min / median / max
-over its rounds and the targets are judged on the medians, of requests per CPU-second.
+over its rounds and the targets are judged on the medians, of requests per CPU-second. The
+fidelity pair runs as many rounds: the spread of its errors, the target on their medians.
 
 req/s is measured over the steady state (Locust's per-second history from the moment every
 user runs to the last row); requests and failures are Locust's totals. The generator's own
@@ -549,8 +550,8 @@ def run(seconds: int, users: int, signature: str, responder: str,
                                  open_max_in_flight=open_max_in_flight)
         if fidelity_settings is not None:
             _, payload_path = write_payload(tmp, signature)
-            result["fidelity"] = fidelity.run(
-                fidelity_settings, tmp, payload_path.as_uri(), signature=signature,
+            result["fidelity"] = fidelity.run_rounds(
+                fidelity_settings, rounds, tmp, payload_path.as_uri(), signature=signature,
                 generator_core=cores.generator, responder_core=cores.responder)
     return result
 
@@ -667,8 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", default=",".join(ALL_CLIENTS),
                         help=f"comma-separated subset of {','.join(ALL_CLIENTS)}")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="run every client this many times, alternating; judged on the "
-                             "median round")
+                        help="run every client this many times, alternating, and the "
+                             "fidelity pair; judged on the median round")
     parser.add_argument("--signature", default="serving_preprocess",
                         choices=("serving_preprocess", "serving_default"),
                         help="payload kind (serving_default sends ~1 MB float bodies)")

@@ -21,7 +21,7 @@ def test_bench_loadgen_writes_its_json(tmp_path):
         [sys.executable, str(REPO / "bench" / "loadgen.py"), "--seconds", "3", "--users", "4",
          "--clients", "stock_fasthttp,caio_predict,caio_open_loop", "--responder", "python",
          "--fidelity-rate", "50", "--fidelity-seconds", "3", "--stall-period-s", "1.5",
-         "--stall-s", "0.3", "--out", str(out)],
+         "--stall-s", "0.3", "--rounds", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=240, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -38,10 +38,10 @@ def test_bench_loadgen_writes_its_json(tmp_path):
     assert {"cores", "python", "locust"} <= set(result["machine"])
     assert "target caio_predict >= 1.15x stock_fasthttp per CPU-second" in proc.stdout
     assert "target caio_open_loop >= 1.0x stock_fasthttp per CPU-second" in proc.stdout
-    for name, client in result["clients"].items():  # 3 rounds by default, judged on the median
+    for name, client in result["clients"].items():  # 2 rounds, judged on the median
         spread = client["spread"]["rps"]  # (per CPU-second: None when 3 s is too short)
-        assert spread["n"] == 3 and spread["min"] <= spread["median"] <= spread["max"], name
-        assert client["rps"] == spread["median"] and len(client["rounds_rps"]) == 3, name
+        assert spread["n"] == 2 and spread["min"] <= spread["median"] <= spread["max"], name
+        assert client["rps"] == spread["median"] and len(client["rounds_rps"]) == 2, name
     open_loop = result["clients"]["caio_open_loop"]
     # offered twice stock_fasthttp's first round, per CPU-second (else req/s), in every round
     stock = result["clients"]["stock_fasthttp"]
@@ -59,6 +59,11 @@ def test_bench_loadgen_writes_its_json(tmp_path):
         assert isinstance(fidelity[key], int | float), key
     assert fidelity["requests"]["intended"] > 0 and fidelity["requests"]["closed"] > 0
     assert isinstance(fidelity["target"]["met"], bool)
+    assert fidelity["rounds"] == 2 and fidelity["spread"]["open_error_p99_pct"]["n"] == 2
+    sizes = sorted(abs(e) for e in (fidelity["spread"]["open_error_p99_pct"]["min"],
+                                    fidelity["spread"]["open_error_p99_pct"]["max"]))
+    assert fidelity["target"]["median_error_pct"]["open_error_p99_pct"] == pytest.approx(
+        sum(sizes) / 2, abs=0.01)
     assert "target open loop within 10% of the truth" in proc.stdout
 
 
@@ -118,7 +123,7 @@ def test_bench_harvest_writes_its_json_and_the_summary_reads_it(tmp_path):
     out = results / "harvest.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "harvest.py"), "--records", "20000",
-         "--rate", "2000", "--out", str(out)],
+         "--rate", "2000", "--rounds", "2", "--out", str(out)],
         capture_output=True, text=True, timeout=180, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -135,8 +140,12 @@ def test_bench_harvest_writes_its_json_and_the_summary_reads_it(tmp_path):
     for step in (product, limit):
         assert step["seconds"] > 0 and step["peak_mb"] > step["baseline_mb"] > 0
     assert {t["name"].split(" ")[0] for t in result["targets"]} == {"harvest", "time", "peak"}
-    for step in (product, limit):  # 3 rounds by default, judged on the median
-        assert step["spread"]["seconds"]["n"] == 3 == len(step["rounds_seconds"])
+    same_pool = result["limit_same_pool"]
+    # the limit with pyarrow's default pool (mimalloc in the pinned wheel), and with harvest's
+    assert product["pool"] == same_pool["pool"] == "jemalloc" and limit["pool"] == "mimalloc"
+    assert same_pool["rows"] == limit["rows"]
+    for step in (product, limit, same_pool):  # 2 rounds, judged on the median
+        assert step["spread"]["seconds"]["n"] == 2 == len(step["rounds_seconds"])
         assert step["seconds"] == step["spread"]["seconds"]["median"]
     assert result["bytes_per_record"]["requests_parquet"] > 0
     assert "ratio product / limit" in proc.stdout
