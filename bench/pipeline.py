@@ -223,7 +223,9 @@ def machine() -> dict[str, Any]:
 def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     if result.get("overhead"):
-        value = result["overhead"]["overhead_s"]
+        over = result["overhead"]
+        value = (over.get("spread") or {}).get("overhead_s", {}).get("median",
+                                                                    over["overhead_s"])
         out.append({"name": f"dags test wall minus load < {TARGET_OVERHEAD_S:g} s (median)",
                     "value": value, "limit": TARGET_OVERHEAD_S,
                     "met": value < TARGET_OVERHEAD_S})
