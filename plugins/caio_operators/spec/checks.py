@@ -160,9 +160,7 @@ def _rule_problems(p: Mapping[str, Any]) -> list[str]:
         if p["step_users"] > p["users"]:
             problems.append(f"step_users={p['step_users']}: larger than users={p['users']} "
                             "(accepted: 1 <= step_users <= users)")
-        if p["step_duration_s"] > p["duration_s"]:
-            problems.append(f"step_duration_s={p['step_duration_s']}: longer than "
-                            f"duration_s={p['duration_s']} (accepted: <= duration_s)")
+        problems += _step_problems(p)
     if p.get("baseline_run_id") and p.get("baseline_version"):
         problems.append(f"baseline_run_id={p['baseline_run_id']!r}: names the baseline run, "
                         f"so baseline_version={p['baseline_version']!r} would be ignored; "
@@ -175,15 +173,21 @@ def _rule_problems(p: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _step_problems(p: Mapping[str, Any]) -> list[str]:
+    """A staircase's (of users or of rates) step must fit in the run."""
+    if p["step_duration_s"] > p["duration_s"]:
+        return [f"step_duration_s={p['step_duration_s']}: longer than "
+                f"duration_s={p['duration_s']} (accepted: <= duration_s)"]
+    return []
+
+
 def _open_loop_problems(p: Mapping[str, Any]) -> list[str]:
     problems = []
     if p["load_shape"] == "open_rate" and p["rate_profile"] == "staircase":
         if p["step_rate"] > p["rate"]:
             problems.append(f"step_rate={p['step_rate']}: above rate={p['rate']}, the top of "
                             "the staircase (accepted: step_rate <= rate)")
-        if p["step_duration_s"] > p["duration_s"]:
-            problems.append(f"step_duration_s={p['step_duration_s']}: longer than "
-                            f"duration_s={p['duration_s']} (accepted: <= duration_s)")
+        problems += _step_problems(p)
     if p["load_shape"] == "open_rate" and p["rate_profile"] == "spike" and (
             p["spike_start_s"] >= p["duration_s"]):
         problems.append(f"spike_start_s={p['spike_start_s']}: the spike must start before "
