@@ -59,6 +59,10 @@ def test_rate_profiles_and_peak_search_params(schema):
     problems = [
         ({"load_shape": "open_rate", "rate_profile": "staircase", "rate": 10, "step_rate": 20},
          "step_rate=20: above rate=10"),
+        ({"load_shape": "open_rate", "rate_profile": "staircase", "rate": 10, "step_rate": 5,
+          "step_duration_s": 90}, "step_duration_s=90: longer than duration_s=80"),
+        ({"load_shape": "staircase", "users": 4, "step_users": 2, "step_duration_s": 90},
+         "step_duration_s=90: longer than duration_s=80"),
         ({"load_shape": "open_rate", "rate_profile": "spike", "spike_start_s": 90},
          "spike_start_s=90: the spike must start before duration_s=80 ends"),
         ({"load_shape": "peak_search", "rate": 50, "max_rate": 40},
