@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from procs import free_port, pin, spread, spread_text, start_listening, stop
+from procs import free_port, pin, spread, start_listening, stop
 
 REPO = Path(__file__).resolve().parent.parent
 PREDICT_PATH = "/v1/models/bench:predict"
@@ -296,9 +296,9 @@ def table(fid: Mapping[str, Any]) -> str:
                      f"{fid['open_hdr_p999_ms']:>9.1f}")
     spreads = fid.get("spread")
     if spreads:
-        lines.append(f"errors over {fid['rounds']} rounds, median (min-max) %: " + ", ".join(
-            f"{key.removesuffix('_pct').replace('_error_', ' ')} "
-            f"{spread_text(value, '{:+.1f}')}" for key, value in spreads.items()))
+        lines.append(f"errors over {fid['rounds']} rounds, median (min to max) %: " + ", ".join(
+            f"{key.removesuffix('_pct').replace('_error_', ' ')} {value['median']:+.1f} "
+            f"({value['min']:+.1f} to {value['max']:+.1f})" for key, value in spreads.items()))
     target = fid["target"]
     lines.append(
         f"target open loop within {target['max_error_pct']:g}% of the truth"

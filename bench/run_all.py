@@ -74,6 +74,16 @@ def _loadgen(data: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
         rows.append((f"{t['client']} / {t['reference']} per CPU-s (median)",
                      f"{_fmt(t.get('ratio'))}x", f">= {t['minimum_ratio']:g}x",
                      bool(t.get("met"))))
+    fidelity = data.get("fidelity")
+    if fidelity:
+        target = fidelity["target"]
+        errors = target.get("median_error_pct") or {
+            key: abs(fidelity[key]) for key in ("open_error_p99_pct", "open_error_p999_pct")}
+        rows.append((f"fidelity: open-loop p99 / p99.9 error (median, "
+                     f"{fidelity.get('rounds', 1)} rounds)",
+                     f"{errors['open_error_p99_pct']:.1f}% / "
+                     f"{errors['open_error_p999_pct']:.1f}%",
+                     f"<= {target['max_error_pct']:g}%", bool(target["met"])))
     return rows
 
 
@@ -83,6 +93,10 @@ def _harvest(data: dict[str, Any]) -> list[tuple[str, Any, str, Any]]:
              f"{_fmt(product['records_per_s'])} ({_fmt(limit['records_per_s'])})", "", None),
             ("time product / limit", f"{data['ratio']['seconds_product_over_limit']:.2f}x", "",
              None)]
+    same_pool = data["ratio"].get("seconds_product_over_same_pool_limit")
+    if same_pool:
+        rows.append(("time product / limit with the product's memory pool",
+                     f"{same_pool:.2f}x", "", None))
     return rows + _generic(data)
 
 
