@@ -91,7 +91,7 @@ class RunStore:
         self._batches = _Handoff()  # requests batches: Parquet thread -> warehouse thread
         self._rest = _Handoff()  # the other tables, then _END once the files are stored
         self._cancel = threading.Event()
-        self._requests: dict[str, Any] = {}  # the Parquet thread's bytes, seconds or error
+        self._requests: dict[str, Any] = {}  # the Parquet thread's bytes or error
         self._warehouse: dict[str, Any] = {}  # the warehouse thread's counts or error
         self._threads: list[threading.Thread] = []
 
@@ -137,8 +137,8 @@ class RunStore:
         return uris, self._warehouse["counts"], stored_at
 
     def _stop(self, error: BaseException) -> None:
-        """Nothing more is stored: the warehouse rolls back, the threads end (again: a
-        no-op)."""
+        """Nothing more is stored: the warehouse rolls back, the threads end (idempotent:
+        ``finish`` and the block's end may both call it)."""
         self._cancel.set()
         self._rest.put(error)
         for thread in self._threads:
