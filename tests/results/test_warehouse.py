@@ -109,6 +109,21 @@ def test_replace_run_rejects_rows_of_another_run(warehouse_uri, tables):
         wh.replace_run({"users": tables["runs"]}, "run-1")
 
 
+def test_a_failed_replace_leaves_no_new_warehouse_and_an_old_one_as_it_was(tmp_path, tables):
+    path = tmp_path / "wh" / "w.duckdb"
+    with pytest.raises(RuntimeError, match="bucket full"), \
+            DuckDBWarehouse(path).replacing("run-1") as load:
+        load("runs", tables["runs"])
+        raise RuntimeError("bucket full")
+    assert list(path.parent.iterdir()) == []  # no database, no WAL: nothing reached it
+    DuckDBWarehouse(path).replace_run(tables, "run-1")
+    with pytest.raises(RuntimeError, match="bucket full"), \
+            DuckDBWarehouse(path).replacing("run-1") as load:
+        load("runs", relabel(tables, "run-1")["runs"].assign(users=99))
+        raise RuntimeError("bucket full")
+    assert DuckDBWarehouse(path).query("SELECT users FROM runs")["users"].tolist() == [2]
+
+
 def test_query_uses_parameters(warehouse_uri, tables):
     wh = open_warehouse(warehouse_uri)
     wh.replace_run(tables, "run-1")

@@ -79,7 +79,7 @@ class RunStore:
     ``finish(tables)``; a block that raises before ``finish`` returns stores nothing (the
     warehouse rolls back, no Parquet file is written). ``finish`` stores every Parquet file
     before the warehouse commits: a bucket that cannot take them (full, read-only) rolls
-    the warehouse back and is raised; a warehouse that fails is raised once the Parquet
+    the warehouse back (a DuckDB file this made is removed) and is raised; a warehouse that fails is raised once the Parquet
     files are stored (they are the run's record; harvesting again fills the warehouse).
     Memory holds the ``requests`` Parquet bytes and a couple of batches.
     """
@@ -175,7 +175,6 @@ class RunStore:
 
         try:
             warehouse = open_warehouse(self.warehouse_uri, **self.warehouse_options)
-            warehouse.ensure_schema()
             with warehouse.replacing(self.layout.run_id) as load:
                 counts = {"requests": load("requests", sc.BatchedTable(
                     "requests", requests.run_id, requests.num_rows, stream))}

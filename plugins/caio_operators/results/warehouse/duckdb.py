@@ -127,6 +127,9 @@ class DuckDBWarehouse:
 
         check_run_id(run_id)
         with self._connect() as con:
+            # under the file's lock, so no other process stored anything here meanwhile
+            new = not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = "
+                                  "'runs' AND schema_name = 'main'").fetchone()[0]
             self._ensure(con)
             con.execute("BEGIN TRANSACTION")
             try:
@@ -140,12 +143,20 @@ class DuckDBWarehouse:
                 # a COMMIT that failed (disk full) has already rolled back: keep its error
                 with contextlib.suppress(duckdb.Error):
                     con.execute("ROLLBACK")
+                if new:  # a warehouse this call made holds nothing: leave no file behind
+                    self._remove_files()
                 if isinstance(exc, duckdb.Error):
                     raise WarehouseError(
                         f"could not store run {run_id!r} in {self.path}, nothing changed: {exc}. "
                         "If a table lacks a column, the warehouse predates this schema; "
                         "migrate it or use a new file.") from exc
                 raise
+
+    def _remove_files(self) -> None:
+        """Unlink the database file and its WAL while this process still holds the lock: a
+        process waiting for it then makes a fresh file, and never loses rows to the unlink."""
+        for path in (self.path, self.path.with_name(self.path.name + ".wal")):
+            path.unlink(missing_ok=True)
 
     @staticmethod
     def _insert(con: Any, run_id: str, name: str, frame: Any) -> int:
