@@ -79,8 +79,9 @@ class RunStore:
     ``finish(tables)``; a block that raises before ``finish`` returns stores nothing (the
     warehouse rolls back, no Parquet file is written). ``finish`` stores every Parquet file
     before the warehouse commits: a bucket that cannot take them (full, read-only) rolls
-    the warehouse back (a DuckDB file this made is removed) and is raised; a warehouse that fails is raised once the Parquet
-    files are stored (they are the run's record; harvesting again fills the warehouse).
+    the warehouse back (a DuckDB file this made is removed) and is raised; a warehouse
+    that fails is raised once the Parquet files are stored (they are the run's record;
+    harvesting again fills the warehouse).
     Memory holds the ``requests`` Parquet bytes and a couple of batches.
     """
 
