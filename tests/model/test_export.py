@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -248,3 +249,30 @@ def test_resnet_v2_101_export(tf, tmp_path, test_images_dir, image_bytes):
     assert out["labels"].shape == (len(image_bytes), 5)
     p = out["probabilities"].numpy()
     assert np.all((p >= 0) & (p <= 1)) and np.all(np.diff(p, axis=1) <= 0)
+
+
+def test_two_exports_of_one_version_at_once_both_go_in(tmp_path, monkeypatch):
+    """Another export of the same version puts its folder in place between this one's two
+    renames (the race two runs sharing a model version had): this one still goes in."""
+    from caio_operators.model import tfio
+
+    target = tmp_path / "models" / "m" / "v1"
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for folder in (ours, theirs):
+        folder.mkdir()
+        (folder / "saved_model.pb").write_text(folder.name)
+    rename = os.rename
+    raced = []
+
+    def racing_rename(src, dst):
+        if src == str(ours) and not raced:  # the other export wins the first time
+            raced.append(dst)
+            rename(theirs, dst)
+        rename(src, dst)
+
+    monkeypatch.setattr(tfio.os, "rename", racing_rename)
+    target.parent.mkdir(parents=True)
+    tfio.swap_local_dir(str(ours), str(target))
+    assert raced == [str(target)]
+    assert (target / "saved_model.pb").read_text() == "ours"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["v1"]  # nothing left aside

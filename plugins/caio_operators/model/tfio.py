@@ -3,6 +3,8 @@ what the export and the base classifiers share. TensorFlow is imported inside fu
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import uuid
@@ -57,6 +59,9 @@ def staging_path(target: str) -> str:
     return f"{parent}/.{name}.staging-{uuid.uuid4().hex[:8]}"
 
 
+_SWAP_TRIES = 20  # renames lost to other exports of the same version before giving up
+
+
 def replace_dir(staging: str, target: str) -> None:
     """Put ``staging`` in place of ``target``: a rename swap locally, delete + copy on gs://."""
     target = target.rstrip("/")
@@ -67,16 +72,28 @@ def replace_dir(staging: str, target: str) -> None:
 
 
 def swap_local_dir(staging: str, target: str) -> None:
-    """Two renames: readers see the old model or the new one, never a mix."""
-    old = f"{staging_path(target)}.old"
-    if os.path.lexists(target):
-        os.rename(target, old)
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if os.path.lexists(old):
-            os.rename(old, target)
-        raise
+    """Two renames: readers see the old model or the new one, never a mix.
+
+    Two exports of the same model version at once (two runs sharing it) race here: the
+    other may put its folder in place between our two renames. Ours then moves that one
+    aside too and goes in (both are the same model; the last one in stays)."""
+    for _ in range(_SWAP_TRIES):
+        old = f"{staging_path(target)}.old"
+        # no model yet, or the other export has just moved it aside
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(target, old)
+        try:
+            os.rename(staging, target)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                if os.path.lexists(old) and not os.path.lexists(target):
+                    os.rename(old, target)
+                raise
+            remove_quietly(old)  # the other export's model, in place since our first rename
+    else:
+        raise OSError(errno.EBUSY, f"{target} kept being replaced by other exports; "
+                                   "export again")
     remove_quietly(old)
 
 
